@@ -1,0 +1,15 @@
+"""Shared test set-up: one intra-op thread per process.
+
+The suite runs under ``pytest -n 2`` on 2 cores; two processes each spinning 2 OpenMP threads slow
+training steps by an order of magnitude, so every test process (and the subprocesses it starts, through
+the environment) uses one thread.
+"""
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,157 @@
+"""Learning-rate schedule, batch-size scaling and AdamW parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vmim.config import load_config
+from vmim.engine.optim import build_optimizer, cosine_lr, param_groups, scaled_lr
+from vmim.models import build_pretrainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors: with two OpenMP threads on two cores shared with other jobs every op waits for a time
+    slice (~100x slower); one thread is faster and keeps the timings stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ----------------------------------------------------------------------------------------------------
+# cosine_lr
+# ----------------------------------------------------------------------------------------------------
+
+TOTAL, WARMUP, PEAK, FINAL = 110, 10, 2.0, 0.2
+
+
+def lr(step: int) -> float:
+    return cosine_lr(step, TOTAL, WARMUP, PEAK, FINAL)
+
+
+def test_cosine_lr_key_points():
+    assert lr(0) == 0.0
+    assert lr(WARMUP // 2) == pytest.approx(PEAK / 2)
+    assert lr(WARMUP) == pytest.approx(PEAK)
+    assert lr(WARMUP + (TOTAL - WARMUP) // 2) == pytest.approx((PEAK + FINAL) / 2)
+    assert lr(TOTAL) == pytest.approx(FINAL)
+    assert lr(TOTAL + 50) == pytest.approx(FINAL)  # stays at the floor if a run goes past its schedule
+
+
+def test_cosine_lr_linear_warmup():
+    for step in range(WARMUP + 1):
+        assert lr(step) == pytest.approx(PEAK * step / WARMUP, abs=1e-12)
+
+
+def test_cosine_lr_cosine_phase_by_hand():
+    # A quarter of the way: final + (peak - final) * (1 + cos(pi / 4)) / 2.
+    quarter = WARMUP + (TOTAL - WARMUP) // 4
+    assert lr(quarter) == pytest.approx(FINAL + (PEAK - FINAL) * (1 + math.sqrt(0.5)) / 2)
+
+
+def test_cosine_lr_monotone_after_warmup():
+    values = [lr(step) for step in range(WARMUP, TOTAL + 20)]
+    assert all(b <= a + 1e-15 for a, b in zip(values, values[1:]))
+    assert all(FINAL - 1e-12 <= v <= PEAK + 1e-12 for v in values)
+
+
+def test_cosine_lr_without_warmup_starts_at_peak():
+    assert cosine_lr(0, 100, 0, 1.0, 0.0) == pytest.approx(1.0)
+    assert cosine_lr(50, 100, 0, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 0, 1.0, 0.0) == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# scaled_lr
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_scaled_lr_videomae_recipe():
+    # VideoMAE K400 ViT-B: base lr 1.5e-4 per 256, global batch 2048 -> 1.2e-3.
+    assert scaled_lr(1.5e-4, 2048) == pytest.approx(1.2e-3, rel=1e-12)
+    assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4, rel=1e-12)
+    assert scaled_lr(1e-3, 64) == pytest.approx(2.5e-4, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# param_groups
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    cfg = load_config(None, [
+        "model.backbone=vit_test", "model.patch_size=8", "data.img_size=16", "data.num_frames=4",
+        "data.datasets.digits_images.weight=1",
+        "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+        "targets.hog.cell_size=4", "targets.hog.decoder_depth=0", "targets.hog.decoder_dim=32",
+        "targets.hog.decoder_heads=2",
+    ])
+    return build_pretrainer(cfg)
+
+
+def expected_split(model: nn.Module) -> tuple[set[int], set[int]]:
+    """(decay, no decay) parameter ids, classified by the module that owns each parameter."""
+    decay, no_decay = set(), set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, (nn.Linear, nn.Conv3d, nn.Conv2d)) and name == "weight":
+                decay.add(id(param))
+            elif isinstance(module, nn.LayerNorm) or name == "bias" or name == "mask_token":
+                no_decay.add(id(param))
+            else:
+                raise AssertionError(f"unexpected parameter {name} of {type(module).__name__}")
+    return decay, no_decay
+
+
+def test_param_groups_decay_split(model):
+    groups = param_groups(model, weight_decay=0.05)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    want_decay, want_no_decay = expected_split(model)
+    assert decay == want_decay
+    assert no_decay == want_no_decay
+    # spot checks by name
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[i] for i in no_decay}
+    assert {"decoders.pixel.mask_token", "decoders.hog.mask_token"} <= no_decay_names
+    assert "backbone.patch_embed.proj.bias" in no_decay_names and "backbone.norm.weight" in no_decay_names
+    assert "backbone.patch_embed.proj.weight" in {names[i] for i in decay}
+    assert all(p.ndim > 1 for p in groups[0]["params"])
+    assert all(p.ndim <= 1 or "mask_token" in names[id(p)] for p in groups[1]["params"])
+
+
+def test_param_groups_each_trainable_parameter_exactly_once(model):
+    groups = param_groups(model, weight_decay=0.05)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters()}
+    assert len(ids) == len(list(model.parameters()))
+
+
+def test_param_groups_skip_frozen_parameters(model):
+    frozen = list(model.backbone.patch_embed.parameters())
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        ids = {id(p) for g in param_groups(model, 0.1) for p in g["params"]}
+        assert not ids & {id(p) for p in frozen}
+        assert ids == {id(p) for p in model.parameters() if p.requires_grad}
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def test_build_optimizer_scales_lr_and_keeps_groups(model):
+    cfg = load_config(None, ["targets.pixel.weight=1", "data.datasets.digits_images.weight=1",
+                             "optim.lr=1.5e-4", "optim.weight_decay=0.05", "optim.betas=[0.9,0.95]"]).optim
+    opt = build_optimizer(model, cfg, global_batch=2048)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert all(g["lr"] == pytest.approx(1.2e-3) for g in opt.param_groups)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)

@@ -1,0 +1,170 @@
+"""End-to-end pretraining on the built-in digits: TensorBoard output, exact kill-and-resume, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vmim.config import load_config
+from vmim.engine import pretrain as engine
+from vmim.engine.checkpoint import load
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "model.drop_path=0.1",
+    "masking.name=tube", "masking.ratio_video=0.75", "masking.ratio_image=0.5",
+    "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+    "data.img_size=16", "data.num_frames=4", "data.batch_size=16", "data.num_workers=0",
+    "data.datasets.digits_images.weight=1", "data.datasets.digits_clips.weight=1",
+    "optim.lr=1e-3", "optim.warmup_epochs=0.5", "optim.clip_grad=1.0",
+    "train.steps_per_epoch=8", "train.epochs=2", "train.precision=fp32",
+    "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=4", "checkpoint.every_steps=3",
+]
+
+
+def tiny_cfg(run_dir: Path, *extra: str):
+    return load_config(None, [f"output_dir={run_dir}", *TINY, *extra])
+
+
+def read_losses(run_dir: Path) -> dict[int, float]:
+    """Per-step total loss from metrics.jsonl; a step logged twice (before a kill and after the resume)
+    keeps its last value."""
+    losses = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        losses[record["step"]] = record["loss"]
+    return losses
+
+
+def test_pretrain_writes_tensorboard_and_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    state = engine.pretrain(tiny_cfg(tmp_path))
+    assert state.step == 16 and state.epoch == 2 and state.skipped_steps == 0
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("loss", "loss/pixel", "lr", "grad_norm", "perf/clips_per_s", "perf/data_wait", "skipped_steps"):
+        assert tag in tags["scalars"], tag
+    losses = [e.value for e in events.Scalars("loss")]
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 17))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-4:]) < sum(losses[:4]), "loss did not go down"
+    lrs = [e.value for e in events.Scalars("lr")]
+    assert max(lrs) == pytest.approx(1e-3 * 16 / 256, rel=1e-6)  # batch-scaled peak after warm-up
+    assert 0 <= min(e.value for e in events.Scalars("perf/data_wait")) <= 1
+    assert [e.step for e in events.Images("reconstruction")] == [4, 8, 12, 16]
+    image = events.Images("reconstruction")[0]
+    assert (image.height, image.width) == (3 * 16, 8 * 16)  # input / masked / reconstruction rows
+    assert "config/text_summary" in tags["tensors"]
+
+    assert read_losses(tmp_path)[16] == pytest.approx(losses[-1], rel=1e-6)
+    assert "step 16/16" in (tmp_path / "log.txt").read_text()
+    saved = load(tmp_path / "checkpoints" / "last.pt")
+    assert saved["train_state"]["epoch"] == 2 and saved["step"] == 16
+    assert load_config(tmp_path / "config.yaml") == tiny_cfg(tmp_path)  # resolved config round-trips
+
+
+def _launch(run_dir: Path, *extra: str) -> subprocess.Popen:
+    overrides = [f"output_dir={run_dir}", *TINY, "train.epochs=4", "data.num_workers=1", *extra]
+    return subprocess.Popen([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
+                             str(REPO / "configs/demo/digits.yaml"), *overrides],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    proc = _launch(reference)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    proc = _launch(interrupted)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once step 10 is logged: last.pt is step 9
+        metrics = interrupted / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l)["step"] >= 10 for l in metrics.read_text().splitlines()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load(interrupted / "checkpoints" / "last.pt")["train_state"]
+    assert killed_at["batch_in_epoch"] > 0, f"checkpoint is not mid-epoch: {killed_at}"
+
+    proc = _launch(interrupted)  # resume=auto is the default
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert f"resumed at step {killed_at['step']}" in (interrupted / "log.txt").read_text()
+
+    expected, got = read_losses(reference), read_losses(interrupted)
+    assert sorted(got) == sorted(expected) == list(range(1, 33))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
+    final_a = load(reference / "checkpoints" / "last.pt")["model"]
+    final_b = load(interrupted / "checkpoints" / "last.pt")["model"]
+    for name, tensor in final_a.items():
+        torch.testing.assert_close(final_b[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+class PoisonedLoss(nn.Module):
+    """Fault injection: wraps the real model and turns the losses of chosen calls into NaN."""
+
+    def __init__(self, inner: nn.Module, bad_calls: set[int]):
+        super().__init__()
+        self.inner, self.bad_calls, self.calls = inner, bad_calls, 0
+
+    def forward(self, clip, mask):
+        out = self.inner(clip, mask)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path):
+    run = engine.setup(tiny_cfg(tmp_path, "train.epochs=1", "train.nan_patience=3"))
+    run.model = PoisonedLoss(run.raw_model, bad_calls={2, 3})
+    with engine.tqdm(disable=True) as progress:
+        engine.train_one_epoch(run, progress)
+    assert run.state.step == 8 and run.state.skipped_steps == 2 and run.state.nonfinite_in_row == 0
+    assert all(torch.isfinite(p).all() for p in run.raw_model.parameters())
+    logged = read_losses(tmp_path)
+    assert all(v == v for v in logged.values()), "a NaN step leaked into the logged loss"
+    run.metrics.close()
+
+
+def test_nan_run_stops_after_patience_without_touching_checkpoints(tmp_path):
+    run = engine.setup(tiny_cfg(tmp_path, "train.nan_patience=3"))
+    engine.save(run)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    run.model = PoisonedLoss(run.raw_model, bad_calls=set(range(3, 100)))
+    with pytest.raises(engine.NonFiniteLossError, match="3 steps in a row"), engine.tqdm(disable=True) as progress:
+        engine.train_one_epoch(run, progress)
+    assert run.state.step == 4  # steps 1 and 2 applied, 3 and 4 skipped, the 3rd bad one stops the run
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+    run.metrics.close()
+
+
+def test_resume_never_refuses_to_overwrite_a_run(tmp_path):
+    engine.pretrain(tiny_cfg(tmp_path, "train.epochs=1", "log.image_every_steps=0"))
+    with pytest.raises(RuntimeError, match="already holds checkpoints"):
+        engine.pretrain(tiny_cfg(tmp_path, "train.epochs=1", "resume=never"))
+
+
+def test_probe_reports_both_accuracies(tmp_path):
+    from vmim.engine.probe import probe_checkpoint
+
+    cfg = tiny_cfg(tmp_path, "train.epochs=1", "log.image_every_steps=0")
+    engine.pretrain(cfg)
+    acc = probe_checkpoint(cfg, load(tmp_path / "checkpoints" / "last.pt"))
+    assert set(acc) == {"pretrained", "random_init"}
+    assert all(0.2 < a <= 1.0 for a in acc.values()), acc  # 10 classes: far above chance either way

@@ -1,0 +1,107 @@
+"""Built-in demo data that ships with the install: scikit-learn's handwritten digits.
+
+* ``DigitImages``: each 8x8 digit upscaled to 3/4 of the canvas and placed at a random offset (training)
+  or centred (test), as a one-frame clip.
+* ``DigitClips``: the same digit moving in a straight line, bouncing off the canvas borders.
+
+Both return uint8 ``(C, T, H, W)`` clips (grey replicated over C) and the digit label; the split is a
+fixed stratified 80/20 split, so the test part serves as held-out labeled data for probing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.images / 16.0).astype(np.float32), data.target.astype(np.int64)
+
+
+@lru_cache(maxsize=4)
+def _split_indices(split: str) -> np.ndarray:
+    _, labels = _digits()
+    rng = np.random.default_rng(SPLIT_SEED)
+    test = np.concatenate([
+        rng.permutation(np.flatnonzero(labels == c))[: int(round(TEST_FRACTION * (labels == c).sum()))]
+        for c in range(10)
+    ])
+    if split == "test":
+        return np.sort(test)
+    if split == "train":
+        return np.setdiff1d(np.arange(len(labels)), test)
+    raise ValueError(f"unknown split '{split}' (train or test)")
+
+
+@lru_cache(maxsize=8)
+def _glyphs(split: str, size: int) -> np.ndarray:
+    """(n, size, size) float digits upscaled bilinearly, values in [0, 1]."""
+    images, _ = _digits()
+    x = torch.from_numpy(images[_split_indices(split)])[:, None]
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1).numpy()
+
+
+class _DigitsBase:
+    def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 1, in_chans: int = 3):
+        self.split = split
+        self.img_size = img_size
+        self.glyph_size = (3 * img_size) // 4
+        self.num_frames = num_frames
+        self.in_chans = in_chans
+        self.labels = _digits()[1][_split_indices(split)]
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int]:
+        return self.num_frames, self.img_size, self.img_size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _render(self, glyph: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+        """Paste the glyph at integer (row, col) positions, one per frame -> uint8 (C, T, H, W)."""
+        frames = np.zeros((len(positions), self.img_size, self.img_size), dtype=np.float32)
+        g = self.glyph_size
+        for frame, (r, c) in zip(frames, positions):
+            frame[r:r + g, c:c + g] = glyph
+        clip = torch.from_numpy((frames * 255).round().astype(np.uint8))
+        return clip[None].expand(self.in_chans, -1, -1, -1).contiguous()
+
+
+class DigitImages(_DigitsBase):
+    """One-frame clips of digits at a random (train) or centred (test) position."""
+
+    modality = "image"
+
+    def __init__(self, split: str = "train", img_size: int = 32, in_chans: int = 3, centered: bool | None = None):
+        super().__init__(split, img_size, 1, in_chans)
+        self.centered = split == "test" if centered is None else centered
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        slack = self.img_size - self.glyph_size
+        pos = np.array([slack // 2] * 2) if self.centered else rng.integers(0, slack + 1, size=2)
+        return self._render(_glyphs(self.split, self.glyph_size)[index], pos[None]), int(self.labels[index])
+
+
+class DigitClips(_DigitsBase):
+    """Clips of a digit moving at a random constant velocity, bouncing at the borders."""
+
+    modality = "video"
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        slack = self.img_size - self.glyph_size
+        start = rng.uniform(0, slack, size=2)
+        velocity = rng.uniform(-2.0, 2.0, size=2)
+        path = start[None] + velocity[None] * np.arange(self.num_frames)[:, None]
+        path = np.abs((path + slack) % (2 * slack) - slack) if slack else path * 0  # reflect into [0, slack]
+        return self._render(_glyphs(self.split, self.glyph_size)[index], path.round().astype(int)), int(
+            self.labels[index])

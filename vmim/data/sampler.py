@@ -1,0 +1,79 @@
+"""Deterministic, resumable batch sampler over a weighted mix of datasets.
+
+Every batch comes from one dataset (so all its clips share a shape and a masked-token count); the
+datasets are interleaved in a seeded random order. Everything derives from ``(seed, epoch)``:
+the order of batches, the indices in each, and a per-sample seed for augmentation and masking. Ranks
+take disjoint slices of the same global batch, and ``start_batch`` skips what a resumed run already
+consumed, so a restarted run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+SampleKey = tuple[int, int, int]  # (dataset id, index in that dataset, per-sample seed)
+
+
+def batches_per_dataset(sizes: Sequence[int], weights: Sequence[float], global_batch: int,
+                        total: int | None = None) -> list[int]:
+    """Batches each dataset contributes per epoch: size x weight / global batch (at least 1), or, with
+    ``total``, that mix rescaled by largest remainders to sum to ``total``."""
+    share = np.array([s * w for s, w in zip(sizes, weights)], dtype=np.float64) / global_batch
+    if total is None:
+        return [max(1, int(x)) for x in share]
+    exact = share / share.sum() * total
+    counts = np.floor(exact).astype(int)
+    counts[np.argsort(counts - exact)[: total - counts.sum()]] += 1
+    return counts.tolist()
+
+
+class MixedBatchSampler:
+    """Yields lists of :data:`SampleKey` for this rank.
+
+    Args:
+        sizes: length of each dataset.
+        weights: passes per epoch over each dataset (repeat factors).
+        batch_size: samples per rank per batch.
+        world_size, rank: data-parallel layout.
+        seed: run seed.
+        batches_per_epoch: fixed epoch length in batches, or None for one weighted pass.
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, world_size: int = 1,
+                 rank: int = 0, seed: int = 0, batches_per_epoch: int | None = None):
+        self.sizes, self.weights = list(sizes), list(weights)
+        self.batch_size, self.world_size, self.rank, self.seed = batch_size, world_size, rank, seed
+        self.counts = batches_per_dataset(sizes, weights, batch_size * world_size, batches_per_epoch)
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def _epoch_plan(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        global_batch = self.batch_size * self.world_size
+        indices, seeds = [], []
+        for size, count in zip(self.sizes, self.counts):
+            needed = count * global_batch
+            perms = [rng.permutation(size) for _ in range(-(-needed // size))]
+            indices.append(np.concatenate(perms)[:needed].reshape(count, global_batch))
+            seeds.append(rng.integers(0, 2**31, size=(count, global_batch)))
+        order = rng.permutation(np.repeat(np.arange(len(self.sizes)), self.counts))
+        return order, indices, seeds
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        order, indices, seeds = self._epoch_plan()
+        position = np.zeros(len(self.sizes), dtype=int)
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for step, dataset in enumerate(order):
+            j = position[dataset]
+            position[dataset] += 1
+            if step < self.start_batch:
+                continue
+            yield [(int(dataset), int(i), int(s)) for i, s in zip(indices[dataset][j, lo:hi], seeds[dataset][j, lo:hi])]

@@ -1,0 +1,92 @@
+"""Interface shared by all reconstruction targets.
+
+A target maps a clean clip ``(B, C, T, H, W)`` in [0, 1] to one feature vector per token, ``(B, N, D)``, for
+ALL tokens, in the (t, h, w) row-major token order of a Conv3d patch embedding flattened with
+``x.flatten(2).transpose(1, 2)``. The loss picks the masked (or visible) tokens afterwards.
+
+Targets hold no trainable parameters, never build a graph and always compute in float32, also when called
+inside ``torch.autocast``: they run on the device inside the training step, on the batch of clean clips.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+Grid = tuple[int, int, int]
+
+
+@contextmanager
+def float32_no_grad(device: torch.device) -> Iterator[None]:
+    """No grad and no autocast on ``device``: ops run in the dtype of their (float32) inputs."""
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        yield
+
+
+class Target(nn.Module, ABC):
+    """Abstract reconstruction target.
+
+    Args:
+        patch_size: Tubelet size ``(t, p, p)`` of the patch embedding.
+        in_chans: Channels ``C`` of the clips.
+
+    Attributes:
+        dim: Features per token ``D``.
+    """
+
+    dim: int
+
+    def __init__(self, patch_size: tuple[int, int, int], in_chans: int = 3):
+        super().__init__()
+        if len(patch_size) != 3 or patch_size[1] != patch_size[2] or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be (t, p, p) with positive sizes, got {patch_size}")
+        self.patch_size: tuple[int, int, int] = tuple(int(s) for s in patch_size)
+        self.in_chans = in_chans
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Any, patch_size: tuple[int, int, int], in_chans: int) -> Target:
+        """Builds the target from a ``TargetConfig``-like dataclass."""
+
+    @abstractmethod
+    def _compute(self, pixels: Tensor) -> Tensor:
+        """Float32 ``(B, C, T, H, W)`` clip (already validated) -> ``(B, N, D)`` features."""
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """Per-token targets of a clip.
+
+        Args:
+            pixels: ``(B, C, T, H, W)`` clean clip in [0, 1]; T a multiple of t, H and W multiples of p.
+
+        Returns:
+            float32 ``(B, N, D)``, N = (T/t)*(H/p)*(W/p) in (t, h, w) row-major order, without grad.
+        """
+        self.grid(pixels)
+        with float32_no_grad(pixels.device):
+            return self._compute(pixels.float())
+
+    def to_pixels(self, pred: Tensor, pixels: Tensor) -> Tensor | None:
+        """Maps a prediction ``(B, N, D)`` back to a clip ``(B, C, T, H, W)`` for visualization.
+
+        Args:
+            pred: Predicted targets for all tokens.
+            pixels: The clean clip ``(B, C, T, H, W)`` the targets were computed from.
+
+        Returns:
+            The clip, or None when the target cannot be inverted (the default).
+        """
+        return None
+
+    def grid(self, pixels: Tensor) -> Grid:
+        """Token grid ``(T/t, H/p, W/p)`` of a clip; ValueError if its shape does not fit the target."""
+        t, p, _ = self.patch_size
+        if pixels.ndim != 5 or pixels.shape[1] != self.in_chans:
+            raise ValueError(f"expected a (B, {self.in_chans}, T, H, W) clip, got shape {tuple(pixels.shape)}")
+        _, _, T, H, W = pixels.shape
+        if T % t or H % p or W % p:
+            raise ValueError(f"clip shape {tuple(pixels.shape)} is not divisible by patch size {self.patch_size}")
+        return T // t, H // p, W // p
