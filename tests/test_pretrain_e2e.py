@@ -43,7 +43,8 @@ def read_losses(run_dir: Path) -> dict[int, float]:
     losses = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        losses[record["step"]] = record["loss"]
+        if "loss" in record:  # a logged window of only skipped (non-finite) steps has no loss
+            losses[record["step"]] = record["loss"]
     return losses
 
 
@@ -137,19 +138,24 @@ def test_nan_steps_are_skipped_and_counted(tmp_path):
     assert run.state.step == 8 and run.state.skipped_steps == 2 and run.state.nonfinite_in_row == 0
     assert all(torch.isfinite(p).all() for p in run.raw_model.parameters())
     logged = read_losses(tmp_path)
+    assert sorted(logged) == [1, 4, 5, 6, 7, 8], "skipped steps must not log a loss"
     assert all(v == v for v in logged.values()), "a NaN step leaked into the logged loss"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 2, 2, 2, 2, 2, 2]
     run.metrics.close()
 
 
 def test_nan_run_stops_after_patience_without_touching_checkpoints(tmp_path):
-    run = engine.setup(tiny_cfg(tmp_path, "train.nan_patience=3"))
+    run = engine.setup(tiny_cfg(tmp_path, "train.nan_patience=3", "checkpoint.every_steps=1"))
     engine.save(run)
     before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     run.model = PoisonedLoss(run.raw_model, bad_calls=set(range(3, 100)))
     with pytest.raises(engine.NonFiniteLossError, match="3 steps in a row"), engine.tqdm(disable=True) as progress:
         engine.train_one_epoch(run, progress)
     assert run.state.step == 4  # steps 1 and 2 applied, 3 and 4 skipped, the 3rd bad one stops the run
-    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+    after_good_steps = load(tmp_path / "checkpoints" / "last.pt")
+    assert after_good_steps["step"] == 2, "a checkpoint was written during the non-finite streak"
+    assert before != (tmp_path / "checkpoints" / "last.pt").read_bytes()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
     run.metrics.close()
 

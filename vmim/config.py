@@ -244,8 +244,10 @@ def _load_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 def _deep_merge(base: dict, new: dict) -> dict:
     out = dict(base)
     for key, value in new.items():
-        if isinstance(value, dict) and value.get("_replace_"):
-            out[key] = {k: v for k, v in value.items() if k != "_replace_"}
+        if isinstance(value, dict) and "_replace_" in value:
+            replace = value["_replace_"]
+            value = {k: v for k, v in value.items() if k != "_replace_"}
+            out[key] = value if replace else _deep_merge(out.get(key) or {}, value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
@@ -363,6 +365,9 @@ def validate(cfg: Config) -> None:
         _check(t.decoder_depth >= 0, f"{key}.decoder_depth", f"{t.decoder_depth} must be >= 0")
         _check(t.decoder_dim > 0 and t.decoder_heads > 0 and t.decoder_dim % t.decoder_heads == 0,
                f"{key}.decoder_heads", f"{t.decoder_heads} must divide decoder_dim={t.decoder_dim}")
+        _check((t.decoder_dim // 4) % 2 == 0 and (t.decoder_dim - t.decoder_dim // 4) % 4 == 0,
+               f"{key}.decoder_dim", f"{t.decoder_dim} cannot carry the space-time sin-cos table "
+               "(a multiple of 16 always can)")
         if t.kind == "hog":
             _check(t.nbins > 0, f"{key}.nbins", f"{t.nbins} must be positive")
             _check(t.cell_size > 0 and m.patch_size % t.cell_size == 0, f"{key}.cell_size",

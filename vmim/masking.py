@@ -59,6 +59,8 @@ def cube_mask(
     count is always exact. Units are then upsampled (nearest) to the token grid.
     """
     ut, uh, uw = min(unit_size[0], grid[0]), unit_size[1], unit_size[2]
+    if grid[0] % ut or grid[1] % uh or grid[2] % uw:
+        raise ValueError(f"mask unit {tuple(unit_size)} does not tile the token grid {tuple(grid)}")
     units = (grid[0] // ut, grid[1] // uh, grid[2] // uw)
     tu, hu, wu = units
     target = num_masked(units, ratio)

@@ -265,8 +265,9 @@ def train_one_epoch(run: Run, progress: tqdm) -> None:
             log_window(run, window, progress)
         if cfg.log.image_every_steps and state.step % cfg.log.image_every_steps == 0 and run.dist.is_main:
             log_preview(run, batch)
-        if state.step % cfg.checkpoint.every_steps == 0 and state.batch_in_epoch < len(run.sampler):
-            save(run)
+        mid_epoch = state.batch_in_epoch < len(run.sampler)  # the epoch end saves anyway
+        if state.step % cfg.checkpoint.every_steps == 0 and mid_epoch and state.nonfinite_in_row == 0:
+            save(run)  # never during a non-finite streak: the last good checkpoint stays the newest
         fetch_start = time.perf_counter()
 
 

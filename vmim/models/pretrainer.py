@@ -77,7 +77,8 @@ class MaskedPretrainer(nn.Module):
             grid = self.backbone.grid(pixels.shape)
             keep = (~mask).float().view(-1, 1, *grid)
             keep = keep.repeat_interleave(t, 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
-            frames = [x[:, :3, 0].clamp(0, 1) for x in (pixels, pixels * keep, recon * (1 - keep) + pixels * keep)]
+            frames = [x[:, :3, 0].expand(-1, 3, -1, -1).clamp(0, 1) if x.shape[1] == 1 else x[:, :3, 0].clamp(0, 1)
+                      for x in (pixels, pixels * keep, recon * (1 - keep) + pixels * keep)]
             rows = [torch.cat(list(f), dim=-1) for f in frames]  # each (C, H, B*W)
             return torch.cat(rows, dim=-2)
         return None

@@ -82,7 +82,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing

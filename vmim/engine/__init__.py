@@ -1,0 +1,1 @@
+"""Training engine: the pretraining loop, optimizer and schedule, checkpoints, metrics, distributed set-up."""
