@@ -22,16 +22,6 @@ RATIOS = [0.4, 0.75, 0.9]
 SEEDS = range(12)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: with two OpenMP threads on two cores shared with other jobs every op waits for a time
-    slice (~100x slower); one thread is faster and keeps the timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 

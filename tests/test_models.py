@@ -25,16 +25,6 @@ FORWARD_SIZES = ["vit_test", "vit_tiny"]
 PATCH, TUBELET = 8, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: with two OpenMP threads on two cores shared with other jobs every op waits for a time
-    slice (~100x slower); one thread is faster and keeps the timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_mask(batch: int, n: int, n_masked: int, seed: int = 0) -> torch.Tensor:
     """(B, N) bool, exactly ``n_masked`` True per row, a different pattern per row."""
     gen = torch.Generator().manual_seed(seed)

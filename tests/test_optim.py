@@ -13,15 +13,6 @@ from vmim.engine.optim import build_optimizer, cosine_lr, param_groups, scaled_l
 from vmim.models import build_pretrainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: with two OpenMP threads on two cores shared with other jobs every op waits for a time
-    slice (~100x slower); one thread is faster and keeps the timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ----------------------------------------------------------------------------------------------------
 # cosine_lr
 # ----------------------------------------------------------------------------------------------------
