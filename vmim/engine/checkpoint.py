@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,9 @@ class CheckpointManager:
         save_atomic(state, self.last)
         if self.keep_every and step % self.keep_every == 0:
             keep = self.dir / f"step_{step:08d}.pt"
-            keep.unlink(missing_ok=True)
-            os.link(self.last, keep)  # same bytes, no second write
+            tmp = keep.with_name(keep.name + ".tmp")
+            shutil.copyfile(self.last, tmp)  # an independent copy: a hard link would share any damage to last.pt
+            os.replace(tmp, keep)
         return self.last
 
     def candidates(self) -> list[Path]:
