@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from vmim import config
 from vmim.data import DigitClips, DigitImages, MaskedClipDataset, MixedBatchSampler
+from vmim.data.pretrain_dataset import collate
 from vmim.masking import MASKINGS, MaskGenerator, build_mask_generator, cube_mask, num_masked, random_mask, tube_mask
 
 GRIDS = [(1, 8, 8), (4, 8, 8), (8, 14, 14)]
@@ -273,13 +274,14 @@ def test_batches_identical_with_any_worker_count(dataset, sources):
     sampler = MixedBatchSampler([len(s) for s in sources], [1.0, 1.0], batch_size=3, seed=5, batches_per_epoch=6)
     sampler.set_epoch(2)
     keys = list(sampler)
-    single = collect(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
-    multi = collect(DataLoader(dataset, batch_sampler=sampler, num_workers=2))
+    single = collect(DataLoader(dataset, batch_sampler=sampler, num_workers=0, collate_fn=collate))
+    multi = collect(DataLoader(dataset, batch_sampler=sampler, num_workers=2, collate_fn=collate))
     assert len(single) == len(multi) == len(keys) == 6
     assert {int(b["dataset"][0]) for b in single} == {0, 1}  # both datasets (and both grids) are exercised
     for batch_keys, a, b in zip(keys, single, multi):
-        assert set(a) == set(b) == {"clip", "mask", "label", "dataset"}
-        for name in a:
+        assert set(a) == set(b) == {"clip", "mask", "label", "dataset", "bad"}
+        assert a["bad"] == b["bad"] == []  # built-in data never fails to load
+        for name in ("clip", "mask", "label", "dataset"):
             assert torch.equal(a[name], b[name]), name
         for row, key in enumerate(batch_keys):  # and each row is exactly dataset[key]
             item = dataset[key]

@@ -22,7 +22,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -33,7 +33,10 @@ MASKINGS = ("random", "tube", "cube")
 TARGETS = ("pixel", "hog")
 PIXEL_NORMS = ("per_channel", "joint", "none")
 TOKEN_SETS = ("masked", "visible")
-DATASETS = ("digits_images", "digits_clips")
+DATASETS = ("digits_images", "digits_clips", "video", "image")
+INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
+DECODERS = ("decord", "pyav", "auto")
+CROPS = ("multi_scale", "random_resized")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -109,11 +112,33 @@ class TargetConfig:
 @dataclass
 class DatasetConfig:
     kind: str = ""
-    """One of DATASETS; empty means the entry's key."""
+    """One of DATASETS (digits_images, digits_clips, video, image); empty means the entry's key."""
     weight: float = 1.0
     """Passes over this dataset per epoch (a repeat factor; 0.5 = half of it each epoch)."""
     split: str = "train"
     """Built-in datasets: train or test."""
+    format: str = "space"
+    """video / image: index format, one of INDEX_FORMATS ('path label' lines, CSV, Kinetics CSV, SSv2 JSON,
+    UCF101 / HMDB51 split files, an ImageFolder tree)."""
+    path: str = ""
+    """video / image: the list or annotation file (the class-folder root for image_folder)."""
+    root: str = ""
+    """Folder that relative paths in the list point into; empty = the list file's folder."""
+    labels: str = ""
+    """ssv2: the labels JSON; ucf101: classInd.txt."""
+    missing: str = "error"
+    """Listed files that do not exist at start-up: error (stop, listing the first 10) or drop (report, go on)."""
+    decoder: str = "decord"
+    """decord, pyav, or auto (decord, falling back to PyAV for what decord cannot read, e.g. AV1)."""
+    stride: int = 4
+    """Source frames between sampled frames (K400: 4, SSv2: 2)."""
+    target_fps: float = 0.0
+    """Resample to this frame rate before striding; 0 keeps each video's own rate."""
+    crop: str = ""
+    """multi_scale (VideoMAE) or random_resized (MaskFeat, images); empty = multi_scale for video,
+    random_resized for images."""
+    flip: Optional[bool] = None
+    """Random horizontal flip; None = on for images, off for video (never flip SSv2: labels have a direction)."""
 
 
 @dataclass
@@ -127,6 +152,10 @@ class DataConfig:
     """Clips per device per micro-batch. Global batch = batch_size x world size x accum_steps."""
     num_workers: int = 4
     pin_memory: bool = True
+    max_bad_fraction: float = 0.01
+    """Stop when a dataset's missing + undecodable files exceed this fraction of its list."""
+    decode_timeout_s: float = 60.0
+    """Give up on one sample after this long (counted as a bad file); 0 disables the limit."""
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -375,9 +404,21 @@ def validate(cfg: Config) -> None:
 
     _check(len(d.datasets) > 0, "data.datasets", "at least one dataset is required")
     for name, ds in d.datasets.items():
-        _choice(f"data.datasets.{name}.kind", ds.kind, DATASETS)
-        _check(ds.weight > 0, f"data.datasets.{name}.weight", f"{ds.weight} must be positive")
-        _choice(f"data.datasets.{name}.split", ds.split, ("train", "test"))
+        key = f"data.datasets.{name}"
+        _choice(f"{key}.kind", ds.kind, DATASETS)
+        _check(ds.weight > 0, f"{key}.weight", f"{ds.weight} must be positive")
+        _choice(f"{key}.split", ds.split, ("train", "test"))
+        if ds.kind in ("video", "image"):
+            _choice(f"{key}.format", ds.format, INDEX_FORMATS)
+            _check(bool(ds.path), f"{key}.path", "a list / annotation file (or image folder) is required")
+            _choice(f"{key}.missing", ds.missing, ("error", "drop"))
+            _choice(f"{key}.decoder", ds.decoder, DECODERS)
+            _check(ds.stride >= 1, f"{key}.stride", f"{ds.stride} must be >= 1")
+            _check(ds.target_fps >= 0, f"{key}.target_fps", f"{ds.target_fps} must be >= 0")
+            if ds.crop:
+                _choice(f"{key}.crop", ds.crop, CROPS)
+    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"{d.max_bad_fraction} is outside [0, 1]")
+    _check(d.decode_timeout_s >= 0, "data.decode_timeout_s", f"{d.decode_timeout_s} must be >= 0")
     _check(d.batch_size > 0, "data.batch_size", f"{d.batch_size} must be positive")
     _check(d.num_workers >= 0, "data.num_workers", f"{d.num_workers} must be >= 0")
     _check(len(d.mean) == m.in_chans, "data.mean", f"needs {m.in_chans} values (model.in_chans)")

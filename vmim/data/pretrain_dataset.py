@@ -6,9 +6,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from ..masking import MaskGenerator
+from .robust import time_limit
 from .sampler import SampleKey
+
+MAX_REPLACEMENTS = 20
 
 
 class ClipSource(Protocol):
@@ -23,25 +27,50 @@ class ClipSource(Protocol):
 
 
 class MaskedClipDataset:
-    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "mask": bool (N,), "label", "dataset"}.
+    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "mask": bool (N,), "label", "dataset", "bad"}.
 
-    The same seed drives augmentation and the mask, so a sample is a pure function of its key.
+    The same seed drives augmentation and the mask, so a sample is a pure function of its key. A sample
+    that fails to load (corrupt file, decoder error, timeout) is replaced by another index of the same
+    dataset drawn from the same seed; the failures travel with the sample in ``"bad"`` as
+    ``(dataset, path, reason)`` for the main process to report and count.
     """
 
-    def __init__(self, sources: Sequence[ClipSource], mask_generator: MaskGenerator, patch_size: tuple[int, int, int]):
+    def __init__(self, sources: Sequence[ClipSource], mask_generator: MaskGenerator, patch_size: tuple[int, int, int],
+                 decode_timeout_s: float = 0.0):
         self.sources = list(sources)
         self.mask_generator = mask_generator
         self.patch_size = patch_size
+        self.decode_timeout_s = decode_timeout_s
 
     def token_grid(self, clip_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         t, h, w = clip_shape
         pt, ph, pw = self.patch_size
         return max(t // pt, 1), h // ph, w // pw
 
+    def _load(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int, list]:
+        source, failures = self.sources[dataset], []
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                with time_limit(self.decode_timeout_s):
+                    clip, label = source.load(index, rng)
+                return clip, label, failures
+            except Exception as err:  # any failure of one file must not stop the run; it is reported instead
+                path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
+                failures.append((dataset, path, f"{type(err).__name__}: {err}"))
+                index = int(rng.integers(len(source)))
+        raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
+
     def __getitem__(self, key: SampleKey) -> dict:
         dataset, index, seed = key
-        source = self.sources[dataset]
         rng = np.random.default_rng(seed)
-        clip, label = source.load(index, rng)
+        clip, label, failures = self._load(dataset, index, rng)
         mask = self.mask_generator(self.token_grid(tuple(clip.shape[1:])), rng)
-        return {"clip": clip, "mask": torch.from_numpy(mask), "label": label, "dataset": dataset}
+        return {"clip": clip, "mask": torch.from_numpy(mask), "label": label, "dataset": dataset, "bad": failures}
+
+
+def collate(samples: list[dict]) -> dict:
+    """default_collate for tensors and labels; ``"bad"`` failures are concatenated into one list."""
+    failures = [f for s in samples for f in s["bad"]]
+    batch = default_collate([{k: v for k, v in s.items() if k != "bad"} for s in samples])
+    batch["bad"] = failures
+    return batch

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, config_to_yaml
-from ..data import build_pretrain_loader
+from ..data import PretrainData, build_pretrain_data
 from ..models import build_pretrainer
 from .checkpoint import CheckpointManager, load, rng_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
@@ -56,8 +56,7 @@ class Run:
     raw_model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loader: torch.utils.data.DataLoader
-    sampler: object
+    data: PretrainData
     checkpoints: CheckpointManager
     metrics: MetricsLogger
     log: object
@@ -107,20 +106,20 @@ def setup(cfg: Config) -> Run:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     raw_model = build_pretrainer(cfg).to(device)
     torch.manual_seed(cfg.train.seed + 1000 * info.rank)  # per-rank stochastic depth
-    loader, sampler, _ = build_pretrain_loader(cfg, raw_model.backbone.patch_size, info.world_size, info.rank)
+    data = build_pretrain_data(cfg, raw_model.backbone.patch_size, info.world_size, info.rank)
     accum = cfg.optim.accum_steps
     global_batch = cfg.data.batch_size * info.world_size * accum
     optimizer = build_optimizer(raw_model, cfg.optim, global_batch)
-    steps_per_epoch = len(sampler) // accum
+    steps_per_epoch = len(data.sampler) // accum
     if steps_per_epoch == 0:
-        raise RuntimeError(f"an epoch has {len(sampler)} batches, fewer than optim.accum_steps={accum}")
+        raise RuntimeError(f"an epoch has {len(data.sampler)} batches, fewer than optim.accum_steps={accum}")
     model = raw_model
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.index is not None else None)
     run = Run(
         cfg=cfg, run_dir=run_dir, device=device, dist=info, model=model, raw_model=raw_model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), precision=precision,
-        loader=loader, sampler=sampler, checkpoints=CheckpointManager(run_dir, cfg.checkpoint.keep_every_steps),
+        data=data, checkpoints=CheckpointManager(run_dir, cfg.checkpoint.keep_every_steps),
         metrics=MetricsLogger(run_dir, info.is_main), log=log, state=TrainState(),
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.train.epochs,
         warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
@@ -194,6 +193,7 @@ class _Window:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
         self.clips = 0
         self.data_time = 0.0
@@ -202,10 +202,12 @@ class _Window:
     def add(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+        """Per-key means over the steps that reported the key (per-dataset losses appear in some steps)."""
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
 def optimizer_step(run: Run) -> tuple[float, bool]:
@@ -226,11 +228,13 @@ def optimizer_step(run: Run) -> tuple[float, bool]:
 
 def train_one_epoch(run: Run, progress: tqdm) -> None:
     cfg, state, accum = run.cfg, run.state, run.cfg.optim.accum_steps
-    run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    run.data.sampler.set_epoch(state.epoch, state.batch_in_epoch)
     window, step_losses = _Window(), {}
     fetch_start = time.perf_counter()
-    for batch in run.loader:
+    for batch in run.data.loader:
         window.data_time += time.perf_counter() - fetch_start
+        run.data.monitor.update(batch["bad"])  # logs new bad files; raises past data.max_bad_fraction
+        source = run.data.names[int(batch["dataset"][0])]  # batches are homogeneous in dataset
         clip = batch["clip"].to(run.device, non_blocking=True)
         mask = batch["mask"].to(run.device, non_blocking=True)
         sync = (state.batch_in_epoch + 1) % accum == 0
@@ -240,6 +244,8 @@ def train_one_epoch(run: Run, progress: tqdm) -> None:
             run.scaler.scale(losses["loss"] / accum).backward()
         for k, v in losses.items():
             step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
+        step_losses[f"loss_by_dataset/{source}"] = step_losses.get(f"loss_by_dataset/{source}", 0.0) + float(
+            losses["loss"].detach()) / accum
         state.batch_in_epoch += 1
         window.clips += clip.shape[0] * run.dist.world_size
         if not sync:
@@ -265,7 +271,7 @@ def train_one_epoch(run: Run, progress: tqdm) -> None:
             log_window(run, window, progress)
         if cfg.log.image_every_steps and state.step % cfg.log.image_every_steps == 0 and run.dist.is_main:
             log_preview(run, batch)
-        mid_epoch = state.batch_in_epoch < len(run.sampler)  # the epoch end saves anyway
+        mid_epoch = state.batch_in_epoch < len(run.data.sampler)  # the epoch end saves anyway
         if state.step % cfg.checkpoint.every_steps == 0 and mid_epoch and state.nonfinite_in_row == 0:
             save(run)  # never during a non-finite streak: the last good checkpoint stays the newest
         fetch_start = time.perf_counter()
@@ -278,6 +284,7 @@ def log_window(run: Run, window: _Window, progress: tqdm) -> None:
         "lr": run.optimizer.param_groups[0]["lr"], "epoch": run.state.epoch,
         "skipped_steps": float(run.state.skipped_steps),
         "perf/clips_per_s": window.clips / elapsed, "perf/data_wait": window.data_time / elapsed,
+        **run.data.monitor.scalars(),
     })
     values = all_reduce_mean(values, run.dist, run.device)
     run.metrics.scalars(run.state.step, values)

@@ -1,0 +1,79 @@
+"""Spatial augmentation on uint8 clips ``(T, H, W, C)``, one crop box for every frame of a clip.
+
+Crops are drawn from a numpy Generator (the per-sample seed), resized with antialiased bilinear
+interpolation, and returned as uint8 ``(C, T, size, size)``. Normalization happens later, on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+def random_resized_box(h: int, w: int, rng: np.random.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> Box:
+    """torchvision's RandomResizedCrop box (10 tries, then the central crop of the clamped ratio)."""
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    aspect = w / h
+    if aspect < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif aspect > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def multi_scale_box(h: int, w: int, rng: np.random.Generator, scales=MULTI_SCALES, max_distort: int = 1) -> Box:
+    """VideoMAE's GroupMultiScaleCrop: side lengths from ``scales`` x the short side (at most ``max_distort``
+    scale steps apart), placed at one of 13 fixed positions (corners, centre, quarter points)."""
+    base = min(h, w)
+    sizes = [int(base * s) for s in scales]
+    pairs = [(ch, cw) for i, ch in enumerate(sizes) for j, cw in enumerate(sizes) if abs(i - j) <= max_distort]
+    ch, cw = pairs[rng.integers(len(pairs))]
+    ys, xs = (h - ch) / 4, (w - cw) / 4
+    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1), (3, 3)]
+    oy, ox = offsets[rng.integers(len(offsets))]
+    return int(oy * ys), int(ox * xs), ch, cw
+
+
+def center_box(h: int, w: int, short_side: int, crop: int) -> Box:
+    """Box of a ``crop`` centre crop after resizing the short side to ``short_side``, in source pixels."""
+    side = crop * min(h, w) / short_side
+    ch, cw = min(h, int(round(side))), min(w, int(round(side)))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def crop_resize(frames: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> crop ``box`` -> resize to size x size -> optional horizontal flip -> uint8 (C, T, size, size)."""
+    top, left, ch, cw = box
+    x = frames[:, top:top + ch, left:left + cw].permute(0, 3, 1, 2).float()
+    if (ch, cw) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if flip:
+        x = x.flip(-1)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+
+def train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator, kind: str, flip: bool) -> torch.Tensor:
+    """Training augmentation: ``kind`` is ``multi_scale`` (VideoMAE) or ``random_resized`` (MaskFeat, images)."""
+    _, h, w, _ = frames.shape
+    if kind == "multi_scale":
+        box = multi_scale_box(h, w, rng)
+    elif kind == "random_resized":
+        box = random_resized_box(h, w, rng)
+    else:
+        raise ValueError(f"unknown crop '{kind}' (multi_scale or random_resized)")
+    return crop_resize(frames, box, size, flip=flip and bool(rng.integers(2)))
