@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"vmim: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError")
+        if type(err).__name__ not in known:
+            raise
+        print(f"vmim: {type(err).__name__}: {err}", file=sys.stderr)  # the run's own words; no traceback needed
+        return 1
 
 
 if __name__ == "__main__":

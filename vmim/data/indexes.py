@@ -156,15 +156,15 @@ class _DirCache:
 def _space_line(list_path: PathLike, number: int, text: str) -> tuple[str, int]:
     """``path [label]`` -> (path, label); the label is the last field when it is an int."""
     fields = text.split()
-    label = _as_int(fields[-1]) if len(fields) > 1 else None
     if len(fields) == 1:
         return text, -1
+    label = _as_int(fields[-1])
     if label is None:
         raise IndexFormatError(list_path, number, "expected 'path [label]' with an integer label", text)
     if len(fields) > 2 and all(_as_int(f) is not None for f in fields[1:-1]):
         raise IndexFormatError(list_path, number, "expected 'path [label]' (VideoMAEv2 'path start total label' "
                                                   "lines are not supported)", text)
-    return text[:text.rstrip().rfind(fields[-1])].strip(), label
+    return text[:text.rfind(fields[-1])].strip(), label
 
 
 def read_space_list(list_path: PathLike, root: PathLike | None = None) -> list[Entry]:
@@ -214,28 +214,31 @@ def _kinetics_columns(csv_path: PathLike, number: int, header: list[str]) -> dic
 
 def _kinetics_rows(csv_path: PathLike) -> list[tuple[int, str, str, str, float, float]]:
     """(line, label, split, youtube_id, start, end) per data row; label and split are '' when absent."""
-    rows = _csv_rows(csv_path)
-    first = next(rows, None)
-    if first is None:
-        return []
-    columns = _kinetics_columns(csv_path, *first)
-    c_label, c_split = columns.get("label"), columns.get("split")
-    c_id, c_start, c_end = (columns[name] for name in KINETICS_COLUMNS)
-    width = max(columns.values()) + 1
     out = []
-    for number, fields in rows:
-        try:
-            if len(fields) < width:
-                raise ValueError
-            start, end = float(fields[c_start]), float(fields[c_end])
-            if not (math.isfinite(start) and math.isfinite(end)):
-                raise ValueError
-        except ValueError:
-            raise IndexFormatError(csv_path, number, f"expected {width} fields with numeric time_start, time_end",
-                                   ",".join(fields)) from None
-        label = fields[c_label] if c_label is not None else ""
-        split = fields[c_split] if c_split is not None else ""
-        out.append((number, label, split, fields[c_id], start, end))
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next((row for row in reader if any(row) and not row[0].lstrip().startswith("#")), None)
+        if header is None:
+            return out
+        columns = _kinetics_columns(csv_path, reader.line_num, [name.strip() for name in header])
+        c_label, c_split = columns.get("label"), columns.get("split")
+        c_id, c_start, c_end = (columns[name] for name in KINETICS_COLUMNS)
+        width = max(columns.values()) + 1
+        for row in reader:
+            if not row or row[0].lstrip().startswith("#") or not "".join(row).strip():
+                continue  # blank line or comment
+            try:
+                if len(row) < width:
+                    raise ValueError
+                start, end = float(row[c_start]), float(row[c_end])
+                if not (math.isfinite(start) and math.isfinite(end)):
+                    raise ValueError
+            except ValueError:
+                raise IndexFormatError(csv_path, reader.line_num, f"expected {width} fields with numeric time_start, "
+                                       "time_end", ",".join(row)) from None
+            label = row[c_label].strip() if c_label is not None else ""
+            split = row[c_split].strip() if c_split is not None else ""
+            out.append((reader.line_num, label, split, row[c_id].strip(), start, end))
     return out
 
 
@@ -257,23 +260,32 @@ def read_kinetics_csv(csv_path: PathLike, root: PathLike | None = None,
     labels of the CSV. The video ``{youtube_id}_{start:06d}_{end:06d}`` (.mp4, .mkv or .webm) is looked up
     under ``root/{label}/``, ``root/{label_with_underscores}/``, ``root/{split}/{label}/`` and ``root/``; the
     first match wins, and a video found nowhere gets the first layout's .mp4 path. A CSV without a label
-    column (test splits) gives label -1 and only the ``root/`` layout.
+    column (test splits) gives label -1 and only the ``root/`` layout. Each folder is listed once.
     """
     base = _root_of(csv_path, root)
     rows = _kinetics_rows(csv_path)
     names = list(class_names) if class_names is not None else sorted({r[1] for r in rows if r[1]})
     index = {name: i for i, name in enumerate(names)}
-    cache, layouts = _DirCache(), {}
+    cache = _DirCache()
+    layouts: dict[tuple[str, str], tuple[int, str, list[tuple[str, dict[str, str]]]]] = {}
     entries = []
     for number, label, split, youtube_id, start, end in rows:
-        if label and label not in index:
-            raise IndexFormatError(csv_path, number, f"label not among the {len(names)} given class names", label)
-        if (label, split) not in layouts:
-            layouts[label, split] = [(d, cache.stems(d, VIDEO_EXTENSIONS)) for d in _kinetics_dirs(base, label, split)]
+        layout = layouts.get((label, split))
+        if layout is None:
+            if label and label not in index:
+                raise IndexFormatError(csv_path, number, f"label not among the {len(names)} given class names", label)
+            dirs = [d + os.sep for d in _kinetics_dirs(base, label, split)]
+            found_in = [(d, stems) for d in dirs if (stems := cache.stems(d[:-1], VIDEO_EXTENSIONS))]
+            layout = layouts[label, split] = (index[label] if label else -1, dirs[0], found_in)
+        label_index, default_dir, found_in = layout
         stem = f"{youtube_id}_{int(start):06d}_{int(end):06d}"
-        found = next((os.path.join(d, stems[stem]) for d, stems in layouts[label, split] if stem in stems), None)
-        path = found or os.path.join(layouts[label, split][0][0], stem + VIDEO_EXTENSIONS[0])
-        entries.append(Entry(path, index[label] if label else -1, start, end))
+        path = None
+        for directory, stems in found_in:
+            name = stems.get(stem)
+            if name is not None:
+                path = directory + name
+                break
+        entries.append(Entry(path or default_dir + stem + VIDEO_EXTENSIONS[0], label_index, start, end))
     return entries
 
 

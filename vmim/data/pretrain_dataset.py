@@ -56,7 +56,8 @@ class MaskedClipDataset:
                 return clip, label, failures
             except Exception as err:  # any failure of one file must not stop the run; it is reported instead
                 path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
-                failures.append((dataset, path, f"{type(err).__name__}: {err}"))
+                reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"  # DecodeError has a reason
+                failures.append((dataset, path, reason))
                 index = int(rng.integers(len(source)))
         raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
 

@@ -29,6 +29,7 @@ class VideoSource:
         self.decoder_name, self.crop, self.flip = decoder, crop, flip
         self.target_fps, self.overflow = target_fps, overflow
         self._decoder = None
+        self._info: dict = {}
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:
@@ -46,9 +47,17 @@ class VideoSource:
             self._decoder = build_decoder(self.decoder_name)
         return self._decoder
 
+    def info(self, path: str):
+        """VideoInfo, cached per process (a bounded dict): later clips of a file skip the probe."""
+        if path not in self._info:
+            if len(self._info) >= 4096:
+                self._info.clear()
+            self._info[path] = self.decoder.info(path)
+        return self._info[path]
+
     def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
         entry = self.entries[index]
-        info = self.decoder.info(entry.path)
+        info = self.info(entry.path)
         step = frame_step(self.stride, info.fps, self.target_fps)
         first, count = 0, info.num_frames
         if entry.start_sec is not None and entry.end_sec is not None and info.fps > 0:  # trimmed segment

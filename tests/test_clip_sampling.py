@@ -1,0 +1,116 @@
+"""Frame-index sampling, crops, and the bad-file monitor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vmim.data.clip_sampling import frame_step, random_window, segment_indices, uniform_views
+from vmim.data.robust import BadFileMonitor, DecodeTimeout, TooManyBadFiles, time_limit
+from vmim.data.transforms import center_box, crop_resize, multi_scale_box, random_resized_box, train_crop
+
+
+def test_random_window_inside_long_video():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        idx = random_window(300, 16, 4.0, rng)
+        assert len(idx) == 16 and idx.min() >= 0 and idx.max() < 300
+        assert (np.diff(idx) == 4).all()
+
+
+def test_random_window_covers_all_starts():
+    rng = np.random.default_rng(1)
+    starts = {int(random_window(70, 16, 4.0, rng)[0]) for _ in range(2000)}
+    assert starts == set(range(0, 70 - 61 + 1))  # span 61: every start 0..9 is reachable
+
+
+def test_short_video_loops_or_pads():
+    rng = np.random.default_rng(0)
+    assert random_window(10, 8, 2.0, rng, "loop").tolist() == [0, 2, 4, 6, 8, 0, 2, 4]
+    assert random_window(10, 8, 2.0, rng, "pad").tolist() == [0, 2, 4, 6, 8, 9, 9, 9]
+    with pytest.raises(ValueError, match="overflow"):
+        random_window(10, 8, 2.0, rng, "wrap")
+
+
+def test_fps_resampling_step():
+    assert frame_step(4, 30.0, None) == 4.0
+    assert frame_step(2, 60.0, 30.0) == 4.0  # every 2nd frame at 30 fps = every 4th at 60 fps
+    rng = np.random.default_rng(0)
+    idx = random_window(1000, 5, frame_step(1, 25.0, 10.0), rng)
+    assert np.allclose(np.diff(idx), 2.5, atol=1)  # 25 -> 10 fps: 2.5 source frames per clip frame
+
+
+def test_uniform_views_are_spread_and_deterministic():
+    views = uniform_views(300, 16, 4.0, num_views=5)
+    starts = [int(v[0]) for v in views]
+    assert starts == sorted(starts) and len(set(starts)) == 5
+    assert starts[0] >= 0 and views[-1][-1] < 300
+    assert [v.tolist() for v in uniform_views(300, 16, 4.0, 5)] == [v.tolist() for v in views]
+
+
+def test_segment_sampling_one_per_segment():
+    idx = segment_indices(80, 8, None)
+    assert idx.tolist() == [5, 15, 25, 35, 45, 55, 65, 75]  # segment middles
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = segment_indices(80, 8, rng)
+        assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(idx))
+
+
+def test_boxes_stay_inside_the_frame():
+    rng = np.random.default_rng(0)
+    for make in (random_resized_box, multi_scale_box):
+        for _ in range(300):
+            top, left, h, w = make(240, 320, rng)
+            assert 0 <= top and 0 <= left and top + h <= 240 and left + w <= 320 and h > 0 and w > 0
+
+
+def test_multi_scale_sides_come_from_the_scales():
+    rng = np.random.default_rng(0)
+    allowed = {int(240 * s) for s in (1.0, 0.875, 0.75, 0.66)}
+    for _ in range(100):
+        _, _, h, w = multi_scale_box(240, 320, rng)
+        assert h in allowed and w in allowed
+
+
+def test_center_box():
+    assert center_box(240, 320, short_side=256, crop=224) == (15, 55, 210, 210)
+
+
+def test_crop_resize_same_box_every_frame_and_flip():
+    frames = torch.arange(2 * 4 * 6 * 3, dtype=torch.uint8).reshape(2, 4, 6, 3)
+    out = crop_resize(frames, (1, 2, 2, 2), size=2)
+    assert out.shape == (3, 2, 2, 2) and out.dtype == torch.uint8
+    assert torch.equal(out, frames[:, 1:3, 2:4].permute(3, 0, 1, 2))  # no resize needed: exact crop
+    flipped = crop_resize(frames, (1, 2, 2, 2), size=2, flip=True)
+    assert torch.equal(flipped, out.flip(-1))
+
+
+def test_train_crop_is_a_function_of_the_seed():
+    frames = torch.randint(0, 256, (4, 48, 64, 3), dtype=torch.uint8)
+    a = train_crop(frames, 32, np.random.default_rng(7), "random_resized", flip=True)
+    b = train_crop(frames, 32, np.random.default_rng(7), "random_resized", flip=True)
+    assert a.shape == (3, 4, 32, 32) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown crop"):
+        train_crop(frames, 32, np.random.default_rng(0), "five_crop", flip=False)
+
+
+def test_monitor_counts_each_file_once_and_stops_past_threshold():
+    monitor = BadFileMonitor(["k400", "in1k"], listed=[20, 100], missing=[1, 0], max_fraction=0.2)
+    monitor.update([(0, "/v/a.mp4", "truncated"), (0, "/v/a.mp4", "truncated"), (1, "/i/x.jpg", "bad")])
+    assert monitor.scalars() == {"data/bad_files": 3.0, "data/bad_files/k400": 2.0, "data/bad_files/in1k": 1.0}
+    monitor.update([(0, "/v/b.mp4", "zero bytes"), (0, "/v/c.mp4", "garbage")])  # 1 + 3 of 20 = 20%: allowed
+    with pytest.raises(TooManyBadFiles, match=r"data.max_bad_fraction=0.2") as info:
+        monitor.update([(0, "/v/d.mp4", "garbage")])  # 25%
+    assert "k400" in str(info.value) and "1 missing + 4 undecodable of 20" in str(info.value)
+
+
+def test_time_limit_interrupts_and_restores():
+    with pytest.raises(DecodeTimeout, match="decode_timeout_s"):
+        with time_limit(0.05):
+            while True:
+                pass
+    with time_limit(1.0):
+        x = sum(range(1000))
+    assert x == 499500

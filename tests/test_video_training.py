@@ -1,0 +1,92 @@
+"""Pretraining on a real video list that mixes good files with truncated, zero-byte, garbage and missing ones."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.video_fixtures import CODECS, encode
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def video_list(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    codec, suffix, options = CODECS["h264"]
+    lines = []
+    for i in range(8):
+        encode(str(root / f"good_{i}.{suffix}"), codec, options)
+        lines.append(f"good_{i}.{suffix} {i % 3}")
+    good = (root / f"good_0.{suffix}").read_bytes()
+    (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_bytes(bytes(range(256)) * 40)
+    lines += ["truncated.mp4 0", "zero.mp4 1", "garbage.mp4 2", "missing.mp4 0"]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root / "train.txt"
+
+
+def pretrain(run_dir: Path, video_list: Path, *extra: str) -> subprocess.CompletedProcess:
+    overrides = [
+        f"output_dir={run_dir}", "~data.datasets.digits_images", "~data.datasets.digits_clips",
+        "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}", "data.datasets.clips.missing=drop",
+        "data.datasets.clips.stride=2", "data.datasets.clips.decoder=auto",
+        "model.backbone=vit_test", "model.patch_size=8", "data.img_size=32", "data.num_frames=4",
+        "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+        "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=6", "train.epochs=1",
+        "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0", *extra,
+    ]
+    return subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
+                           str(REPO / "configs/demo/digits.yaml"), *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_bad_files_are_skipped_reported_once_and_counted(tmp_path, video_list):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = pretrain(tmp_path, video_list, "data.max_bad_fraction=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "step 6/6" in log
+    assert "1 of 12 listed files are missing" in log and "missing.mp4" in log
+    for name in ("zero.mp4", "garbage.mp4"):  # every file is drawn (24 samples over 11 files): these always fail
+        reports = [line for line in log.splitlines() if "bad file" in line and name in line]
+        assert len(reports) == 1, (name, reports)
+    assert sum("bad file" in line and "truncated.mp4" in line for line in log.splitlines()) <= 1
+    assert not any("bad file" in line and "good_" in line for line in log.splitlines())
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    bad = events.Scalars("data/bad_files")[-1].value
+    assert bad >= 3  # missing + zero-byte + garbage (+ truncated when a late window was drawn)
+    assert "loss_by_dataset/clips" in events.Tags()["scalars"]
+
+
+def test_bad_fraction_over_threshold_stops_with_a_clear_error(tmp_path, video_list):
+    proc = pretrain(tmp_path, video_list, "data.max_bad_fraction=0.1")
+    assert proc.returncode != 0
+    assert "data.max_bad_fraction=0.1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_image_folder_and_video_list_train_together(tmp_path, video_list):
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.jpg", quality=90)
+    proc = pretrain(tmp_path / "run", video_list, "data.max_bad_fraction=0.5", "data.datasets.clips.weight=1",
+                    "data.datasets.pics.kind=image", "data.datasets.pics.format=image_folder",
+                    f"data.datasets.pics.path={tmp_path / 'images'}", "data.datasets.pics.weight=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tags = EventAccumulator(str(tmp_path / "run" / "tb")).Reload().Tags()["scalars"]
+    assert {"loss_by_dataset/clips", "loss_by_dataset/pics"} <= set(tags)
