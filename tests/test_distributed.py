@@ -32,7 +32,7 @@ def test_two_process_ddp_run_completes_on_rank0_only(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "device cpu x 2" in (tmp_path / "log.txt").read_text()
-    assert "global batch 16 (= 8 x 2 ranks x 1 accum)" in (tmp_path / "log.txt").read_text()
+    assert "global batch 16 (= 8 x 1 repeat x 2 ranks x 1 accum)" in (tmp_path / "log.txt").read_text()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # one writer: rank 0
     state = load(tmp_path / "checkpoints" / "last.pt")

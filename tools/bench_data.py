@@ -6,7 +6,8 @@ it times, in one run:
   * raw: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` in this process, opening the file per
     clip, for the frame indices the loader itself picks (same seeds);
   * the full loader (decode + clip sampling + multi-scale crop to 224 + masking + collate) with 0, 1, 2 workers;
-and prints loader clips/s and its ratio to raw clips/s. The first batch (worker start-up) is not timed.
+and prints loader clips/s and its ratio to raw clips/s; then, with 1 worker, repeated sampling (``--repeat``
+clips per decode) against no repetition. The first batch (worker start-up) is not timed.
 
     python tools/bench_data.py [--videos a.mp4 b.mp4] [--clips 48] [--json]
 """
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--repeat", type=int, default=4, help="repeated sampling factor to compare with 1")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             rate = loader_rate(dataset, keys, args.batch_size, workers)
             row[f"loader_{workers}w_clips_per_s"] = rate
             row[f"loader_{workers}w_vs_raw"] = rate / raw
+        if args.repeat > 1:  # same clip count, 1/repeat of the decodes
+            repeated = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16), repeat=args.repeat)
+            per_batch = max(1, args.batch_size // args.repeat)
+            rep_keys = sample_keys((args.clips + args.batch_size) // args.repeat, 1, seed=1)
+            row[f"loader_1w_repeat{args.repeat}_clips_per_s"] = loader_rate(repeated, rep_keys, per_batch, 1)
+            row[f"repeat{args.repeat}_vs_no_repeat"] = (row[f"loader_1w_repeat{args.repeat}_clips_per_s"]
+                                                         / row.get("loader_1w_clips_per_s", float("nan")))
         results.append(row)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -111,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             print(f"  loader, {workers} workers: {row[f'loader_{workers}w_clips_per_s']:.1f} clips/s "
                   f"= {row[f'loader_{workers}w_vs_raw']:.2f}x raw")
+        if args.repeat > 1:
+            print(f"  loader, 1 worker, repeat x{args.repeat}: {row[f'loader_1w_repeat{args.repeat}_clips_per_s']:.1f} "
+                  f"clips/s = {row[f'repeat{args.repeat}_vs_no_repeat']:.2f}x no repetition")
     return 0
 
 

@@ -149,7 +149,11 @@ class DataConfig:
     num_frames: int = 16
     """Frames per video clip; images are one frame."""
     batch_size: int = 32
-    """Clips per device per micro-batch. Global batch = batch_size x world size x accum_steps."""
+    """Sampled videos/images per device per micro-batch. Global batch = batch_size x repeat x world size x
+    accum_steps clips; the learning rate scales with it."""
+    repeat: int = 1
+    """Repeated sampling: decode each sample once and return this many independently cropped and masked clips
+    (VideoMAE V2 num_sample, OmniMAE Replicate); cuts decode cost per clip."""
     num_workers: int = 4
     pin_memory: bool = True
     max_bad_fraction: float = 0.01
@@ -420,6 +424,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"{d.max_bad_fraction} is outside [0, 1]")
     _check(d.decode_timeout_s >= 0, "data.decode_timeout_s", f"{d.decode_timeout_s} must be >= 0")
     _check(d.batch_size > 0, "data.batch_size", f"{d.batch_size} must be positive")
+    _check(d.repeat >= 1, "data.repeat", f"{d.repeat} must be >= 1")
     _check(d.num_workers >= 0, "data.num_workers", f"{d.num_workers} must be >= 0")
     _check(len(d.mean) == m.in_chans, "data.mean", f"needs {m.in_chans} values (model.in_chans)")
     _check(len(d.std) == m.in_chans and all(s > 0 for s in d.std), "data.std",

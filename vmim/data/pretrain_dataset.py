@@ -26,6 +26,13 @@ class ClipSource(Protocol):
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]: ...
 
 
+def load_repeated(source: ClipSource, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
+    """``repeat`` augmented clips of one sample: decoded once when the source supports it."""
+    if repeat > 1 and hasattr(source, "load_repeated"):
+        return source.load_repeated(index, rng, repeat)
+    return [source.load(index, rng) for _ in range(repeat)]
+
+
 class MaskedClipDataset:
     """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "mask": bool (N,), "label", "dataset", "bad"}.
 
@@ -36,8 +43,9 @@ class MaskedClipDataset:
     """
 
     def __init__(self, sources: Sequence[ClipSource], mask_generator: MaskGenerator, patch_size: tuple[int, int, int],
-                 decode_timeout_s: float = 0.0):
+                 decode_timeout_s: float = 0.0, repeat: int = 1):
         self.sources = list(sources)
+        self.repeat = repeat
         self.mask_generator = mask_generator
         self.patch_size = patch_size
         self.decode_timeout_s = decode_timeout_s
@@ -47,13 +55,12 @@ class MaskedClipDataset:
         pt, ph, pw = self.patch_size
         return max(t // pt, 1), h // ph, w // pw
 
-    def _load(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int, list]:
+    def _load(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[list, list]:
         source, failures = self.sources[dataset], []
         for _ in range(MAX_REPLACEMENTS):
             try:
                 with time_limit(self.decode_timeout_s):
-                    clip, label = source.load(index, rng)
-                return clip, label, failures
+                    return load_repeated(source, index, rng, self.repeat), failures
             except Exception as err:  # any failure of one file must not stop the run; it is reported instead
                 path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
                 reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"  # DecodeError has a reason
@@ -62,16 +69,27 @@ class MaskedClipDataset:
         raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
 
     def __getitem__(self, key: SampleKey) -> dict:
+        """One sample; with ``repeat > 1`` clip, mask and label gain a leading repeat dimension."""
         dataset, index, seed = key
         rng = np.random.default_rng(seed)
-        clip, label, failures = self._load(dataset, index, rng)
-        mask = self.mask_generator(self.token_grid(tuple(clip.shape[1:])), rng)
-        return {"clip": clip, "mask": torch.from_numpy(mask), "label": label, "dataset": dataset, "bad": failures}
+        clips, failures = self._load(dataset, index, rng)
+        grid = self.token_grid(tuple(clips[0][0].shape[1:]))
+        masks = [torch.from_numpy(self.mask_generator(grid, rng)) for _ in clips]
+        if self.repeat == 1:
+            (clip, label), = clips
+            return {"clip": clip, "mask": masks[0], "label": label, "dataset": dataset, "bad": failures}
+        return {"clip": torch.stack([c for c, _ in clips]), "mask": torch.stack(masks),
+                "label": torch.tensor([label for _, label in clips]), "dataset": dataset, "bad": failures}
 
 
 def collate(samples: list[dict]) -> dict:
-    """default_collate for tensors and labels; ``"bad"`` failures are concatenated into one list."""
+    """default_collate (repeated samples are flattened into the batch); ``"bad"`` failures become one list."""
     failures = [f for s in samples for f in s["bad"]]
-    batch = default_collate([{k: v for k, v in s.items() if k != "bad"} for s in samples])
+    if samples[0]["clip"].ndim == 5:  # repeated sampling: (repeat, C, T, H, W) per sample
+        repeat = samples[0]["clip"].shape[0]
+        batch = {k: torch.cat([s[k] for s in samples]) for k in ("clip", "mask", "label")}
+        batch["dataset"] = torch.tensor([s["dataset"] for s in samples]).repeat_interleave(repeat)
+    else:
+        batch = default_collate([{k: v for k, v in s.items() if k != "bad"} for s in samples])
     batch["bad"] = failures
     return batch

@@ -66,8 +66,13 @@ class VideoSource:
         return first + random_window(count, self.num_frames, step, rng, self.overflow)
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        return self.load_repeated(index, rng, 1)[0]
+
+    def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
+        """One decode of one window, ``repeat`` independent crops of it (VideoMAE V2's num_sample)."""
         frames = self.decoder.read(self.entries[index].path, self.frame_indices(index, rng).tolist())
-        return train_crop(frames, self.size, rng, self.crop, self.flip), self.entries[index].label
+        label = self.entries[index].label
+        return [(train_crop(frames, self.size, rng, self.crop, self.flip), label) for _ in range(repeat)]
 
 
 class ImageSource:
@@ -89,8 +94,12 @@ class ImageSource:
         return self.entries[index].path
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        return self.load_repeated(index, rng, 1)[0]
+
+    def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
+        """One decode, ``repeat`` independent crops."""
         entry = self.entries[index]
         with Image.open(entry.path) as image:
             image.draft("RGB", (self.size * 2, self.size * 2))  # JPEG: decode at reduced scale when possible
             pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).unsqueeze(0)  # (1, H, W, 3)
-        return train_crop(pixels, self.size, rng, self.crop, self.flip), entry.label
+        return [(train_crop(pixels, self.size, rng, self.crop, self.flip), entry.label) for _ in range(repeat)]

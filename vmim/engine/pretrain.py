@@ -108,7 +108,7 @@ def setup(cfg: Config) -> Run:
     torch.manual_seed(cfg.train.seed + 1000 * info.rank)  # per-rank stochastic depth
     data = build_pretrain_data(cfg, raw_model.backbone.patch_size, info.world_size, info.rank)
     accum = cfg.optim.accum_steps
-    global_batch = cfg.data.batch_size * info.world_size * accum
+    global_batch = cfg.data.batch_size * cfg.data.repeat * info.world_size * accum  # clips per optimizer step
     optimizer = build_optimizer(raw_model, cfg.optim, global_batch)
     steps_per_epoch = len(data.sampler) // accum
     if steps_per_epoch == 0:
@@ -128,7 +128,8 @@ def setup(cfg: Config) -> Run:
     n_params = sum(p.numel() for p in raw_model.parameters())
     log.info(f"run dir {run_dir} | device {device} x {info.world_size} | {precision} | "
              f"{n_params / 1e6:.2f}M parameters")
-    log.info(f"global batch {global_batch} (= {cfg.data.batch_size} x {info.world_size} ranks x {accum} accum) | "
+    log.info(f"global batch {global_batch} (= {cfg.data.batch_size} x {cfg.data.repeat} repeat x {info.world_size} "
+             f"ranks x {accum} accum) | "
              f"lr {run.peak_lr:.3g} (= {cfg.optim.lr:g} x {global_batch}/256) | {steps_per_epoch} steps/epoch | "
              f"{run.total_steps} steps | warm-up {run.warmup_steps} steps")
     return run
