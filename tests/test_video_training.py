@@ -90,3 +90,10 @@ def test_image_folder_and_video_list_train_together(tmp_path, video_list):
     assert proc.returncode == 0, proc.stderr[-3000:]
     tags = EventAccumulator(str(tmp_path / "run" / "tb")).Reload().Tags()["scalars"]
     assert {"loss_by_dataset/clips", "loss_by_dataset/pics"} <= set(tags)
+
+
+def test_segment_sampling_and_pad_overflow_train(tmp_path, video_list):
+    proc = pretrain(tmp_path, video_list, "data.max_bad_fraction=0.5", "data.datasets.clips.sampling=segments",
+                    "data.datasets.clips.overflow=pad", "data.num_frames=8", "train.steps_per_epoch=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2/2" in (tmp_path / "log.txt").read_text()

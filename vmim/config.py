@@ -134,6 +134,11 @@ class DatasetConfig:
     """Source frames between sampled frames (K400: 4, SSv2: 2)."""
     target_fps: float = 0.0
     """Resample to this frame rate before striding; 0 keeps each video's own rate."""
+    sampling: str = "window"
+    """window: num_frames frames ``stride`` apart at a random start (VideoMAE, MaskFeat); segments: one random
+    frame in each of num_frames equal segments of the whole video (TSN / SSv2 fine-tuning style)."""
+    overflow: str = "loop"
+    """A window longer than the video: loop it, or pad with the last frame."""
     crop: str = ""
     """multi_scale (VideoMAE) or random_resized (MaskFeat, images); empty = multi_scale for video,
     random_resized for images."""
@@ -419,6 +424,8 @@ def validate(cfg: Config) -> None:
             _choice(f"{key}.decoder", ds.decoder, DECODERS)
             _check(ds.stride >= 1, f"{key}.stride", f"{ds.stride} must be >= 1")
             _check(ds.target_fps >= 0, f"{key}.target_fps", f"{ds.target_fps} must be >= 0")
+            _choice(f"{key}.sampling", ds.sampling, ("window", "segments"))
+            _choice(f"{key}.overflow", ds.overflow, ("loop", "pad"))
             if ds.crop:
                 _choice(f"{key}.crop", ds.crop, CROPS)
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"{d.max_bad_fraction} is outside [0, 1]")

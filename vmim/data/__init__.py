@@ -56,7 +56,8 @@ def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
     if ds_cfg.kind == "video":
         flip = False if ds_cfg.flip is None else ds_cfg.flip
         source = VideoSource(entries, data_cfg.num_frames, ds_cfg.stride, data_cfg.img_size, ds_cfg.decoder,
-                             ds_cfg.crop or "multi_scale", flip, ds_cfg.target_fps or None)
+                             ds_cfg.crop or "multi_scale", flip, ds_cfg.target_fps or None, ds_cfg.overflow,
+                             ds_cfg.sampling)
     elif ds_cfg.kind == "image":
         flip = True if ds_cfg.flip is None else ds_cfg.flip
         source = ImageSource(entries, data_cfg.img_size, ds_cfg.crop or "random_resized", flip)

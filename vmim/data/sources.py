@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .clip_sampling import frame_step, random_window
+from .clip_sampling import frame_step, random_window, segment_indices
 from .indexes import Entry
 from .transforms import train_crop
 from .video_decoders import build_decoder
@@ -23,8 +23,9 @@ class VideoSource:
 
     def __init__(self, entries: list[Entry], num_frames: int, stride: int, size: int, decoder: str = "decord",
                  crop: str = "multi_scale", flip: bool = False, target_fps: float | None = None,
-                 overflow: str = "loop"):
+                 overflow: str = "loop", sampling: str = "window"):
         self.entries = entries
+        self.sampling = sampling
         self.num_frames, self.stride, self.size = num_frames, stride, size
         self.decoder_name, self.crop, self.flip = decoder, crop, flip
         self.target_fps, self.overflow = target_fps, overflow
@@ -63,6 +64,8 @@ class VideoSource:
         if entry.start_sec is not None and entry.end_sec is not None and info.fps > 0:  # trimmed segment
             first = min(int(entry.start_sec * info.fps), max(0, count - 1))
             count = max(1, min(count, int(entry.end_sec * info.fps)) - first)
+        if self.sampling == "segments":
+            return first + segment_indices(count, self.num_frames, rng)
         return first + random_window(count, self.num_frames, step, rng, self.overflow)
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
