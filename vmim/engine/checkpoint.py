@@ -68,17 +68,14 @@ class CheckpointManager:
         return ([self.last] if self.last.exists() else []) + files
 
     def load_latest(self) -> dict | None:
-        """The newest checkpoint that loads; unreadable files are reported and skipped."""
-        best = None
+        """The newest checkpoint that loads (last.pt is written at every save, so it is the newest unless
+        damaged); unreadable files are reported and skipped."""
         for path in self.candidates():
             try:
-                state = load(path)
+                return load(path)
             except Exception as err:  # corrupt or truncated by a crash outside our atomic writes
                 print(f"[vmim] skipping unreadable checkpoint {path}: {err}")
-                continue
-            if best is None or state["step"] > best["step"]:
-                best = state
-        return best
+        return None
 
 
 def load(path: str | Path) -> dict:

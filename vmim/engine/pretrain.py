@@ -243,16 +243,16 @@ def train_one_epoch(run: Run, progress: tqdm) -> None:
             with autocast(run.device, run.precision):
                 losses = run.model(clip, mask)
             run.scaler.scale(losses["loss"] / accum).backward()
-        for k, v in losses.items():
-            step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
-        step_losses[f"loss_by_dataset/{source}"] = step_losses.get(f"loss_by_dataset/{source}", 0.0) + float(
-            losses["loss"].detach()) / accum
+        losses[f"loss_by_dataset/{source}"] = losses["loss"]
+        for k, v in losses.items():  # stays on the device: one transfer per optimizer step, below
+            step_losses[k] = step_losses.get(k, 0.0) + v.detach() / accum
         state.batch_in_epoch += 1
         window.clips += clip.shape[0] * run.dist.world_size
         if not sync:
             fetch_start = time.perf_counter()
             continue
 
+        step_losses = dict(zip(step_losses, torch.stack(list(step_losses.values())).tolist()))
         set_lr(run.optimizer, cosine_lr(state.step, run.total_steps, run.warmup_steps, run.peak_lr, run.final_lr))
         grad_norm, applied = optimizer_step(run)
         finite = applied and math.isfinite(step_losses["loss"])

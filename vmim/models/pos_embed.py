@@ -39,6 +39,12 @@ def _sincos_3d_cpu(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
     return full.reshape(t * h * w, dim).float()
 
 
+@lru_cache(maxsize=64)
+def _sincos_3d_on(grid: tuple[int, int, int], dim: int, device: torch.device) -> torch.Tensor:
+    return _sincos_3d_cpu(grid, dim).to(device)
+
+
 def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Position table (T'*H'*W', dim) for a token grid in (t, h, w) row-major order."""
-    return _sincos_3d_cpu(tuple(int(g) for g in grid), dim).to(device)
+    """Position table (T'*H'*W', dim) for a token grid in (t, h, w) row-major order, cached per device
+    (no host-to-device copy per forward pass)."""
+    return _sincos_3d_on(tuple(int(g) for g in grid), dim, torch.device(device or "cpu"))
