@@ -4,10 +4,12 @@
 For H.264 clips (default: two synthetic 10 s videos, 320x240 and 640x480, 30 fps, made with PyAV on first use)
 it times, in one run:
   * raw: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` in this process, opening the file per
-    clip, for the frame indices the loader itself picks (same seeds);
+    clip, for the frame indices the loader itself picks (same seeds), timed before and after the loader runs and
+    averaged (this VM's speed drifts by 10-20 % between runs);
   * the full loader (decode + clip sampling + multi-scale crop to 224 + masking + collate) with 0, 1, 2 workers;
-and prints loader clips/s and its ratio to raw clips/s; then, with 1 worker, repeated sampling (``--repeat``
-clips per decode) against no repetition. The first batch (worker start-up) is not timed.
+and prints loader clips/s and its ratio to raw clips/s; then, with 1 worker, decoding in the worker itself
+(``data.decode_isolation=false``) against the default child process, and repeated sampling (``--repeat`` clips
+per decode) against no repetition. The first batch (worker start-up) is not timed.
 
     python tools/bench_data.py [--videos a.mp4 b.mp4] [--clips 48] [--json]
 """
@@ -96,16 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for video in videos:
         source = VideoSource([Entry(str(Path(video).resolve()), 0)], args.num_frames, args.stride, args.size)
-        dataset = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16))
+        dataset = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16), 60.0, isolate=True)
         keys = sample_keys(args.clips + args.batch_size, 1)
-        raw = raw_decord(source, keys[args.batch_size:])
+        raw_before = raw_decord(source, keys[args.batch_size:])
+        rates = {workers: loader_rate(dataset, keys, args.batch_size, workers) for workers in args.workers}
+        raw = (raw_before + raw_decord(source, keys[args.batch_size:])) / 2  # brackets the loader: drift cancels
         row = {"video": video, "raw_decord_clips_per_s": raw}
-        for workers in args.workers:
-            rate = loader_rate(dataset, keys, args.batch_size, workers)
+        for workers, rate in rates.items():
             row[f"loader_{workers}w_clips_per_s"] = rate
             row[f"loader_{workers}w_vs_raw"] = rate / raw
+        in_worker = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16), 60.0, isolate=False)
+        row["loader_1w_in_worker_clips_per_s"] = loader_rate(in_worker, keys, args.batch_size, 1)
+        row["isolated_vs_in_worker"] = row.get("loader_1w_clips_per_s", float("nan")) / row[
+            "loader_1w_in_worker_clips_per_s"]
         if args.repeat > 1:  # same clip count, 1/repeat of the decodes
-            repeated = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16), repeat=args.repeat)
+            repeated = MaskedClipDataset([source], MaskGenerator("tube", 0.9, 0.75), (2, 16, 16), 60.0,
+                                         repeat=args.repeat, isolate=True)
             per_batch = max(1, args.batch_size // args.repeat)
             rep_keys = sample_keys((args.clips + args.batch_size) // args.repeat, 1, seed=1)
             row[f"loader_1w_repeat{args.repeat}_clips_per_s"] = loader_rate(repeated, rep_keys, per_batch, 1)
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             print(f"  loader, {workers} workers: {row[f'loader_{workers}w_clips_per_s']:.1f} clips/s "
                   f"= {row[f'loader_{workers}w_vs_raw']:.2f}x raw")
+        print(f"  loader, 1 worker, decoding in the worker (no child process): "
+              f"{row['loader_1w_in_worker_clips_per_s']:.1f} clips/s; isolated = {row['isolated_vs_in_worker']:.2f}x that")
         if args.repeat > 1:
             print(f"  loader, 1 worker, repeat x{args.repeat}: {row[f'loader_1w_repeat{args.repeat}_clips_per_s']:.1f} "
                   f"clips/s = {row[f'repeat{args.repeat}_vs_no_repeat']:.2f}x no repetition")

@@ -165,6 +165,10 @@ class DataConfig:
     """Stop when a dataset's missing + undecodable files exceed this fraction of its list."""
     decode_timeout_s: float = 60.0
     """Give up on one sample after this long (counted as a bad file); 0 disables the limit."""
+    decode_isolation: bool = True
+    """Decode files in a child process of each loader worker, killed and replaced when it passes the timeout or
+    crashes: catches decoders stuck inside C and segfaults. False: a SIGALRM limit in the worker itself, which
+    interrupts Python code and blocking reads only."""
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
 

@@ -83,7 +83,7 @@ def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int =
     sampler = MixedBatchSampler([len(s) for s in sources], [cfg.data.datasets[n].weight for n in names],
                                 cfg.data.batch_size, world_size, rank, cfg.train.seed, steps)
     dataset = MaskedClipDataset(sources, build_mask_generator(cfg.masking), patch_size, cfg.data.decode_timeout_s,
-                                cfg.data.repeat)
+                                cfg.data.repeat, isolate=cfg.data.decode_isolation)
     workers = cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),

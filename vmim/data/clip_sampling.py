@@ -49,11 +49,16 @@ def uniform_views(num_video_frames: int, num_frames: int, step: float, num_views
     return [_fit(window(s, num_frames, step), num_video_frames, overflow) for s in starts]
 
 
-def segment_indices(num_video_frames: int, num_segments: int, rng: np.random.Generator | None) -> np.ndarray:
-    """TSN / SSv2 sampling: one frame per equal segment, random within it (training, ``rng``) or its middle."""
+def segment_indices(num_video_frames: int, num_segments: int, rng: np.random.Generator | None,
+                    offset: float | None = None) -> np.ndarray:
+    """TSN / SSv2 sampling: one frame per equal segment, at a random place in it (training, ``rng``) or at fraction
+    ``offset`` of it (testing; None: the middle, 0.5). K test views use offsets ``(k + 0.5) / K``."""
+    if offset is not None and not 0.0 <= offset < 1.0:
+        raise ValueError(f"segment offset must be in [0, 1), got {offset}")
     edges = np.linspace(0, num_video_frames, num_segments + 1)
-    if rng is None:
-        picks = (edges[:-1] + edges[1:]) / 2
+    if rng is not None:
+        fraction = rng.uniform(0, 1, num_segments)
     else:
-        picks = edges[:-1] + rng.uniform(0, 1, num_segments) * (edges[1:] - edges[:-1])
+        fraction = 0.5 if offset is None else offset
+    picks = edges[:-1] + fraction * (edges[1:] - edges[:-1])
     return np.minimum(np.floor(picks).astype(np.int64), num_video_frames - 1)

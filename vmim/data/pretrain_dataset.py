@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import default_collate
 
 from ..masking import MaskGenerator
-from .robust import time_limit
+from .isolation import IsolatedWorker
+from .robust import DecodeTimeout, failure_reason, time_limit
 from .sampler import SampleKey
 
 MAX_REPLACEMENTS = 20
@@ -43,28 +44,43 @@ class MaskedClipDataset:
     """
 
     def __init__(self, sources: Sequence[ClipSource], mask_generator: MaskGenerator, patch_size: tuple[int, int, int],
-                 decode_timeout_s: float = 0.0, repeat: int = 1):
+                 decode_timeout_s: float = 0.0, repeat: int = 1, isolate: bool = False):
         self.sources = list(sources)
         self.repeat = repeat
         self.mask_generator = mask_generator
         self.patch_size = patch_size
         self.decode_timeout_s = decode_timeout_s
+        # file-reading sources decode in a killable child process (hangs inside C, segfaults); see isolation.py
+        self.isolated = IsolatedWorker(self._load_arrays, decode_timeout_s) if isolate else None
+        self.timed_out: set[tuple[int, int]] = set()  # per process: samples that hung once fail at once next time
 
     def token_grid(self, clip_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         t, h, w = clip_shape
         pt, ph, pw = self.patch_size
         return max(t // pt, 1), h // ph, w // pw
 
+    def _load_arrays(self, dataset: int, index: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+        """What the isolated child computes: the clips as numpy arrays (cheap to pickle)."""
+        return [(clip.numpy(), label) for clip, label in load_repeated(self.sources[dataset], index, rng, self.repeat)]
+
+    def _load_once(self, dataset: int, index: int, rng: np.random.Generator) -> list[tuple[torch.Tensor, int]]:
+        if self.isolated is not None and getattr(self.sources[dataset], "reads_files", False):
+            return [(torch.from_numpy(clip), label) for clip, label in self.isolated(dataset, index, rng=rng)]
+        with time_limit(self.decode_timeout_s):
+            return load_repeated(self.sources[dataset], index, rng, self.repeat)
+
     def _load(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[list, list]:
         source, failures = self.sources[dataset], []
         for _ in range(MAX_REPLACEMENTS):
             try:
-                with time_limit(self.decode_timeout_s):
-                    return load_repeated(source, index, rng, self.repeat), failures
+                if (dataset, index) in self.timed_out:
+                    raise DecodeTimeout("timed out before in this worker; not retried")
+                return self._load_once(dataset, index, rng), failures
             except Exception as err:  # any failure of one file must not stop the run; it is reported instead
+                if isinstance(err, DecodeTimeout):
+                    self.timed_out.add((dataset, index))
                 path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
-                reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"  # DecodeError has a reason
-                failures.append((dataset, path, reason))
+                failures.append((dataset, path, failure_reason(err)))
                 index = int(rng.integers(len(source)))
         raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
 

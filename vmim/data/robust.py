@@ -24,6 +24,11 @@ class TooManyBadFiles(RuntimeError):
     pass
 
 
+def failure_reason(err: BaseException) -> str:
+    """What to report for a sample that failed: a DecodeError's reason, else the exception's type and message."""
+    return getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+
+
 @contextmanager
 def time_limit(seconds: float):
     """Raise DecodeTimeout after ``seconds`` (SIGALRM; only in a process's main thread, as data-loader

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .clip_sampling import frame_step, random_window, segment_indices
+from .clip_sampling import frame_step, random_window, segment_indices, uniform_views
 from .indexes import Entry
-from .transforms import train_crop
+from .transforms import test_crops, train_crop
 from .video_decoders import build_decoder
 
 
@@ -20,6 +20,7 @@ class VideoSource:
     """Clips of ``num_frames`` frames ``stride`` apart (at ``target_fps`` if set), randomly cropped to ``size``."""
 
     modality = "video"
+    reads_files = True  # decoded in a killable child process when data.decode_isolation is on
 
     def __init__(self, entries: list[Entry], num_frames: int, stride: int, size: int, decoder: str = "decord",
                  crop: str = "multi_scale", flip: bool = False, target_fps: float | None = None,
@@ -56,7 +57,8 @@ class VideoSource:
             self._info[path] = self.decoder.info(path)
         return self._info[path]
 
-    def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def span(self, index: int) -> tuple[int, int, float]:
+        """(first frame, frame count, step between clip frames) of entry ``index``: its trimmed segment if any."""
         entry = self.entries[index]
         info = self.info(entry.path)
         step = frame_step(self.stride, info.fps, self.target_fps)
@@ -64,9 +66,35 @@ class VideoSource:
         if entry.start_sec is not None and entry.end_sec is not None and info.fps > 0:  # trimmed segment
             first = min(int(entry.start_sec * info.fps), max(0, count - 1))
             count = max(1, min(count, int(entry.end_sec * info.fps)) - first)
+        return first, count, step
+
+    def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """(T,) frame indices of one training clip: a random window, or random frames of the segments."""
+        first, count, step = self.span(index)
         if self.sampling == "segments":
             return first + segment_indices(count, self.num_frames, rng)
         return first + random_window(count, self.num_frames, step, rng, self.overflow)
+
+    def view_indices(self, index: int, num_views: int) -> list[np.ndarray]:
+        """``num_views`` (T,) frame-index arrays for testing: evenly spread windows, or segment frames at
+        offsets ``(k + 0.5) / num_views`` within each segment."""
+        first, count, step = self.span(index)
+        if self.sampling == "segments":
+            return [first + segment_indices(count, self.num_frames, None, (k + 0.5) / num_views)
+                    for k in range(num_views)]
+        return [first + view for view in uniform_views(count, self.num_frames, step, num_views, self.overflow)]
+
+    def test_views(self, index: int, num_views: int, num_crops: int, short_side: int = 0) -> tuple[torch.Tensor, int]:
+        """uint8 (num_views * num_crops, C, T, size, size), view-major, and the label. One decode of the sorted
+        union of all views' frames; ``short_side`` 0 = ``size`` (VideoMAE / SlowFast 3-crop testing)."""
+        entry = self.entries[index]
+        views = self.view_indices(index, num_views)
+        union = np.unique(np.concatenate(views))
+        frames = self.decoder.read(entry.path, union.tolist())  # (len(union), H, W, C)
+        short_side = short_side or self.size
+        clips = [test_crops(frames[torch.from_numpy(np.searchsorted(union, view))], short_side, self.size, num_crops)
+                 for view in views]
+        return torch.cat(clips), entry.label
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         return self.load_repeated(index, rng, 1)[0]
@@ -82,6 +110,7 @@ class ImageSource:
     """Images decoded with PIL, random-resized-cropped (+ flip) to ``size``, as one-frame clips."""
 
     modality = "image"
+    reads_files = True
 
     def __init__(self, entries: list[Entry], size: int, crop: str = "random_resized", flip: bool = True):
         self.entries, self.size, self.crop, self.flip = entries, size, crop, flip
@@ -101,8 +130,22 @@ class ImageSource:
 
     def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
         """One decode, ``repeat`` independent crops."""
-        entry = self.entries[index]
-        with Image.open(entry.path) as image:
-            image.draft("RGB", (self.size * 2, self.size * 2))  # JPEG: decode at reduced scale when possible
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).unsqueeze(0)  # (1, H, W, 3)
-        return [(train_crop(pixels, self.size, rng, self.crop, self.flip), entry.label) for _ in range(repeat)]
+        pixels = self.pixels(index, self.size * 2)
+        return [(train_crop(pixels, self.size, rng, self.crop, self.flip), self.entries[index].label)
+                for _ in range(repeat)]
+
+    def pixels(self, index: int, min_side: int) -> torch.Tensor:
+        """uint8 (1, H, W, 3) RGB. JPEGs decode at a reduced scale (PIL ``draft``) that keeps both sides >= ``min_side``
+        (unless the image is smaller), so a later resize to ``min_side`` never upsamples what was downscaled."""
+        with Image.open(self.entries[index].path) as image:
+            image.draft("RGB", (min_side, min_side))
+            return torch.from_numpy(np.array(image.convert("RGB"))).unsqueeze(0)  # a writable copy: no torch warning
+
+    def test_views(self, index: int, num_views: int = 1, num_crops: int = 1, short_side: int = 0
+                   ) -> tuple[torch.Tensor, int]:
+        """uint8 (num_crops, C, 1, size, size) and the label. ``short_side`` 0 = ``round(size / 0.875)`` (256 for
+        224: ImageNet's resize-256 / centre-224); ``num_views`` must be 1."""
+        if num_views != 1:
+            raise ValueError(f"images have one temporal view, got num_views={num_views}")
+        short_side = short_side or round(self.size / 0.875)
+        return test_crops(self.pixels(index, short_side), short_side, self.size, num_crops), self.entries[index].label

@@ -1,7 +1,8 @@
 """Spatial augmentation on uint8 clips ``(T, H, W, C)``, one crop box for every frame of a clip.
 
-Crops are drawn from a numpy Generator (the per-sample seed), resized with antialiased bilinear
+Training crops are drawn from a numpy Generator (the per-sample seed), resized with antialiased bilinear
 interpolation, and returned as uint8 ``(C, T, size, size)``. Normalization happens later, on the device.
+Test-time crops (:func:`test_crops`) are the fixed 1-crop / 3-crop boxes of multi-view evaluation.
 """
 
 from __future__ import annotations
@@ -49,11 +50,22 @@ def multi_scale_box(h: int, w: int, rng: np.random.Generator, scales=MULTI_SCALE
     return int(oy * ys), int(ox * xs), ch, cw
 
 
-def center_box(h: int, w: int, short_side: int, crop: int) -> Box:
-    """Box of a ``crop`` centre crop after resizing the short side to ``short_side``, in source pixels."""
+def short_side_box(h: int, w: int, short_side: int, crop: int, position: float = 0.5) -> Box:
+    """Box of a ``crop`` square after resizing the short side to ``short_side``, in source pixels: at ``position``
+    along the long side (0 start, 0.5 centre, 1 end; the width when square), centred along the short side."""
     side = crop * min(h, w) / short_side
     ch, cw = min(h, int(round(side))), min(w, int(round(side)))
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
+    top, left = (h - ch) // 2, (w - cw) // 2
+    if h > w:
+        top = int((h - ch) * position)
+    else:
+        left = int((w - cw) * position)
+    return top, left, ch, cw
+
+
+def center_box(h: int, w: int, short_side: int, crop: int) -> Box:
+    """Box of a ``crop`` centre crop after resizing the short side to ``short_side``, in source pixels."""
+    return short_side_box(h, w, short_side, crop)
 
 
 def crop_resize(frames: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
@@ -77,3 +89,26 @@ def train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator, kind: 
     else:
         raise ValueError(f"unknown crop '{kind}' (multi_scale or random_resized)")
     return crop_resize(frames, box, size, flip=flip and bool(rng.integers(2)))
+
+
+TEST_CROP_POSITIONS = {1: (0.5,), 3: (0.0, 0.5, 1.0)}  # SlowFast / VideoMAE spatial_idx 0, 1, 2 for 3 crops
+
+
+def test_boxes(h: int, w: int, short_side: int, crop: int, num_crops: int) -> list[Box]:
+    """Test-time boxes, in source pixels, of "resize the short side to ``short_side``, take ``num_crops`` crops of
+    ``crop`` x ``crop``": 1: the centre; 3: start, centre, end of the long side (left/centre/right or
+    top/centre/bottom), centred along the short side."""
+    if num_crops not in TEST_CROP_POSITIONS:
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    if not 0 < crop <= short_side:
+        raise ValueError(f"crop must be in 1..short_side={short_side}, got crop={crop}")
+    return [short_side_box(h, w, short_side, crop, p) for p in TEST_CROP_POSITIONS[num_crops]]
+
+
+def test_crops(frames: torch.Tensor, short_side: int, crop: int, num_crops: int) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> the :func:`test_boxes` crops resized to ``crop`` -> uint8 (num_crops, C, T, crop, crop)."""
+    _, h, w, _ = frames.shape
+    return torch.stack([crop_resize(frames, box, crop) for box in test_boxes(h, w, short_side, crop, num_crops)])
+
+
+test_boxes.__test__ = test_crops.__test__ = False  # library functions: pytest must not collect them when imported

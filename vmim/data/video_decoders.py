@@ -104,9 +104,9 @@ def _check_indices(path: str, indices: Sequence[int]) -> list[int]:
 
 def _check_file(path: str) -> str:
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path) or os.path.isdir(path):  # not isfile: a pipe or device is read like a file
         raise DecodeError(path, "no such file")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file (0 bytes)")
     return path
 
