@@ -84,27 +84,16 @@ def _launch(run_dir: Path, *extra: str) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    proc = _launch(reference)
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted 4-epoch run (32 steps) to compare interrupted ones with."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    proc = _launch(run_dir)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return run_dir
 
-    proc = _launch(interrupted)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill once step 10 is logged: last.pt is step 9
-        metrics = interrupted / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l)["step"] >= 10 for l in metrics.read_text().splitlines()):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = load(interrupted / "checkpoints" / "last.pt")["train_state"]
-    assert killed_at["batch_in_epoch"] > 0, f"checkpoint is not mid-epoch: {killed_at}"
 
-    proc = _launch(interrupted)  # resume=auto is the default
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert f"resumed at step {killed_at['step']}" in (interrupted / "log.txt").read_text()
-
+def assert_same_run(reference: Path, interrupted: Path) -> None:
     expected, got = read_losses(reference), read_losses(interrupted)
     assert sorted(got) == sorted(expected) == list(range(1, 33))
     for step in expected:
@@ -113,6 +102,45 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     final_b = load(interrupted / "checkpoints" / "last.pt")["model"]
     for name, tensor in final_a.items():
         torch.testing.assert_close(final_b[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def signal_at_step(proc: subprocess.Popen, run_dir: Path, step: int, signum: int) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines()):
+            os.kill(proc.pid, signum)
+            return
+        time.sleep(0.005)
+    raise AssertionError("the run ended before the signal could be sent")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, reference_run):
+    proc = _launch(tmp_path)
+    signal_at_step(proc, tmp_path, 10, signal.SIGKILL)  # killed once step 10 is logged: last.pt is step 9
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    killed_at = load(tmp_path / "checkpoints" / "last.pt")["train_state"]
+    assert killed_at["batch_in_epoch"] > 0, f"checkpoint is not mid-epoch: {killed_at}"
+
+    proc = _launch(tmp_path)  # resume=auto is the default
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert f"resumed at step {killed_at['step']}" in (tmp_path / "log.txt").read_text()
+    assert_same_run(reference_run, tmp_path)
+
+
+def test_sigterm_saves_at_the_next_step_then_resume_matches(tmp_path, reference_run):
+    proc = _launch(tmp_path, "checkpoint.every_steps=100")  # no periodic checkpoint: only the one SIGTERM makes
+    signal_at_step(proc, tmp_path, 11, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()
+    assert "SIGTERM received: stopped after step" in proc.stderr.read()
+    stopped_at = load(tmp_path / "checkpoints" / "last.pt")["train_state"]
+    assert stopped_at["step"] >= 11 and stopped_at["step"] % 8 != 0, f"not a mid-epoch stop: {stopped_at}"
+    assert stopped_at["batch_in_epoch"] == stopped_at["step"] % 8
+
+    proc = _launch(tmp_path, "checkpoint.every_steps=100")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert f"resumed at step {stopped_at['step']}" in (tmp_path / "log.txt").read_text()
+    assert_same_run(reference_run, tmp_path)
 
 
 class PoisonedLoss(nn.Module):

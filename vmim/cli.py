@@ -17,10 +17,46 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    from .engine.pretrain import pretrain
+    import signal
 
-    pretrain(cfg)
+    from .engine.pretrain import StopRequested, pretrain
+
+    try:
+        pretrain(cfg)
+    except StopRequested as stop:
+        print(f"vmim: {stop}", file=sys.stderr)
+        return 128 + signal.Signals[stop.signal_name].value if stop.signal_name in signal.Signals.__members__ else 1
     return 0
+
+
+CLUSTER_FLAGS = ("executor", "partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "tasks_per_node",
+                 "cpus_per_task", "mem_gb", "time_min", "exclusive", "signal_delay_s", "max_requeues", "sbatch",
+                 "setup")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .launch.cluster import load_cluster
+
+    flags = {key: getattr(args, key) for key in CLUSTER_FLAGS}
+    if args.local:
+        flags["executor"] = "local"
+    cluster = load_cluster(args.profile, flags)
+    from .launch.submit import submit
+
+    submitted = submit(args.config, args.overrides, cluster, args.sweep or [])
+    for job, cfg in submitted:
+        print(f"submitted job {job.job_id} ({cluster.executor}): run dir {cfg.output_dir}", flush=True)
+    if not args.wait:
+        return 0
+    failed = 0
+    for job, _ in submitted:
+        try:
+            result = job.results()[0]  # one result per task; rank 0's
+            print(f"job {job.job_id} finished: {result}")
+        except Exception as err:  # submitit re-raises the job's failure
+            print(f"job {job.job_id} failed: {err}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -47,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
     p.set_defaults(func=_pretrain)
+    p = sub.add_parser("submit", help="submit pretraining to Slurm (or run it as local processes) via submitit")
+    p.add_argument("--config", required=True, help="YAML config, as for pretrain")
+    p.add_argument("--profile", help="cluster profile YAML with defaults for the options below (see slurm/)")
+    p.add_argument("--local", action="store_true", help="run as local processes (same as --executor local)")
+    p.add_argument("--executor", choices=("slurm", "local", "debug"))
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--tasks-per-node", type=int, help="default: one per GPU, or 1")
+    p.add_argument("--cpus-per-task", type=int)
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--time-min", "--time", type=int, dest="time_min", help="time limit in minutes")
+    p.add_argument("--exclusive", action="store_const", const=True)
+    p.add_argument("--signal-delay-s", type=int, help="SIGUSR2 this long before the time limit")
+    p.add_argument("--max-requeues", type=int)
+    p.add_argument("--sbatch", action="append", help="extra sbatch option 'key=value' (repeatable)")
+    p.add_argument("--setup", action="append", help="shell line run before the job (repeatable)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2", help="one job array over the crossed values")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and report their results")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for pretrain")
+    p.set_defaults(func=_submit)
     p = sub.add_parser("probe", help="linear probe on held-out digits: checkpoint vs random init")
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")

@@ -260,6 +260,17 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     return cfg
 
 
+def load_dataclass(schema_cls: type, path: str | Path | None, overrides: List[str]) -> Any:
+    """Any strict dataclass config (e.g. a cluster profile) from YAML (``_base_`` allowed) plus key=value overrides."""
+    raw = _load_yaml_tree(Path(path)) if path is not None else {}
+    schema = OmegaConf.structured(schema_cls)
+    OmegaConf.set_struct(schema, True)
+    merged = _merge_checked(schema, raw, schema)
+    if overrides:
+        merged = _merge_checked(merged, OmegaConf.from_dotlist(overrides), schema)
+    return OmegaConf.to_object(merged)
+
+
 def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ..masking import build_mask_generator
 from .digits import DigitClips, DigitImages
 from .pretrain_dataset import ClipSource, MaskedClipDataset, collate
-from .robust import BadFileMonitor
+from .robust import BadFileMonitor, ignore_stop_signals
 from .sampler import MixedBatchSampler
 
 __all__ = ["DigitClips", "DigitImages", "ClipSource", "MaskedClipDataset", "MixedBatchSampler", "BadFileMonitor",
@@ -88,6 +88,7 @@ def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int =
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                        worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator())  # keep the global RNG untouched (exact resume)
     monitor = BadFileMonitor(names, [b[1] for b in built], [b[2] for b in built], cfg.data.max_bad_fraction)
     for i, name in enumerate(names):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .robust import DecodeTimeout, failure_reason, time_limit
+from .robust import DecodeTimeout, failure_reason, ignore_stop_signals, time_limit
 
 GRACE_S = 2.0  # beyond the child's own SIGALRM limit, before the parent kills it
 SHARED_BYTES = 64 << 20  # out-of-band answer buffer: 4 repeats x 16 frames x 3 x 320² uint8 fit
@@ -74,6 +74,7 @@ def _serve(conn: Connection, shared: mmap.mmap, work: Callable[..., Any], timeou
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    ignore_stop_signals()
     faulthandler.disable()  # a crash is reported once, by the parent, with the file that caused it
     _die_with_parent()
     while True:

@@ -16,6 +16,16 @@ from contextlib import contextmanager
 log = logging.getLogger("vmim")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # Slurm's stop / requeue warnings: the trainer's to handle
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """For helper processes (data-loader workers, decode children). Slurm signals every process of a job step, and
+    a worker killed by SIGTERM or SIGUSR2 would crash the trainer before it saves; helpers end with the trainer."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class DecodeTimeout(RuntimeError):
     pass
 

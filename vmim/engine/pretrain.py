@@ -27,10 +27,20 @@ from .checkpoint import CheckpointManager, load, rng_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from .metrics import MetricsLogger, setup_text_log
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .preemption import StopSignals
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``train.nan_patience`` optimizer steps in a row with a non-finite loss or gradient."""
+
+
+class StopRequested(RuntimeError):
+    """Raised after a checkpoint was saved because SIGTERM ("stop") or SIGUSR2 ("requeue") arrived."""
+
+    def __init__(self, request: str, signal_name: str, step: int, run_dir: Path):
+        super().__init__(f"{signal_name} received: stopped after step {step} with a checkpoint in {run_dir}; the same "
+                         f"command (resume=auto) continues from there")
+        self.request, self.signal_name, self.step = request, signal_name, step
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Run:
     peak_lr: float
     final_lr: float
     precision: str
+    stop: StopSignals | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,7 +238,8 @@ def optimizer_step(run: Run) -> tuple[float, bool]:
     return grad_norm, finite
 
 
-def train_one_epoch(run: Run, progress: tqdm) -> None:
+def train_one_epoch(run: Run, progress: tqdm) -> str | None:
+    """Train until the epoch ends or a stop is requested; returns the request ("stop", "requeue") or None."""
     cfg, state, accum = run.cfg, run.state, run.cfg.optim.accum_steps
     run.data.sampler.set_epoch(state.epoch, state.batch_in_epoch)
     window, step_losses = _Window(), {}
@@ -275,7 +287,10 @@ def train_one_epoch(run: Run, progress: tqdm) -> None:
         mid_epoch = state.batch_in_epoch < len(run.data.sampler)  # the epoch end saves anyway
         if state.step % cfg.checkpoint.every_steps == 0 and mid_epoch and state.nonfinite_in_row == 0:
             save(run)  # never during a non-finite streak: the last good checkpoint stays the newest
+        if run.stop is not None and (request := run.stop.agreed(run.dist, run.device)):
+            return request  # every rank stops after this same step
         fetch_start = time.perf_counter()
+    return None
 
 
 def log_window(run: Run, window: _Window, progress: tqdm) -> None:
@@ -310,19 +325,26 @@ def pretrain(cfg: Config) -> TrainState:
     """Run (or continue) a pretraining run; returns the final state."""
     run = setup(cfg)
     try:
-        restore(run)
-        run.metrics.text("config", run.state.step, "```\n" + config_to_yaml(cfg) + "\n```")
-        run.model.train()
-        disable = None if cfg.log.progress_bar and run.dist.is_main else True
-        with tqdm(total=run.total_steps, initial=run.state.step, disable=disable, desc="pretrain",
-                  dynamic_ncols=True) as progress:
-            while run.state.epoch < cfg.train.epochs:
-                train_one_epoch(run, progress)
-                run.state.epoch += 1
-                run.state.batch_in_epoch = 0
-                save(run)
-        run.log.info(f"done: {run.state.step} steps, {run.state.skipped_steps} skipped")
-        return run.state
+        with StopSignals() as run.stop:  # SIGTERM / SIGUSR2: checkpoint at the next step, then stop
+            restore(run)
+            run.metrics.text("config", run.state.step, "```\n" + config_to_yaml(cfg) + "\n```")
+            run.model.train()
+            disable = None if cfg.log.progress_bar and run.dist.is_main else True
+            with tqdm(total=run.total_steps, initial=run.state.step, disable=disable, desc="pretrain",
+                      dynamic_ncols=True) as progress:
+                while run.state.epoch < cfg.train.epochs:
+                    request = train_one_epoch(run, progress)
+                    if run.state.batch_in_epoch >= len(run.data.sampler):
+                        run.state.epoch += 1
+                        run.state.batch_in_epoch = 0
+                    save(run)  # at the epoch end, or mid-epoch where a stop was requested
+                    if request:
+                        run.log.warning(f"{run.stop.signal_name or 'a signal'} on some rank: stopping after step "
+                                        f"{run.state.step} ({request})")
+                        raise StopRequested(request, run.stop.signal_name or "a stop signal", run.state.step,
+                                            run.run_dir)
+            run.log.info(f"done: {run.state.step} steps, {run.state.skipped_steps} skipped")
+            return run.state
     finally:
         run.metrics.close()
         cleanup()

@@ -1,0 +1,77 @@
+"""What runs inside a submitted job, on every task: distributed set-up, pretraining, requeue on preemption.
+
+submitit pickles a :class:`PretrainJob` and calls it in each task. The task exports torch.distributed's env://
+variables from submitit's job environment (rank, world size, local rank, master = first node, port derived from
+the job id), then runs :func:`vmim.engine.pretrain.pretrain`, which picks gloo or NCCL and the local GPU and
+resumes from the run's newest complete checkpoint (``resume=auto``).
+
+Signals are the trainer's own (:mod:`vmim.engine.preemption`), replacing submitit's: they checkpoint at a step
+boundary on every rank instead of inside a signal handler. After a SIGUSR2 stop, rank 0 runs ``scontrol requeue``
+for the job (up to ``max_requeues`` restarts); every task then exits without a result, so submitit waits for the
+requeued run, which resumes mid-epoch from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from submitit.helpers import Checkpointable
+
+from ..config import Config
+from ..data.robust import ignore_stop_signals
+
+log = logging.getLogger("vmim")
+
+
+def export_distributed_env() -> int:
+    """Set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the Slurm/submitit job; returns the rank."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment()
+    env.export(set_cuda_visible_devices=False, overwrite=True)  # one task per GPU: cuda:LOCAL_RANK
+    return env.rank
+
+
+def requeue(job_id: str, max_requeues: int) -> None:
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if restarts >= max_requeues:
+        log.error(f"not requeueing job {job_id}: it has restarted {restarts} times (max_requeues={max_requeues})")
+        return
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    if result.returncode == 0:
+        log.warning(f"requeued job {job_id} (restart {restarts + 1})")
+    else:  # e.g. Slurm is already requeueing a preempted job
+        log.warning(f"scontrol requeue {job_id}: {result.stderr.strip() or result.returncode}")
+
+
+class PretrainJob(Checkpointable):
+    """Picklable callable: one pretraining run (a sweep point is one of these per array task). As a submitit
+    Checkpointable, a signal that arrives before the trainer installs its handlers requeues the same job, which
+    resumes from the newest checkpoint."""
+
+    def __init__(self, cfg: Config, max_requeues: int = 100):
+        self.cfg, self.max_requeues = cfg, max_requeues
+
+    def __call__(self) -> dict:
+        import submitit
+
+        from ..engine.pretrain import StopRequested, pretrain
+
+        in_slurm = "SLURM_JOB_ID" in os.environ
+        job_id = submitit.JobEnvironment().job_id if "SUBMITIT_FOLDER" in os.environ else None
+        rank = export_distributed_env() if job_id is not None else 0
+        try:
+            state = pretrain(self.cfg)
+        except StopRequested as stop:
+            ignore_stop_signals()
+            if stop.request == "requeue" and in_slurm and rank == 0:
+                requeue(job_id, self.max_requeues)
+            sys.exit(-1)  # no result: the job is not over (requeued, or cancelled and resumable)
+        # Done. A late time-limit warning (Slurm may repeat it) must not kill the task while Python shuts down,
+        # when handlers revert to the default action (terminate) and the finished job would be marked FAILED.
+        ignore_stop_signals()
+        return {"step": state.step, "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+                "run_dir": self.cfg.output_dir}
