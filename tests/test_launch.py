@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,19 @@ def test_local_mode_two_processes_match_one_process_with_the_global_batch(tmp_pa
         assert ddp[step] == pytest.approx(single[step], rel=1e-5), step
     submission = json.loads((tmp_path / "ddp" / "submission.json").read_text())
     assert submission["cluster"]["executor"] == "local" and "--tasks-per-node 2" in submission["command"]
+
+
+def test_signal_during_job_start_up_is_kept_for_the_trainer(tmp_path):
+    """A SIGUSR2 that arrives before any trainer handler exists (Slurm may warn a minute early) must neither kill
+    the task nor be lost: the boot entry point records it and StopSignals turns it into a requeue request."""
+    (tmp_path / "early_probe.py").write_text(
+        "import os, signal\n"
+        "os.kill(os.getpid(), signal.SIGUSR2)\n"
+        "from vmim.engine.preemption import StopSignals\n"
+        "with StopSignals() as stop:\n"
+        "    print('requested', stop.requested)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    proc = subprocess.run([sys.executable, "-m", "vmim.launch.boot", "-u", "-m", "early_probe"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "requested requeue" in proc.stdout

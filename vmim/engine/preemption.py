@@ -12,6 +12,7 @@ resumable from that checkpoint.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import torch
@@ -42,6 +43,9 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in REQUESTS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+        boot = sys.modules.get("vmim.launch.boot")  # signals that arrived while the job's python was starting
+        for signum in getattr(boot, "EARLY", []):
+            self._handle(signum, None)
         return self
 
     def __exit__(self, *exc) -> None:

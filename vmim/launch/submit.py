@@ -58,7 +58,8 @@ def build_executor(cluster: ClusterConfig, folder: Path, name: str):
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster.executor,
-                                     slurm_max_num_timeout=cluster.max_requeues)
+                                     slurm_max_num_timeout=cluster.max_requeues,
+                                     slurm_python=f"{shlex.quote(sys.executable)} -m vmim.launch.boot")
     params = dict(name=name, nodes=cluster.nodes, tasks_per_node=cluster.tasks, cpus_per_task=cluster.cpus_per_task,
                   timeout_min=cluster.time_min)
     if cluster.gpus_per_node:
