@@ -45,7 +45,8 @@ def test_sweep_is_the_cross_product_in_order():
 
 
 def test_sweep_points_get_their_own_run_dirs_and_values(tmp_path):
-    runs = resolve_runs(DEMO, [f"output_dir={tmp_path}"], ["optim.lr=1e-3,2e-3", "train.seed=1,2"])
+    _, runs = resolve_runs(DEMO, [f"output_dir={tmp_path}"], ["optim.lr=1e-3,2e-3", "train.seed=1,2"])
+    runs = [cfg for cfg, _ in runs]
     assert [Path(r.output_dir).name for r in runs] == ["lr-1e-3_seed-1", "lr-1e-3_seed-2", "lr-2e-3_seed-1",
                                                        "lr-2e-3_seed-2"]
     assert [(r.optim.lr, r.train.seed) for r in runs] == [(1e-3, 1), (1e-3, 2), (2e-3, 1), (2e-3, 2)]

@@ -29,15 +29,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-CLUSTER_FLAGS = ("executor", "partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "tasks_per_node",
-                 "cpus_per_task", "mem_gb", "time_min", "exclusive", "signal_delay_s", "max_requeues", "sbatch",
-                 "setup")
-
-
 def _submit(args: argparse.Namespace) -> int:
-    from .launch.cluster import load_cluster
+    from dataclasses import fields
 
-    flags = {key: getattr(args, key) for key in CLUSTER_FLAGS}
+    from .launch.cluster import ClusterConfig, load_cluster
+
+    flags = {f.name: getattr(args, f.name) for f in fields(ClusterConfig) if hasattr(args, f.name)}
     if args.local:
         flags["executor"] = "local"
     cluster = load_cluster(args.profile, flags)

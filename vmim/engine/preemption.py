@@ -21,9 +21,9 @@ import torch.distributed as dist
 from ..data.robust import STOP_SIGNALS
 from .distributed import DistInfo
 
-REQUESTS = {signal.SIGTERM: "stop", signal.SIGUSR2: "requeue"}
-assert set(REQUESTS) == set(STOP_SIGNALS)
+REQUESTS = dict(zip(STOP_SIGNALS, ("stop", "requeue")))  # SIGTERM, SIGUSR2
 _PRIORITY = {None: 0, "stop": 1, "requeue": 2}  # requeue wins when both arrive (preemption sends both)
+_BY_PRIORITY = {code: request for request, code in _PRIORITY.items()}
 
 
 class StopSignals:
@@ -60,4 +60,4 @@ class StopSignals:
             flag = torch.tensor([code], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             code = int(flag.item())
-        return {v: k for k, v in _PRIORITY.items()}[code]
+        return _BY_PRIORITY[code]

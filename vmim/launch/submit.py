@@ -39,19 +39,20 @@ def point_name(point: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "_".join(parts)) or "point"
 
 
-def resolve_runs(config: str, overrides: list[str], sweeps: list[str]) -> list[Config]:
-    """Every run's validated config; a bad key or value stops here, before anything is queued."""
+def resolve_runs(config: str, overrides: list[str], sweeps: list[str]) -> tuple[Config, list[tuple[Config, dict | None]]]:
+    """The base config and every run's (validated config, sweep point); a bad key or value stops here, before
+    anything is queued. Without sweeps the one run is the base config (point None)."""
     base = load_config(config, overrides)
     if not sweeps:
-        return [base]
+        return base, [(base, None)]
     runs = []
     for point in expand_sweep(sweeps):
         run_dir = Path(base.output_dir) / point_name(point)
         point_overrides = [f"{key}={value}" for key, value in point.items()]
-        runs.append(load_config(config, [*overrides, *point_overrides, f"output_dir={run_dir}"]))
-    if len({cfg.output_dir for cfg in runs}) != len(runs):
+        runs.append((load_config(config, [*overrides, *point_overrides, f"output_dir={run_dir}"]), point))
+    if len({cfg.output_dir for cfg, _ in runs}) != len(runs):
         raise ConfigError("--sweep", "two sweep points map to the same run directory")
-    return runs
+    return base, runs
 
 
 def build_executor(cluster: ClusterConfig, folder: Path, name: str):
@@ -96,19 +97,18 @@ def record_submission(cfg: Config, cluster: ClusterConfig, command: list[str], j
 def submit(config: str, overrides: list[str], cluster: ClusterConfig, sweeps: list[str] = (),
            command: list[str] | None = None) -> list[tuple]:
     """Queue the run (or one array of sweep points); returns (submitit job, config) pairs, in point order."""
-    runs = resolve_runs(config, overrides, list(sweeps))
-    points = expand_sweep(list(sweeps)) if sweeps else [None]
-    root = Path(load_config(config, overrides).output_dir)
+    base, runs = resolve_runs(config, overrides, list(sweeps))
+    root = Path(base.output_dir)
     executor = build_executor(cluster, root / "submitit", name=root.name)
-    for cfg in runs:
+    for cfg, _ in runs:
         write_config(cfg)  # before the job can start
-    jobs_fns = [PretrainJob(cfg, cluster.max_requeues) for cfg in runs]
-    if len(runs) == 1:
-        jobs = [executor.submit(jobs_fns[0])]
+    tasks = [PretrainJob(cfg, cluster.max_requeues) for cfg, _ in runs]
+    if len(tasks) == 1:
+        jobs = [executor.submit(tasks[0])]
     else:
-        with executor.batch():
-            jobs = [executor.submit(fn) for fn in jobs_fns]
+        with executor.batch():  # one job array
+            jobs = [executor.submit(task) for task in tasks]
     command = command or ["vmim", "submit", *sys.argv[1:]]
-    for cfg, job, point in zip(runs, jobs, points):
+    for (cfg, point), job in zip(runs, jobs):
         record_submission(cfg, cluster, command, str(job.job_id), point)
-    return list(zip(jobs, runs))
+    return [(job, cfg) for job, (cfg, _) in zip(jobs, runs)]
