@@ -159,3 +159,33 @@ def test_ranks_take_disjoint_halves_of_the_global_batch(batches_per_epoch):
         assert dataset_of(a) == dataset_of(b)  # every step, both ranks draw from the same dataset
         assert not {i for _, i, _ in a} & {i for _, i, _ in b}  # disjoint samples
         assert sorted(a + b) == sorted(g)  # together: the global batch of a single process
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_next_key_hints_the_batch_the_same_worker_fetches_next(workers):
+    """The DataLoader hands batch n to worker n % workers, so a worker's next batch is n + workers (0 workers:
+    n + 1); with a resume the hints follow the batches actually yielded."""
+    import torch
+    from torch.utils.data import DataLoader, get_worker_info
+
+    sampler = MixedBatchSampler([20, 7], [1.0, 2.0], 4, seed=3)
+    sampler.loader_workers = workers
+    sampler.set_epoch(1, start_batch=2)
+    batches = list(sampler)
+    stride = max(1, workers)
+    for n, batch in enumerate(batches):
+        want = batches[n + stride][0] if n + stride < len(batches) else None
+        assert batch.next_key == want, n
+
+    class WhoFetched:  # records which worker fetched each batch, and the hint it got
+        def __getitems__(self, keys):
+            info = get_worker_info()
+            return [(info.id if info else 0, list(keys), keys.next_key)]
+
+    fetched = [item for item, in DataLoader(WhoFetched(), batch_sampler=sampler, num_workers=workers,
+                                             collate_fn=lambda x: x, generator=torch.Generator())]
+    assert [keys for _, keys, _ in fetched] == [list(b) for b in batches]
+    for n, (worker, _, hint) in enumerate(fetched):  # the hinted key is the one this worker fetches next
+        later = [keys for w, keys, _ in fetched[n + 1:] if w == worker]
+        assert hint == (later[0][0] if later else None), n

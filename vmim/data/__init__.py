@@ -85,6 +85,7 @@ def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int =
     dataset = MaskedClipDataset(sources, build_mask_generator(cfg.masking), patch_size, cfg.data.decode_timeout_s,
                                 cfg.data.repeat, isolate=cfg.data.decode_isolation)
     workers = cfg.data.num_workers
+    sampler.loader_workers = workers  # next_key hints: the batch this worker gets after the current one
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -17,7 +18,12 @@ MAX_REPLACEMENTS = 20
 
 
 class ClipSource(Protocol):
-    """What a dataset provides: uint8 (C, T, H, W) clips with a label, augmented from ``rng``."""
+    """What a dataset provides: uint8 (C, T, H, W) clips with a label, augmented from ``rng``.
+
+    Sources that read files (``reads_files = True``) also split ``load`` into ``read(index, rng) -> (pixels,
+    label)``, all of the file reading, and ``augment(pixels, rng, repeat) -> [clip, ...]``; with isolation the
+    first runs in a killable child process and the second here.
+    """
 
     modality: str
     clip_shape: tuple[int, int, int]
@@ -51,44 +57,58 @@ class MaskedClipDataset:
         self.patch_size = patch_size
         self.decode_timeout_s = decode_timeout_s
         # file-reading sources decode in a killable child process (hangs inside C, segfaults); see isolation.py
-        self.isolated = IsolatedWorker(self._load_arrays, decode_timeout_s) if isolate else None
+        self.isolated = IsolatedWorker(self._read_arrays, decode_timeout_s) if isolate else None
         self.timed_out: set[tuple[int, int]] = set()  # per process: samples that hung once fail at once next time
+        self._ahead: tuple | None = None  # (pid, key, ticket, rng): a next batch's first sample, read ahead
 
     def token_grid(self, clip_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         t, h, w = clip_shape
         pt, ph, pw = self.patch_size
         return max(t // pt, 1), h // ph, w // pw
 
-    def _load_arrays(self, dataset: int, index: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
-        """What the isolated child computes: the clips as numpy arrays (cheap to pickle)."""
-        return [(clip.numpy(), label) for clip, label in load_repeated(self.sources[dataset], index, rng, self.repeat)]
+    def _isolates(self, dataset: int) -> bool:
+        return self.isolated is not None and getattr(self.sources[dataset], "reads_files", False)
 
-    def _load_once(self, dataset: int, index: int, rng: np.random.Generator) -> list[tuple[torch.Tensor, int]]:
-        if self.isolated is not None and getattr(self.sources[dataset], "reads_files", False):
-            return [(torch.from_numpy(clip), label) for clip, label in self.isolated(dataset, index, rng=rng)]
+    def _read_arrays(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """What the isolated child computes: the source's decoded pixels as a numpy array (cheap to pickle)."""
+        pixels, label = self.sources[dataset].read(index, rng)
+        return pixels.numpy(), label
+
+    def _load_once(self, dataset: int, index: int, rng: np.random.Generator, ticket: int | None = None
+                   ) -> list[tuple[torch.Tensor, int]]:
+        """The ``repeat`` clips of one index: read in the child (``ticket``: already submitted) then augmented
+        here, or all in this process under the SIGALRM time limit."""
+        source = self.sources[dataset]
+        if self._isolates(dataset):
+            pixels, label = self.isolated.result(self.isolated.submit(dataset, index, rng=rng) if ticket is None
+                                                 else ticket)
+            return [(clip, label) for clip in source.augment(torch.from_numpy(pixels), rng, self.repeat)]
         with time_limit(self.decode_timeout_s):
-            return load_repeated(self.sources[dataset], index, rng, self.repeat)
+            return load_repeated(source, index, rng, self.repeat)
 
-    def _load(self, dataset: int, index: int, rng: np.random.Generator) -> tuple[list, list]:
+    def _load(self, dataset: int, index: int, rng: np.random.Generator, ticket: int | None = None
+              ) -> tuple[list, list]:
         source, failures = self.sources[dataset], []
         for _ in range(MAX_REPLACEMENTS):
             try:
                 if (dataset, index) in self.timed_out:
+                    if ticket is not None:  # queued before an earlier sample of the same file hung
+                        self.isolated.abandon([ticket])
                     raise DecodeTimeout("timed out before in this worker; not retried")
-                return self._load_once(dataset, index, rng), failures
+                return self._load_once(dataset, index, rng, ticket), failures
             except Exception as err:  # any failure of one file must not stop the run; it is reported instead
                 if isinstance(err, DecodeTimeout):
                     self.timed_out.add((dataset, index))
                 path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
                 failures.append((dataset, path, failure_reason(err)))
                 index = int(rng.integers(len(source)))
+            finally:
+                ticket = None  # a replacement is read afresh
         raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
 
-    def __getitem__(self, key: SampleKey) -> dict:
-        """One sample; with ``repeat > 1`` clip, mask and label gain a leading repeat dimension."""
-        dataset, index, seed = key
-        rng = np.random.default_rng(seed)
-        clips, failures = self._load(dataset, index, rng)
+    def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None) -> dict:
+        dataset, index, _ = key
+        clips, failures = self._load(dataset, index, rng, ticket)
         grid = self.token_grid(tuple(clips[0][0].shape[1:]))
         masks = [torch.from_numpy(self.mask_generator(grid, rng)) for _ in clips]
         if self.repeat == 1:
@@ -96,6 +116,50 @@ class MaskedClipDataset:
             return {"clip": clip, "mask": masks[0], "label": label, "dataset": dataset, "bad": failures}
         return {"clip": torch.stack([c for c, _ in clips]), "mask": torch.stack(masks),
                 "label": torch.tensor([label for _, label in clips]), "dataset": dataset, "bad": failures}
+
+    def __getitem__(self, key: SampleKey) -> dict:
+        """One sample; with ``repeat > 1`` clip, mask and label gain a leading repeat dimension."""
+        return self._sample(key, np.random.default_rng(key[2]))
+
+    def _submit(self, key: SampleKey, rng: np.random.Generator) -> int | None:
+        """Start reading ``key`` in the isolated child; None when it is read here (or known to hang)."""
+        dataset, index, _ = key
+        if not self._isolates(dataset) or (dataset, index) in self.timed_out:
+            return None
+        return self.isolated.submit(dataset, index, rng=rng)
+
+    def __getitems__(self, keys: list[SampleKey]) -> list[dict]:
+        """A batch (the DataLoader's batched fetch). With isolation, the child reads sample i + 1 while this process
+        augments and masks sample i, and, given a :class:`KeyBatch` hint, the first sample of this worker's next
+        batch while this process finishes the batch. Each sample is the same as ``self[key]``."""
+        if self.isolated is None:
+            return [self[key] for key in keys]
+        hint = getattr(keys, "next_key", None)
+        keys = [tuple(key) for key in keys]
+        rngs = [np.random.default_rng(seed) for _, _, seed in keys]
+        tickets: list[int | None] = [None] * len(keys)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == os.getpid():  # read ahead by the previous batch in this process
+            if keys and ahead[1] == keys[0]:
+                tickets[0], rngs[0] = ahead[2], ahead[3]
+            else:
+                self.isolated.abandon([ahead[2]])
+        try:
+            if keys and tickets[0] is None:
+                tickets[0] = self._submit(keys[0], rngs[0])
+            samples = []
+            for i, key in enumerate(keys):
+                if i + 1 < len(keys):
+                    tickets[i + 1] = self._submit(keys[i + 1], rngs[i + 1])
+                elif hint is not None:
+                    rng = np.random.default_rng(hint[2])
+                    if (ticket := self._submit(tuple(hint), rng)) is not None:
+                        self._ahead = (os.getpid(), tuple(hint), ticket, rng)
+                samples.append(self._sample(key, rngs[i], tickets[i]))
+                tickets[i] = None
+            return samples
+        finally:  # after an error: answers still on their way are dropped
+            self.isolated.abandon([t for t in tickets if t is not None])
 
 
 def collate(samples: list[dict]) -> dict:

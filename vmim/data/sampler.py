@@ -16,6 +16,14 @@ import numpy as np
 SampleKey = tuple[int, int, int]  # (dataset id, index in that dataset, per-sample seed)
 
 
+class KeyBatch(list):
+    """A batch of :data:`SampleKey` with ``next_key``: the first key of the batch that the same data-loader worker
+    gets next (the loader hands batches to its workers in turn), or None. The dataset may start reading it early;
+    a wrong guess costs only that read."""
+
+    next_key: SampleKey | None = None
+
+
 def batches_per_dataset(sizes: Sequence[int], weights: Sequence[float], global_batch: int,
                         total: int | None = None) -> list[int]:
     """Batches each dataset contributes per epoch: size x weight / global batch (at least 1), or, with
@@ -48,6 +56,7 @@ class MixedBatchSampler:
         self.counts = batches_per_dataset(sizes, weights, batch_size * world_size, batches_per_epoch)
         self.epoch = 0
         self.start_batch = 0
+        self.loader_workers = 0  # set by the loader's builder: the stride of next_key hints (0 workers: 1)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -67,13 +76,25 @@ class MixedBatchSampler:
         order = rng.permutation(np.repeat(np.arange(len(self.sizes)), self.counts))
         return order, indices, seeds
 
-    def __iter__(self) -> Iterator[list[SampleKey]]:
+    def __iter__(self) -> Iterator[KeyBatch]:
         order, indices, seeds = self._epoch_plan()
         position = np.zeros(len(self.sizes), dtype=int)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        batches = []
         for step, dataset in enumerate(order):
             j = position[dataset]
             position[dataset] += 1
-            if step < self.start_batch:
-                continue
-            yield [(int(dataset), int(i), int(s)) for i, s in zip(indices[dataset][j, lo:hi], seeds[dataset][j, lo:hi])]
+            if step >= self.start_batch:
+                batches.append([(int(dataset), int(i), int(s))
+                                for i, s in zip(indices[dataset][j, lo:hi], seeds[dataset][j, lo:hi])])
+        return iter(with_next_keys(batches, self.loader_workers))
+
+
+def with_next_keys(batches: Sequence[Sequence[SampleKey]], loader_workers: int) -> list[KeyBatch]:
+    """The batches as :class:`KeyBatch`, each hinting the first key of the batch ``max(1, loader_workers)`` later:
+    the next one its DataLoader worker (or, with 0 workers, the main process) will fetch."""
+    stride = max(1, loader_workers)
+    out = [KeyBatch(batch) for batch in batches]
+    for batch, later in zip(out, out[stride:]):
+        batch.next_key = later[0] if later else None
+    return out

@@ -1,7 +1,9 @@
 """Real datasets as :class:`~vmim.data.pretrain_dataset.ClipSource`: video lists and image folders/lists.
 
 A source is built in the main process from an index of :class:`~vmim.data.indexes.Entry` and opens files
-only inside ``load`` (i.e. in data-loader workers). Decoders are created lazily per process.
+only inside ``load`` (i.e. in data-loader workers). Decoders are created lazily per process. Loading is two
+steps: ``read`` does all of the file reading (the part that can hang or crash, run in a killable child process)
+and ``augment`` crops what it returned (run in the loader, overlapping the child's next read).
 """
 
 from __future__ import annotations
@@ -101,9 +103,17 @@ class VideoSource:
 
     def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
         """One decode of one window, ``repeat`` independent crops of it (VideoMAE V2's num_sample)."""
+        frames, label = self.read(index, rng)
+        return [(clip, label) for clip in self.augment(frames, rng, repeat)]
+
+    def read(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """uint8 (T, H, W, C) frames of one training window, and the label: all of the file reading."""
         frames = self.decoder.read(self.entries[index].path, self.frame_indices(index, rng).tolist())
-        label = self.entries[index].label
-        return [(train_crop(frames, self.size, rng, self.crop, self.flip), label) for _ in range(repeat)]
+        return frames, self.entries[index].label
+
+    def augment(self, frames: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
+        """``repeat`` independent crops, uint8 (C, T, size, size), of the (T, H, W, C) frames from :meth:`read`."""
+        return [train_crop(frames, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
 
 
 class ImageSource:
@@ -130,9 +140,16 @@ class ImageSource:
 
     def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
         """One decode, ``repeat`` independent crops."""
-        pixels = self.pixels(index, self.size * 2)
-        return [(train_crop(pixels, self.size, rng, self.crop, self.flip), self.entries[index].label)
-                for _ in range(repeat)]
+        pixels, label = self.read(index, rng)
+        return [(clip, label) for clip in self.augment(pixels, rng, repeat)]
+
+    def read(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """uint8 (1, H, W, 3) pixels (JPEG draft-decoded to at least twice ``size``) and the label."""
+        return self.pixels(index, self.size * 2), self.entries[index].label
+
+    def augment(self, pixels: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
+        """``repeat`` independent crops, uint8 (C, 1, size, size), of the pixels from :meth:`read`."""
+        return [train_crop(pixels, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
 
     def pixels(self, index: int, min_side: int) -> torch.Tensor:
         """uint8 (1, H, W, 3) RGB. JPEGs decode at a reduced scale (PIL ``draft``) that keeps both sides >= ``min_side``

@@ -426,8 +426,10 @@ class DecordDecoder:
             batch = _to_tensor(reader.get_batch(wanted or [0]))  # already rotated upright by decord
         except Exception as e:  # DECORDError and friends
             raise DecodeError(path, f"decord failed to decode frames {wanted} ({_short(e)})") from e
-        position = {index: p for p, index in enumerate(wanted)}
-        return batch[torch.tensor([position[i] for i in idx], dtype=torch.long)].contiguous()
+        if idx and idx == wanted:  # the usual training window: sorted, no repeats
+            return batch
+        position = {index: p for p, index in enumerate(wanted)}  # np.take: ~10x faster than uint8 advanced indexing
+        return torch.from_numpy(np.take(batch.numpy(), [position[i] for i in idx], axis=0))
 
 
 # -------------------------------------------------------------------------------------------------------- choosing
