@@ -13,3 +13,8 @@ os.environ["MKL_NUM_THREADS"] = "1"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slurm tests first: they mostly wait on cluster jobs, and the longest should overlap the rest of the suite."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")  # stable: the order is otherwise kept

@@ -28,6 +28,11 @@ STEPS_PER_EPOCH = 200  # the preempt / requeue tests act at step 40: ~13 s of ma
 EPOCHS = 2
 LONG = [*TINY, "data.batch_size=16", "data.num_workers=1", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
         f"train.epochs={EPOCHS}", "checkpoint.every_steps=25", "log.every_steps=1"]  # 400 steps; every loss logged
+# Slurm sends the time-limit USR2 at its first check after start (observed 4-30 s in): the job must not be able
+# to finish before that even on a fast, idle machine (~28 steps/s here), so it runs 1200 steps and is requeued
+# at each limit, several times.
+LONGER_EPOCHS = 6
+LONGER = [*LONG, f"train.epochs={LONGER_EPOCHS}"]
 
 
 def cluster_problem() -> str | None:
@@ -88,25 +93,35 @@ def job_logs(run_dir: Path) -> str:
         f"\n--- log.txt\n{(run_dir / 'log.txt').read_text()[-1500:]}" if (run_dir / "log.txt").exists() else "")
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run, made once per test session (shared by xdist workers through a file lock)."""
+def reference_run(tmp_path_factory, name: str, overrides: list[str]) -> Path:
+    """The uninterrupted run of ``overrides``, made once per test session (shared by xdist workers: a file lock)."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp().parent
-    run_dir = root / "slurm_reference"
-    with FileLock(str(root / "slurm_reference.lock")):
+    run_dir = root / name
+    with FileLock(str(root / f"{name}.lock")):
         if not (run_dir / "done").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
             proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config", DEMO,
-                                   f"output_dir={run_dir}", *LONG], cwd=REPO, capture_output=True, text=True,
-                                  timeout=600)
+                                   f"output_dir={run_dir}", *overrides], cwd=REPO, capture_output=True, text=True,
+                                  timeout=900)
             assert proc.returncode == 0, proc.stderr[-3000:]
             (run_dir / "done").touch()
     return run_dir
 
 
-def assert_resumed_where_stopped_and_identical(run_dir: Path, reference: Path, mid_epoch: bool = True) -> None:
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    return reference_run(tmp_path_factory, "slurm_reference", LONG)
+
+
+@pytest.fixture(scope="session")
+def long_reference(tmp_path_factory) -> Path:
+    return reference_run(tmp_path_factory, "slurm_reference_long", LONGER)
+
+
+def assert_resumed_where_stopped_and_identical(run_dir: Path, reference: Path, mid_epoch: bool = True,
+                                               epochs: int = EPOCHS) -> None:
     """Every stop is followed by a resume at exactly that step; losses and final weights match the reference.
 
     mid_epoch: also require a resume inside an epoch (the test chose when to interrupt). A time-limit signal comes
@@ -124,9 +139,45 @@ def assert_resumed_where_stopped_and_identical(run_dir: Path, reference: Path, m
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     final, final_ref = load(run_dir / "checkpoints/last.pt"), load(reference / "checkpoints/last.pt")
-    assert final["step"] == final_ref["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert final["step"] == final_ref["step"] == epochs * STEPS_PER_EPOCH
     for name, tensor in final_ref["model"].items():
         torch.testing.assert_close(final["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_time_limit_checkpoints_requeues_and_resumes(tmp_path, request):
+    run = tmp_path / "run"
+    job = submit(run, "--time-min", "1", "--signal-delay-s", "30",  # USR2 30 s (Slurm: up to 60 s) before the limit
+                 "--sbatch", "nodelist=n2", overrides=LONGER)  # n1: the preemption test's exclusive job
+    reference = request.getfixturevalue("long_reference")  # made (or waited for) while the job runs
+    wait_done(job, run, timeout=900)
+    log = (run / "log.txt").read_text()
+    assert "SIGUSR2" in log and "requeued job" in log
+    assert_resumed_where_stopped_and_identical(run, reference, mid_epoch=False, epochs=LONGER_EPOCHS)
+
+
+def test_preempted_by_high_priority_partition_resumes_mid_epoch(tmp_path, request):
+    run = tmp_path / "run"
+    job = submit(run, "--exclusive", "--sbatch", "nodelist=n1")
+    wait_step(run, 40, job)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "n1", "--exclusive", "-t", "1",
+                           "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    reference = request.getfixturevalue("reference")  # made (or waited for) after the interruption
+    wait_done(job, run)
+    assert state(high) == "COMPLETED"
+    assert "SIGUSR2" in (run / "log.txt").read_text() or "SIGTERM" in (run / "log.txt").read_text()
+    assert_resumed_where_stopped_and_identical(run, reference)
+
+
+def test_scontrol_requeue_resumes_mid_epoch(tmp_path, request):
+    run = tmp_path / "run"
+    job = submit(run)
+    wait_step(run, 40, job)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    reference = request.getfixturevalue("reference")
+    wait_done(job, run)
+    assert "SIGTERM" in (run / "log.txt").read_text()
+    assert_resumed_where_stopped_and_identical(run, reference)
 
 
 def test_two_task_ddp_job_matches_single_process(tmp_path):
@@ -146,38 +197,6 @@ def test_two_task_ddp_job_matches_single_process(tmp_path):
         assert ddp[step] == pytest.approx(single[step], rel=1e-5), step
     submission = json.loads((run / "submission.json").read_text())
     assert submission["job_id"] == job and "--tasks-per-node 2" in submission["command"]
-
-
-def test_preempted_by_high_priority_partition_resumes_mid_epoch(tmp_path, reference):
-    run = tmp_path / "run"
-    job = submit(run, "--exclusive", "--sbatch", "nodelist=n1")
-    wait_step(run, 40, job)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "n1", "--exclusive", "-t", "1",
-                           "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    wait_done(job, run)
-    assert state(high) == "COMPLETED"
-    assert "SIGUSR2" in (run / "log.txt").read_text() or "SIGTERM" in (run / "log.txt").read_text()
-    assert_resumed_where_stopped_and_identical(run, reference)
-
-
-def test_scontrol_requeue_resumes_mid_epoch(tmp_path, reference):
-    run = tmp_path / "run"
-    job = submit(run)
-    wait_step(run, 40, job)
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    wait_done(job, run)
-    assert "SIGTERM" in (run / "log.txt").read_text()
-    assert_resumed_where_stopped_and_identical(run, reference)
-
-
-def test_time_limit_checkpoints_requeues_and_resumes(tmp_path, reference):
-    run = tmp_path / "run"
-    job = submit(run, "--time-min", "1", "--signal-delay-s", "30")  # USR2 30 s (Slurm: up to 60 s) before the limit
-    wait_done(job, run, timeout=600)
-    log = (run / "log.txt").read_text()
-    assert "SIGUSR2" in log and "requeued job" in log
-    assert_resumed_where_stopped_and_identical(run, reference, mid_epoch=False)
 
 
 def test_two_node_job_runs_to_the_end(tmp_path):
