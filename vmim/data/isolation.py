@@ -143,11 +143,11 @@ class IsolatedWorker:
         self._answers: dict[int, tuple] = {}  # ticket -> ("ok" | "error", payload, rng_state) or ("failed", error)
         self._abandoned: set[int] = set()
 
-    def __getstate__(self) -> dict:  # a child belongs to the process that forked it
-        state = dict(self.__dict__)
-        state.update(_pid=None, _conn=None, _shared=None, _owner=-1, _replies=0, _last_reply=0.0,
-                     _in_flight=deque(), _answers={}, _abandoned=set())
-        return state
+    def __getstate__(self) -> dict:  # a child and its calls belong to the process that forked it
+        return {"work": self.work, "timeout_s": self.timeout_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def _start(self) -> None:
         parent_end, child_end = Pipe()

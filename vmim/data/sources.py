@@ -18,11 +18,43 @@ from .transforms import test_crops, train_crop
 from .video_decoders import build_decoder
 
 
-class VideoSource:
+class FileSource:
+    """What video and image sources share: entries of files, ``load`` = :meth:`read` (all of the file reading, in a
+    killable child process when data.decode_isolation is on) then :meth:`augment` (crops of what was read)."""
+
+    reads_files = True
+    entries: list[Entry]
+    size: int
+    crop: str
+    flip: bool
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def describe(self, index: int) -> str:
+        return self.entries[index].path
+
+    def read(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def augment(self, pixels: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
+        """``repeat`` independent training crops, uint8 (C, T, size, size), of the (T, H, W, C) pixels from
+        :meth:`read`."""
+        return [train_crop(pixels, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        return self.load_repeated(index, rng, 1)[0]
+
+    def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
+        """One read, ``repeat`` independent crops of it (VideoMAE V2's num_sample)."""
+        pixels, label = self.read(index, rng)
+        return [(clip, label) for clip in self.augment(pixels, rng, repeat)]
+
+
+class VideoSource(FileSource):
     """Clips of ``num_frames`` frames ``stride`` apart (at ``target_fps`` if set), randomly cropped to ``size``."""
 
     modality = "video"
-    reads_files = True  # decoded in a killable child process when data.decode_isolation is on
 
     def __init__(self, entries: list[Entry], num_frames: int, stride: int, size: int, decoder: str = "decord",
                  crop: str = "multi_scale", flip: bool = False, target_fps: float | None = None,
@@ -38,12 +70,6 @@ class VideoSource:
     @property
     def clip_shape(self) -> tuple[int, int, int]:
         return self.num_frames, self.size, self.size
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def describe(self, index: int) -> str:
-        return self.entries[index].path
 
     @property
     def decoder(self):
@@ -98,29 +124,16 @@ class VideoSource:
                  for view in views]
         return torch.cat(clips), entry.label
 
-    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-        return self.load_repeated(index, rng, 1)[0]
-
-    def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
-        """One decode of one window, ``repeat`` independent crops of it (VideoMAE V2's num_sample)."""
-        frames, label = self.read(index, rng)
-        return [(clip, label) for clip in self.augment(frames, rng, repeat)]
-
     def read(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         """uint8 (T, H, W, C) frames of one training window, and the label: all of the file reading."""
         frames = self.decoder.read(self.entries[index].path, self.frame_indices(index, rng).tolist())
         return frames, self.entries[index].label
 
-    def augment(self, frames: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
-        """``repeat`` independent crops, uint8 (C, T, size, size), of the (T, H, W, C) frames from :meth:`read`."""
-        return [train_crop(frames, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
 
-
-class ImageSource:
+class ImageSource(FileSource):
     """Images decoded with PIL, random-resized-cropped (+ flip) to ``size``, as one-frame clips."""
 
     modality = "image"
-    reads_files = True
 
     def __init__(self, entries: list[Entry], size: int, crop: str = "random_resized", flip: bool = True):
         self.entries, self.size, self.crop, self.flip = entries, size, crop, flip
@@ -129,27 +142,9 @@ class ImageSource:
     def clip_shape(self) -> tuple[int, int, int]:
         return 1, self.size, self.size
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def describe(self, index: int) -> str:
-        return self.entries[index].path
-
-    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-        return self.load_repeated(index, rng, 1)[0]
-
-    def load_repeated(self, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
-        """One decode, ``repeat`` independent crops."""
-        pixels, label = self.read(index, rng)
-        return [(clip, label) for clip in self.augment(pixels, rng, repeat)]
-
     def read(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         """uint8 (1, H, W, 3) pixels (JPEG draft-decoded to at least twice ``size``) and the label."""
         return self.pixels(index, self.size * 2), self.entries[index].label
-
-    def augment(self, pixels: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
-        """``repeat`` independent crops, uint8 (C, 1, size, size), of the pixels from :meth:`read`."""
-        return [train_crop(pixels, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
 
     def pixels(self, index: int, min_side: int) -> torch.Tensor:
         """uint8 (1, H, W, 3) RGB. JPEGs decode at a reduced scale (PIL ``draft``) that keeps both sides >= ``min_side``
