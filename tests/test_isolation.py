@@ -62,7 +62,7 @@ def stalled_file(tmp_path, webm):
 def dataset(entries: list[Entry], decoder: str, isolate: bool, timeout_s: float = 1.0, repeat: int = 1
             ) -> MaskedClipDataset:
     source = VideoSource(entries, num_frames=4, stride=2, size=32, decoder=decoder)
-    return MaskedClipDataset([source], MaskGenerator("tube", 0.75, 0.75), (2, 8, 8), timeout_s, repeat=repeat,
+    return MaskedClipDataset([source], {"encoder": MaskGenerator("tube", 0.75, 0.75)}, (2, 8, 8), timeout_s, repeat=repeat,
                              isolate=isolate)
 
 
@@ -92,7 +92,7 @@ def test_isolated_samples_equal_in_process_samples(webm, repeat):
     expected = [in_process[key] for key in keys]
     for got in ([isolated[key] for key in keys], isolated.__getitems__(keys)):  # one by one, and pipelined
         for a, b in zip(got, expected):
-            assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["mask"], b["mask"])
+            assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
             assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
 
 

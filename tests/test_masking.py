@@ -247,7 +247,7 @@ def sources():
 
 @pytest.fixture(scope="module")
 def dataset(sources):
-    return MaskedClipDataset(sources, MaskGenerator("tube", ratio_video=0.75, ratio_image=0.5), PATCH)
+    return MaskedClipDataset(sources, {"encoder": MaskGenerator("tube", ratio_video=0.75, ratio_image=0.5)}, PATCH)
 
 
 @pytest.mark.parametrize("source_id, grid", [(0, (1, 4, 4)), (1, (2, 4, 4))])
@@ -256,12 +256,12 @@ def test_dataset_item_is_a_function_of_its_key(dataset, source_id, grid):
     ratio = 0.5 if grid[0] == 1 else 0.75
     key = (source_id, 7, 12345)
     a, b = dataset[key], dataset[key]
-    assert a["mask"].dtype == torch.bool and a["mask"].shape == (n,)
-    assert int(a["mask"].sum()) == grid[0] * expected_count(grid[1] * grid[2], ratio)
+    assert a["masks"]["encoder"].dtype == torch.bool and a["masks"]["encoder"].shape == (n,)
+    assert int(a["masks"]["encoder"].sum()) == grid[0] * expected_count(grid[1] * grid[2], ratio)
     assert a["clip"].dtype == torch.uint8 and a["clip"].shape == (3, 4 if source_id else 1, 16, 16)
-    assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["mask"], b["mask"])
+    assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
     assert a["label"] == b["label"] and a["dataset"] == b["dataset"] == source_id
-    masks = {dataset[(source_id, 7, seed)]["mask"].numpy().tobytes() for seed in range(10)}
+    masks = {dataset[(source_id, 7, seed)]["masks"]["encoder"].numpy().tobytes() for seed in range(10)}
     assert len(masks) >= 8  # different seeds -> different masks (16 positions per slice: collisions are rare)
     assert {dataset[(source_id, 7, seed)]["label"] for seed in range(3)} == {a["label"]}
 
@@ -279,10 +279,11 @@ def test_batches_identical_with_any_worker_count(dataset, sources):
     assert len(single) == len(multi) == len(keys) == 6
     assert {int(b["dataset"][0]) for b in single} == {0, 1}  # both datasets (and both grids) are exercised
     for batch_keys, a, b in zip(keys, single, multi):
-        assert set(a) == set(b) == {"clip", "mask", "label", "dataset", "bad"}
+        assert set(a) == set(b) == {"clip", "masks", "label", "dataset", "bad"}
         assert a["bad"] == b["bad"] == []  # built-in data never fails to load
-        for name in ("clip", "mask", "label", "dataset"):
+        for name in ("clip", "label", "dataset"):
             assert torch.equal(a[name], b[name]), name
+        assert torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
         for row, key in enumerate(batch_keys):  # and each row is exactly dataset[key]
             item = dataset[key]
-            assert torch.equal(a["clip"][row], item["clip"]) and torch.equal(a["mask"][row], item["mask"])
+            assert torch.equal(a["clip"][row], item["clip"]) and torch.equal(a["masks"]["encoder"][row], item["masks"]["encoder"])

@@ -95,7 +95,7 @@ def loader_rate(dataset: MaskedClipDataset, keys, timed_keys, batch_size: int, w
 
 def one_round(source: VideoSource, args, seed: int) -> dict[str, float]:
     """Each loader's clips/s divided by the mean raw clips/s measured just before and just after it."""
-    mask = MaskGenerator("tube", 0.9, 0.75)
+    mask = {"encoder": MaskGenerator("tube", 0.9, 0.75)}
 
     def dataset(**kw) -> MaskedClipDataset:
         return MaskedClipDataset([source], mask, (2, 16, 16), 60.0, **kw)

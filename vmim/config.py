@@ -142,6 +142,8 @@ class DatasetConfig:
     crop: str = ""
     """multi_scale (VideoMAE) or random_resized (MaskFeat, images); empty = multi_scale for video,
     random_resized for images."""
+    crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
+    """random_resized only: range of the crop's area as a fraction of the frame (MAE / FastMIM: [0.2, 1])."""
     flip: Optional[bool] = None
     """Random horizontal flip; None = on for images, off for video (never flip SSv2: labels have a direction)."""
 

@@ -82,7 +82,8 @@ def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int =
     steps = cfg.train.steps_per_epoch * cfg.optim.accum_steps or None
     sampler = MixedBatchSampler([len(s) for s in sources], [cfg.data.datasets[n].weight for n in names],
                                 cfg.data.batch_size, world_size, rank, cfg.train.seed, steps)
-    dataset = MaskedClipDataset(sources, build_mask_generator(cfg.masking), patch_size, cfg.data.decode_timeout_s,
+    masks = {"encoder": build_mask_generator(cfg.masking)}
+    dataset = MaskedClipDataset(sources, masks, patch_size, cfg.data.decode_timeout_s,
                                 cfg.data.repeat, isolate=cfg.data.decode_isolation)
     workers = cfg.data.num_workers
     sampler.loader_workers = workers  # next_key hints: the batch this worker gets after the current one

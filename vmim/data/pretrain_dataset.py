@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ..masking import MaskGenerator
+from ..models.grid import token_grid
 from .isolation import IsolatedWorker
 from .robust import DecodeTimeout, failure_reason, time_limit
 from .sampler import SampleKey
@@ -41,30 +42,28 @@ def load_repeated(source: ClipSource, index: int, rng: np.random.Generator, repe
 
 
 class MaskedClipDataset:
-    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "mask": bool (N,), "label", "dataset", "bad"}.
+    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "masks": {name: bool (N,)}, "label", "dataset", "bad"}.
 
-    The same seed drives augmentation and the mask, so a sample is a pure function of its key. A sample
+    ``mask_generators`` names each mask the method needs (``encoder``, and e.g. ``decoder`` for VideoMAE V2's
+    dual masking); masks are drawn in that order. The same seed drives augmentation and the masks, so a sample is
+    a pure function of its key. A sample
     that fails to load (corrupt file, decoder error, timeout) is replaced by another index of the same
     dataset drawn from the same seed; the failures travel with the sample in ``"bad"`` as
     ``(dataset, path, reason)`` for the main process to report and count.
     """
 
-    def __init__(self, sources: Sequence[ClipSource], mask_generator: MaskGenerator, patch_size: tuple[int, int, int],
+    def __init__(self, sources: Sequence[ClipSource], mask_generators: dict[str, MaskGenerator],
+                 patch_size: tuple[int, int, int],
                  decode_timeout_s: float = 0.0, repeat: int = 1, isolate: bool = False):
         self.sources = list(sources)
         self.repeat = repeat
-        self.mask_generator = mask_generator
+        self.mask_generators = dict(mask_generators)
         self.patch_size = patch_size
         self.decode_timeout_s = decode_timeout_s
         # file-reading sources decode in a killable child process (hangs inside C, segfaults); see isolation.py
         self.isolated = IsolatedWorker(self._read_arrays, decode_timeout_s) if isolate else None
         self.timed_out: set[tuple[int, int]] = set()  # per process: samples that hung once fail at once next time
         self._ahead: tuple | None = None  # (pid, key, ticket, rng): a next batch's first sample, read ahead
-
-    def token_grid(self, clip_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        t, h, w = clip_shape
-        pt, ph, pw = self.patch_size
-        return max(t // pt, 1), h // ph, w // pw
 
     def _isolates(self, dataset: int) -> bool:
         return self.isolated is not None and getattr(self.sources[dataset], "reads_files", False)
@@ -109,12 +108,14 @@ class MaskedClipDataset:
     def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None) -> dict:
         dataset, index, _ = key
         clips, failures = self._load(dataset, index, rng, ticket)
-        grid = self.token_grid(tuple(clips[0][0].shape[1:]))
-        masks = [torch.from_numpy(self.mask_generator(grid, rng)) for _ in clips]
+        grid = token_grid(clips[0][0].shape, self.patch_size)
+        masks = [{name: torch.from_numpy(make(grid, rng)) for name, make in self.mask_generators.items()}
+                 for _ in clips]
         if self.repeat == 1:
             (clip, label), = clips
-            return {"clip": clip, "mask": masks[0], "label": label, "dataset": dataset, "bad": failures}
-        return {"clip": torch.stack([c for c, _ in clips]), "mask": torch.stack(masks),
+            return {"clip": clip, "masks": masks[0], "label": label, "dataset": dataset, "bad": failures}
+        return {"clip": torch.stack([c for c, _ in clips]),
+                "masks": {name: torch.stack([m[name] for m in masks]) for name in self.mask_generators},
                 "label": torch.tensor([label for _, label in clips]), "dataset": dataset, "bad": failures}
 
     def __getitem__(self, key: SampleKey) -> dict:
@@ -167,7 +168,8 @@ def collate(samples: list[dict]) -> dict:
     failures = [f for s in samples for f in s["bad"]]
     if samples[0]["clip"].ndim == 5:  # repeated sampling: (repeat, C, T, H, W) per sample
         repeat = samples[0]["clip"].shape[0]
-        batch = {k: torch.cat([s[k] for s in samples]) for k in ("clip", "mask", "label")}
+        batch = {k: torch.cat([s[k] for s in samples]) for k in ("clip", "label")}
+        batch["masks"] = {name: torch.cat([s["masks"][name] for s in samples]) for name in samples[0]["masks"]}
         batch["dataset"] = torch.tensor([s["dataset"] for s in samples]).repeat_interleave(repeat)
     else:
         batch = default_collate([{k: v for k, v in s.items() if k != "bad"} for s in samples])

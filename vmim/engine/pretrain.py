@@ -249,7 +249,7 @@ def train_one_epoch(run: Run, progress: tqdm) -> str | None:
         run.data.monitor.update(batch["bad"])  # logs new bad files; raises past data.max_bad_fraction
         source = run.data.names[int(batch["dataset"][0])]  # batches are homogeneous in dataset
         clip = batch["clip"].to(run.device, non_blocking=True)
-        mask = batch["mask"].to(run.device, non_blocking=True)
+        mask = batch["masks"]["encoder"].to(run.device, non_blocking=True)
         sync = (state.batch_in_epoch + 1) % accum == 0
         with run.model.no_sync() if (run.dist.world_size > 1 and not sync) else nullcontext():
             with autocast(run.device, run.precision):
@@ -315,7 +315,7 @@ def log_window(run: Run, window: _Window, progress: tqdm) -> None:
 def log_preview(run: Run, batch: dict) -> None:
     run.raw_model.eval()
     with autocast(run.device, run.precision):
-        grid = run.raw_model.preview(batch["clip"].to(run.device), batch["mask"].to(run.device))
+        grid = run.raw_model.preview(batch["clip"].to(run.device), batch["masks"]["encoder"].to(run.device))
     run.raw_model.train()
     if grid is not None:
         run.metrics.image("reconstruction", run.state.step, grid)
