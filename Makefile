@@ -21,6 +21,7 @@ demo: setup
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_DIR)/tb"
 
 test: setup
+	$(BIN)/ruff check vmim tests tools
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 bench: setup

@@ -1,4 +1,4 @@
-"""Frame-index sampling, crops, and the bad-file monitor."""
+"""Frame-index sampling, crops (with their configured scale), and the in-process decode time limit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vmim.data.clip_sampling import frame_step, random_window, segment_indices, uniform_views
-from vmim.data.robust import BadFileMonitor, DecodeTimeout, TooManyBadFiles, time_limit
+from vmim.data.time_limit import DecodeTimeout, time_limit
 from vmim.data.transforms import center_box, crop_resize, multi_scale_box, random_resized_box, train_crop
 
 
@@ -96,14 +96,43 @@ def test_train_crop_is_a_function_of_the_seed():
         train_crop(frames, 32, np.random.default_rng(0), "five_crop", flip=False)
 
 
-def test_monitor_counts_each_file_once_and_stops_past_threshold():
-    monitor = BadFileMonitor(["k400", "in1k"], listed=[20, 100], missing=[1, 0], max_fraction=0.2)
-    monitor.update([(0, "/v/a.mp4", "truncated"), (0, "/v/a.mp4", "truncated"), (1, "/i/x.jpg", "bad")])
-    assert monitor.scalars() == {"data/bad_files": 3.0, "data/bad_files/k400": 2.0, "data/bad_files/in1k": 1.0}
-    monitor.update([(0, "/v/b.mp4", "zero bytes"), (0, "/v/c.mp4", "garbage")])  # 1 + 3 of 20 = 20%: allowed
-    with pytest.raises(TooManyBadFiles, match=r"data.max_bad_fraction=0.2") as info:
-        monitor.update([(0, "/v/d.mp4", "garbage")])  # 25%
-    assert "k400" in str(info.value) and "1 missing + 4 undecodable of 20" in str(info.value)
+@pytest.mark.parametrize("scale", [(0.5, 0.5), (0.9, 1.0)])
+def test_random_resized_box_area_follows_the_scale(scale):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        _, _, h, w = random_resized_box(240, 320, rng, scale=scale)
+        assert scale[0] - 0.02 <= h * w / (240 * 320) <= scale[1] + 0.02
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_crop_scale_reaches_the_crop_from_the_config(tmp_path, kind):
+    """data.datasets.<name>.crop_scale -> build_source -> the source's random_resized crop."""
+    from PIL import Image
+
+    from tests.video_fixtures import CODECS, encode, frame_image
+    from vmim.config import DataConfig, ImageDatasetConfig, VideoDatasetConfig
+    from vmim.data import build_source
+
+    if kind == "image":
+        (tmp_path / "cls").mkdir()
+        Image.fromarray(frame_image(3)).save(tmp_path / "cls" / "a.png")
+        ds_cfg = ImageDatasetConfig(kind="image", format="image_folder", path=str(tmp_path), crop_scale=[0.5, 0.6])
+    else:
+        codec, suffix, options = CODECS["h264"]
+        encode(str(tmp_path / f"a.{suffix}"), codec, options)
+        (tmp_path / "train.txt").write_text(f"a.{suffix} 0\n")
+        ds_cfg = VideoDatasetConfig(kind="video", path=str(tmp_path / "train.txt"), crop="random_resized",
+                                    crop_scale=[0.5, 0.6], stride=2)
+    source, _, _ = build_source("ds", ds_cfg, DataConfig(img_size=32, num_frames=4), 3)
+    assert source.crop_scale == (0.5, 0.6)
+    pixels, _ = source.read(0, np.random.default_rng(1))
+    _, h, w, _ = pixels.shape
+    for seed in range(5):
+        got = source.augment(pixels, np.random.default_rng(seed), 1)[0]
+        rng = np.random.default_rng(seed)
+        box = random_resized_box(h, w, rng, scale=(0.5, 0.6))
+        want = crop_resize(pixels, box, 32, flip=source.flip and bool(rng.integers(2)))
+        assert torch.equal(got, want), seed
 
 
 def test_time_limit_interrupts_and_restores():
@@ -136,7 +165,7 @@ def test_repeated_sampling_decodes_once_and_flattens_into_the_batch():
     items = [dataset[(0, i, 100 + i)] for i in range(3)]
     assert CountingSource.decodes == 3
     assert items[0]["clip"].shape == (4, 3, 4, 16, 16) and items[0]["masks"]["encoder"].shape == (4, 32)
-    assert not torch.equal(items[0]["masks"]["encoder"][0], items[0]["masks"]["encoder"][1])  # each repeat has its own mask
+    assert not torch.equal(items[0]["masks"]["encoder"][0], items[0]["masks"]["encoder"][1])  # a mask per repeat
     batch = collate(items)
     assert batch["clip"].shape == (12, 3, 4, 16, 16) and batch["masks"]["encoder"].shape == (12, 32)
     assert batch["label"].tolist() == [items[i]["label"][0].item() for i in range(3) for _ in range(4)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmim import config
-from vmim.config import Config, ConfigError, config_to_yaml, load_config
+from vmim.config import ConfigError, config_to_yaml, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -66,13 +66,14 @@ def test_every_shipped_config_loads_and_validates(path):
     # configs/methods/ are method recipes without data: they run once a dataset is added
     extra = ["data.datasets.digits_images.weight=1"] if path.parent.name == "methods" else []
     cfg = load_config(path, extra)
-    assert isinstance(cfg, Config)
-    config.validate(cfg)
-    assert cfg.targets and cfg.data.datasets
-    for name, target in cfg.targets.items():
-        assert target.kind in config.TARGETS, name
+    for name, target in cfg.targets.items():  # each entry is its kind's dataclass
+        assert type(target) is config.TARGETS[target.kind], name
+        assert type(target.head) is config.HEADS[target.head.kind]
+        assert type(target.loss) is config.LOSSES[target.loss.kind]
     for name, ds in cfg.data.datasets.items():
-        assert ds.kind in config.DATASETS, name
+        assert type(ds) is config.DATASETS[ds.kind], name
+    assert type(cfg.model) is config.BACKBONES[cfg.model.backbone]
+    assert type(cfg.masking) is config.MASKINGS[cfg.masking.kind]
 
 
 def test_demo_config_values():
@@ -137,10 +138,32 @@ def test_typo_in_yaml_inside_base_file(tmp_path):
 
 
 def test_typo_inside_target_entry():
-    with raises_config_error("targets.pixel.nbin", "did you mean 'targets.pixel.nbins'"):
-        load_config(None, MINIMAL + ["targets.pixel.nbin=3"])
+    with raises_config_error("targets.hog.nbin", "did you mean 'targets.hog.nbins'"):
+        load_config(None, MINIMAL + ["targets.hog.nbin=3"])
     with raises_config_error("targets.hog.cel_size", "did you mean 'targets.hog.cell_size'"):
         load_config(None, MINIMAL + ["targets.hog.cel_size=4"])
+    with raises_config_error("targets.pixel.head.dpth", "did you mean 'targets.pixel.head.depth'"):
+        load_config(None, MINIMAL + ["targets.pixel.head.dpth=4"])
+
+
+@pytest.mark.parametrize("override, key, owner", [
+    ("targets.hog.norm=joint", "targets.hog.norm", "pixel targets"),  # a pixel key on a HOG target
+    ("targets.pixel.nbins=3", "targets.pixel.nbins", "hog targets"),
+    ("masking.unit_size=[1,2,2]", "masking.unit_size", "cube maskings"),  # tube masking has no unit_size
+    ("targets.pixel.loss.beta=2", "targets.pixel.loss.beta", "smooth_l1 losses"),  # mse has no beta
+    ("data.datasets.digits_images.stride=2", "data.datasets.digits_images.stride", "video datasets"),
+])
+def test_key_of_another_kind_is_rejected_naming_its_owner(override, key, owner):
+    with raises_config_error(key, owner):
+        load_config(None, MINIMAL + [override])
+
+
+def test_changing_a_kind_starts_the_entry_afresh():
+    cfg = load_config(ROOT / "configs/demo/digits.yaml", ["targets.pixel.loss.kind=smooth_l1",
+                                                          "targets.pixel.loss.beta=2"])
+    assert type(cfg.targets["pixel"].loss) is config.SmoothL1LossConfig and cfg.targets["pixel"].loss.beta == 2.0
+    cfg = load_config(ROOT / "configs/demo/digits.yaml", ["model.dense=true", "targets.pixel.head.kind=linear"])
+    assert type(cfg.targets["pixel"].head) is config.LinearHeadConfig  # the demo's decoder keys did not carry over
 
 
 def test_typo_inside_target_entry_in_yaml(tmp_path):
@@ -148,12 +171,12 @@ def test_typo_inside_target_entry_in_yaml(tmp_path):
         targets:
           hog:
             weight: 1.0
-            decoder_dept: 2
+            head: {dept: 2}
         data:
           datasets:
             digits_images: {weight: 1.0}
         """)
-    with raises_config_error("targets.hog.decoder_dept", "did you mean 'targets.hog.decoder_depth'"):
+    with raises_config_error("targets.hog.head.dept", "did you mean 'targets.hog.head.depth'"):
         load_config(path)
 
 
@@ -183,22 +206,36 @@ def test_override_without_value():
     ("masking.ratio_image=1.5", "masking.ratio_image", ()),
     ("model.patch_size=10", "model.patch_size", ("224",)),  # 224 % 10 != 0
     ("model.tubelet_size=3", "model.tubelet_size", ("16",)),  # 16 frames % 3 != 0
-    ("masking.name=tubes", "masking.name", ("did you mean 'tube'",)),
+    ("masking.kind=tubes", "masking.kind", ("did you mean 'tube'",)),
+    ("targets.pixel.head.kind=linear", "targets.pixel.head.kind", ("model.dense",)),  # nothing at masked tokens
+    ("model.pos_embed=rope", "model.pos_embed", ("sincos_3d",)),
     ("model.backbone=vit_bse", "model.backbone", ("did you mean 'vit_base'",)),
     ("targets.pixel.kind=hogg", "targets.pixel.kind", ("hog",)),
     ("targets.dino.weight=1", "targets.dino.kind", ("dino",)),  # kind defaults to the entry name
     ("targets.hog.cell_size=6", "targets.hog.cell_size", ("16",)),  # 16 % 6 != 0
-    ("targets.pixel.decoder_heads=5", "targets.pixel.decoder_heads", ()),  # 5 does not divide 384
+    ("targets.pixel.head.heads=5", "targets.pixel.head.heads", ()),  # 5 does not divide 384
+    ("targets.pixel.loss.kind=huber", "targets.pixel.loss.kind", ("smooth_l1",)),
     ("data.batch_size=abc", "data.batch_size", ("abc",)),
     ("model.drop_path=lots", "model.drop_path", ()),
     ("train.precision=fp8", "train.precision", ("fp8",)),
     ("resume=garbage", "resume", ("garbage",)),
-    ("masking.unit_size=[1,3,3]", "masking.unit_size", ()),  # 3 does not tile the 14x14 token grid
     ("data.datasets.digits_image.weight=1", "data.datasets.digits_image.kind", ("did you mean 'digits_images'",)),
 ])
 def test_invalid_value_names_key(override, key, fragments):
     with raises_config_error(key, *fragments):
         load_config(None, MINIMAL + [override])
+
+
+def test_cube_unit_must_tile_the_grid():
+    with raises_config_error("masking.unit_size", "14, 14"):  # 3 does not tile the 14x14 token grid
+        load_config(None, MINIMAL + ["masking.kind=cube", "masking.unit_size=[1,3,3]"])
+
+
+def test_file_dataset_needs_rgb_model():
+    ds = ["data.datasets.clips.kind=video", "data.datasets.clips.path=list.txt"]
+    with raises_config_error("model.in_chans", "data.datasets.clips", "RGB"):
+        load_config(None, MINIMAL + ds + ["model.in_chans=1", "data.mean=[0.5]", "data.std=[0.5]"])
+    assert load_config(None, MINIMAL + ["model.in_chans=1", "data.mean=[0.5]", "data.std=[0.5]"]).model.in_chans == 1
 
 
 @pytest.mark.parametrize("resume", ["auto", "never", "runs/x/checkpoints/last.pt", "/abs/step.pth"])
@@ -207,8 +244,10 @@ def test_valid_resume_values(resume):
 
 
 def test_decoder_dim_incompatible_with_sincos_is_a_config_error():
-    with raises_config_error("targets.pixel.decoder_dim"):
-        load_config(None, MINIMAL + ["targets.pixel.decoder_dim=36", "targets.pixel.decoder_heads=6"])
+    with raises_config_error("targets.pixel.head.dim"):
+        load_config(None, MINIMAL + ["targets.pixel.head.dim=36", "targets.pixel.head.heads=6"])
+    assert load_config(None, MINIMAL + ["targets.pixel.head.dim=36", "targets.pixel.head.heads=6",
+                                        "model.pos_embed=sincos_1d"]).targets["pixel"].head.dim == 36
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +264,7 @@ def base_files(tmp_path) -> Path:
           patch_size: 8
           drop_path: 0.1
         masking:
-          name: tube
+          kind: tube
           ratio_video: 0.9
         targets:
           pixel: {weight: 1.0, norm: joint}
@@ -388,6 +427,7 @@ def test_cli_print_config_round_trips(tmp_path):
 
 
 def test_config_to_yaml_round_trips_in_process(tmp_path):
-    cfg = load_config(None, MINIMAL + ["masking.name=cube", "masking.unit_size=[2,2,2]", "data.num_frames=8"])
+    cfg = load_config(None, MINIMAL + ["masking.kind=cube", "masking.unit_size=[2,2,2]", "data.num_frames=8",
+                                       "targets.pixel.loss.kind=smooth_l1", "targets.pixel.loss.beta=2"])
     again = load_config(write(tmp_path / "c.yaml", config_to_yaml(cfg)))
     assert again == cfg and again.masking.unit_size == [2, 2, 2]

@@ -275,6 +275,25 @@ def test_image_folder_order_and_extension_filter(tmp_path):
     ]  # n03 has no image but keeps its class index 2, as in torchvision's ImageFolder
 
 
+def test_flat_image_folder_is_unlabeled(tmp_path):
+    touch(tmp_path / "b.PNG", tmp_path / "a.jpg", tmp_path / "notes.txt", tmp_path / ".ipynb_checkpoints" / "a.jpg")
+    assert paths_labels(read_image_folder(tmp_path)) == [(str(tmp_path / "a.jpg"), -1), (str(tmp_path / "b.PNG"), -1)]
+    assert read_index("image_folder", tmp_path) == read_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize("files", [[], ["notes.txt", "list.csv"]])
+def test_image_folder_without_images_or_class_folders_says_so(tmp_path, files):
+    touch(*(tmp_path / name for name in files))
+    with pytest.raises(FileNotFoundError, match=f"image folder {tmp_path}: no image files .* and no class subfolders"):
+        read_image_folder(tmp_path)
+
+
+def test_image_folder_whose_class_folders_hold_no_image_says_so(tmp_path):
+    touch(tmp_path / "n01" / "notes.txt", tmp_path / "n02" / "deeper" / "x.mp4")
+    with pytest.raises(FileNotFoundError, match=f"image folder {tmp_path}: no image files .* in its 2 class subfolder"):
+        read_image_folder(tmp_path)
+
+
 def test_read_index_dispatch(tmp_path):
     assert INDEX_FORMATS == ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
     lst = write(tmp_path / "l.txt", "a.mp4 1\n")

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs/demo/digits.yaml")
 TINY = [
     "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "model.drop_path=0",
-    "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+    "targets.pixel.head.depth=1", "targets.pixel.head.dim=32", "targets.pixel.head.heads=2",
     "data.img_size=16", "data.num_frames=4", "data.num_workers=0", "train.precision=fp32",
     "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0",
 ]

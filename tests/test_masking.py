@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from vmim import config
 from vmim.data import DigitClips, DigitImages, MaskedClipDataset, MixedBatchSampler
 from vmim.data.pretrain_dataset import collate
-from vmim.masking import MASKINGS, MaskGenerator, build_mask_generator, cube_mask, num_masked, random_mask, tube_mask
+from vmim.masking import (MASKINGS, MaskGenerator, build_mask_generator, cube_mask, num_masked,
+                          random_mask, tube_mask)
 
 GRIDS = [(1, 8, 8), (4, 8, 8), (8, 14, 14)]
 RATIOS = [0.4, 0.75, 0.9]
@@ -162,7 +163,10 @@ def test_cube_mask_is_made_of_blocks():
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(MASKINGS))
+RANDOM_KINDS = sorted(set(MASKINGS) - {"running_cell"})  # running_cell has 4 patterns: see test_videomae_v2.py
+
+
+@pytest.mark.parametrize("name", RANDOM_KINDS)
 def test_same_seed_same_mask_different_seed_different_mask(name):
     grid = (4, 8, 8)
     gen = MaskGenerator(name, ratio_video=0.75, ratio_image=0.5)
@@ -178,7 +182,7 @@ def test_same_seed_same_mask_different_seed_different_mask(name):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(MASKINGS))
+@pytest.mark.parametrize("name", RANDOM_KINDS)
 def test_generator_picks_image_ratio_for_one_time_slice(name):
     gen = MaskGenerator(name, ratio_video=0.9, ratio_image=0.5)
     assert gen.ratio((1, 8, 8)) == 0.5
@@ -194,16 +198,16 @@ def test_generator_picks_image_ratio_for_one_time_slice(name):
 
 
 def test_build_mask_generator_from_config():
-    cfg = config.MaskingConfig(name="cube", ratio_video=0.9, ratio_image=0.6, unit_size=[1, 2, 2])
+    cfg = config.CubeMaskingConfig(ratio_video=0.9, ratio_image=0.6, unit_size=[1, 2, 2])
     gen = build_mask_generator(cfg)
-    assert isinstance(gen, MaskGenerator) and gen.name == "cube"
+    assert isinstance(gen, MaskGenerator) and gen.kind == "cube"
     assert gen.ratio((1, 8, 8)) == 0.6 and gen.ratio((4, 8, 8)) == 0.9
     mask = gen((4, 8, 8), rng(0))
     blocks = units_of(mask.reshape(4, 8, 8), (4, 8, 8), (1, 2, 2))
     np.testing.assert_array_equal(blocks.all(axis=(1, 3, 5)), blocks.any(axis=(1, 3, 5)))
     assert mask.sum() == 58 * 4  # 64 units at 0.9 -> 58 units of 4 tokens
-    tube = build_mask_generator(config.MaskingConfig(name="tube", ratio_video=0.75, ratio_image=0.6))
-    assert tube.name == "tube" and tube((2, 4, 4), rng(0)).sum() == 2 * 12
+    tube = build_mask_generator(config.TubeMaskingConfig(ratio_video=0.75, ratio_image=0.6))
+    assert tube.kind == "tube" and tube((2, 4, 4), rng(0)).sum() == 2 * 12
 
 
 def test_unknown_masking_name():
@@ -286,4 +290,5 @@ def test_batches_identical_with_any_worker_count(dataset, sources):
         assert torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
         for row, key in enumerate(batch_keys):  # and each row is exactly dataset[key]
             item = dataset[key]
-            assert torch.equal(a["clip"][row], item["clip"]) and torch.equal(a["masks"]["encoder"][row], item["masks"]["encoder"])
+            assert torch.equal(a["clip"][row], item["clip"])
+            assert torch.equal(a["masks"]["encoder"][row], item["masks"]["encoder"])

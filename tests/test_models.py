@@ -1,4 +1,5 @@
-"""Backbone, position embedding, decoder and pretrainer: sizes, shapes, token bookkeeping and gradients.
+"""ViT backbone and position embeddings: sizes, shapes, token bookkeeping and gradients (registry-wide contracts
+are in test_contracts.py; heads and the method in test_method.py).
 
 Token order everywhere is (t, h, w) row-major over the grid (T/t, H/p, W/p): token (n, i, j) covers frames
 n*t .. n*t + t - 1, rows i*p .. i*p + p - 1 and columns j*p .. j*p + p - 1.
@@ -13,13 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from vmim import config, masking
-from vmim.config import load_config
-from vmim.models import VIT_SIZES, MaskedDecoder, MaskedPretrainer, build_pretrainer, create_backbone
+from vmim import config
+from vmim.models import BACKBONES, VIT_SIZES, create_backbone
 from vmim.models.layers import Block
-from vmim.models.pos_embed import sincos_1d, sincos_3d
+from vmim.models.pos_embed import PositionEmbedding, sincos_1d, sincos_3d, sincos_flat
 from vmim.models.vit import PatchEmbed3d
-from vmim.targets import PixelTarget
 
 FORWARD_SIZES = ["vit_test", "vit_tiny"]
 PATCH, TUBELET = 8, 2
@@ -42,10 +41,16 @@ def token_region(token: int, grid: tuple[int, int, int], t: int = TUBELET, p: in
     return (slice(None), slice(None), slice(n * t, n * t + t), slice(i * p, i * p + p), slice(j * p, j * p + p))
 
 
+def vit(name: str, patch_size: int = 16, tubelet_size: int = 2, video_grid=None, **kwargs) -> nn.Module:
+    """A registered ViT built through the registry from its config dataclass."""
+    cfg = config.ViTConfig(backbone=name, patch_size=patch_size, tubelet_size=tubelet_size, **kwargs)
+    return create_backbone(cfg, video_grid)
+
+
 @pytest.fixture(scope="module", params=FORWARD_SIZES)
 def backbone(request) -> nn.Module:
     torch.manual_seed(0)
-    return create_backbone(request.param, patch_size=PATCH, tubelet_size=TUBELET).eval()
+    return vit(request.param, patch_size=PATCH, tubelet_size=TUBELET).eval()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,31 +94,34 @@ def test_vit_size_parameter_count(name):
 @pytest.mark.parametrize("name", FORWARD_SIZES)
 def test_built_backbone_parameter_count(name):
     size = VIT_SIZES[name]
-    model = create_backbone(name, patch_size=16, tubelet_size=2)
+    model = vit(name, patch_size=16, tubelet_size=2)
     assert model.embed_dim == size.embed_dim and len(model.blocks) == size.depth
     assert numel(model) == analytic_params(size.embed_dim, size.depth)
-    assert numel(create_backbone(name, patch_size=8, tubelet_size=1)) == analytic_params(
+    assert numel(vit(name, patch_size=8, tubelet_size=1)) == analytic_params(
         size.embed_dim, size.depth, patch=8, tubelet=1)
+    # a dense ViT adds its mask token, a learned position table its (N, D) rows
+    assert numel(vit(name, dense=True)) == analytic_params(size.embed_dim, size.depth) + size.embed_dim
+    learned = vit(name, pos_embed="learned", video_grid=(8, 14, 14))
+    assert numel(learned) == analytic_params(size.embed_dim, size.depth) + 8 * 14 * 14 * size.embed_dim
 
 
 def test_backbone_builds_on_meta_device():
     with torch.device("meta"):
-        model = create_backbone("vit_huge")
+        model = vit("vit_huge")
     assert numel(model) == analytic_params(1280, 32)
 
 
 def test_unknown_backbone_lists_registered_names():
     with pytest.raises(KeyError) as info:
-        create_backbone("vit_nope")
+        create_backbone(config.ViTConfig(backbone="vit_nope"))
     message = str(info.value)
     assert "vit_nope" in message
     for name in VIT_SIZES:
         assert name in message
 
 
-def test_config_registries_match_package():
-    assert set(config.BACKBONES) == set(VIT_SIZES) and len(config.BACKBONES) == len(VIT_SIZES)
-    assert set(config.MASKINGS) == set(masking.MASKINGS) and len(config.MASKINGS) == len(masking.MASKINGS)
+def test_every_vit_size_is_registered():
+    assert set(VIT_SIZES) <= set(BACKBONES)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,12 +189,14 @@ def test_backbone_output_shapes(backbone, shape, grid):
     assert backbone.grid(x.shape) == grid
     with torch.no_grad():
         out = backbone(x)
-        assert out.shape == (shape[0], n, backbone.embed_dim)
-        assert torch.isfinite(out).all()
+        assert out.tokens.shape == (shape[0], n, backbone.embed_dim) and out.present is None and out.grid == grid
+        assert torch.isfinite(out.tokens).all()
         n_masked = n // 2
-        masked = backbone(x, make_mask(shape[0], n, n_masked))
-        assert masked.shape == (shape[0], n - n_masked, backbone.embed_dim)
-        assert backbone.forward_features(x).shape == (shape[0], backbone.embed_dim)
+        mask = make_mask(shape[0], n, n_masked)
+        masked = backbone(x, mask)
+        assert masked.tokens.shape == (shape[0], n - n_masked, backbone.embed_dim)
+        assert torch.equal(masked.present, ~mask)
+        assert backbone.forward_features(x).shape == (shape[0], n, backbone.embed_dim)
 
 
 def test_backbone_rejects_indivisible_input(backbone):
@@ -201,8 +211,8 @@ def test_image_equals_frame_repeated_to_tubelet(backbone):
     clip = image.repeat(1, 1, TUBELET, 1, 1)
     mask = make_mask(2, 6, 2)
     with torch.no_grad():
-        torch.testing.assert_close(backbone(image), backbone(clip), atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(backbone(image, mask), backbone(clip, mask), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(backbone(image).tokens, backbone(clip).tokens, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(backbone(image, mask).tokens, backbone(clip, mask).tokens, atol=1e-6, rtol=1e-6)
 
 
 def test_masked_pixels_do_not_change_output(backbone):
@@ -210,17 +220,17 @@ def test_masked_pixels_do_not_change_output(backbone):
     x = torch.randn(2, 3, 4, 16, 24)
     mask = make_mask(2, 12, 8)
     with torch.no_grad():
-        out = backbone(x, mask)
+        out = backbone(x, mask).tokens
         y = x.clone()
         for b in range(2):
             for token in torch.nonzero(mask[b]).flatten().tolist():
                 y[b:b + 1][token_region(token, grid)] = torch.randn(1, 3, TUBELET, PATCH, PATCH) * 10
-        torch.testing.assert_close(backbone(y, mask), out, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(backbone(y, mask).tokens, out, atol=1e-6, rtol=1e-6)
         # ... while a visible token's pixels do matter (for every token, through attention)
         visible = torch.nonzero(~mask[0]).flatten()[0].item()
         z = x.clone()
         z[0:1][token_region(visible, grid)] += 1.0
-        changed = backbone(z, mask)
+        changed = backbone(z, mask).tokens
         assert not torch.allclose(changed[0], out[0], atol=1e-4)
         torch.testing.assert_close(changed[1], out[1], atol=1e-6, rtol=1e-6)  # samples stay independent
 
@@ -236,8 +246,8 @@ def test_masked_output_is_visible_tokens_in_row_major_order(backbone):
                     p.zero_()
         x = torch.randn(3, 3, 4, 16, 24)
         mask = make_mask(3, 12, 7, seed=3)
-        full = tokenwise(x)
-        masked = tokenwise(x, mask)
+        full = tokenwise(x).tokens
+        masked = tokenwise(x, mask).tokens
     assert masked.shape == (3, 5, backbone.embed_dim)
     for b in range(3):
         torch.testing.assert_close(masked[b], full[b][~mask[b]], atol=1e-5, rtol=1e-5)
@@ -254,7 +264,7 @@ def test_full_mask_of_visible_tokens_equals_reference_encoder(backbone):
             seq = tokens[b][~mask[b]][None]
             for block in backbone.blocks:
                 seq = block(seq)
-            torch.testing.assert_close(backbone(x, mask)[b], backbone.norm(seq)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(backbone(x, mask).tokens[b], backbone.norm(seq)[0], atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -265,8 +275,8 @@ def test_full_mask_of_visible_tokens_equals_reference_encoder(backbone):
 @pytest.mark.parametrize("name", FORWARD_SIZES)
 def test_grad_checkpointing_parity(name):
     torch.manual_seed(0)
-    plain = create_backbone(name, patch_size=PATCH, tubelet_size=TUBELET)
-    ckpt = create_backbone(name, patch_size=PATCH, tubelet_size=TUBELET, grad_checkpointing=True)
+    plain = vit(name, patch_size=PATCH, tubelet_size=TUBELET)
+    ckpt = vit(name, patch_size=PATCH, tubelet_size=TUBELET, grad_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
     plain.train(), ckpt.train()
     x = torch.randn(2, 3, 4, 16, 24)
@@ -274,7 +284,7 @@ def test_grad_checkpointing_parity(name):
     weight = torch.randn(2, 6, plain.embed_dim)
     outs = []
     for model in (plain, ckpt):
-        out = model(x, mask)
+        out = model(x, mask).tokens
         (out * weight).sum().backward()
         outs.append(out.detach())
     torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-6)
@@ -285,165 +295,98 @@ def test_grad_checkpointing_parity(name):
 
 def test_drop_path_deterministic_in_eval_random_in_train():
     torch.manual_seed(0)
-    model = create_backbone("vit_test", patch_size=PATCH, tubelet_size=TUBELET, drop_path=0.5)
+    model = vit("vit_test", patch_size=PATCH, tubelet_size=TUBELET, drop_path=0.5)
     x = torch.randn(4, 3, 4, 16, 24)
     model.eval()
     with torch.no_grad():
         torch.manual_seed(1)
-        a = model(x)
+        a = model(x).tokens
         torch.manual_seed(2)
-        b = model(x)
+        b = model(x).tokens
         assert torch.equal(a, b)
         model.train()
         torch.manual_seed(1)
-        c = model(x)
+        c = model(x).tokens
         torch.manual_seed(2)
-        d = model(x)
+        d = model(x).tokens
     assert not torch.allclose(c, d)  # stochastic depth is active in training (last block rate 0.5)
 
 
-# ----------------------------------------------------------------------------------------------------
-# MaskedDecoder
-# ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("depth", [0, 2])
-def test_decoder_output_shape(depth):
-    torch.manual_seed(0)
-    dec = MaskedDecoder(in_dim=64, out_dim=40, depth=depth, dim=32, num_heads=2)
-    mask = make_mask(3, 12, 8)
-    out = dec(torch.randn(3, 4, 64), mask, (2, 2, 3))
-    assert out.shape == (3, 12, 40) and torch.isfinite(out).all()
-    assert len(dec.blocks) == depth
-
-
-def test_decoder_depth0_is_tokenwise():
-    # Without blocks the decoder works per position: the k-th visible input lands at the k-th unmasked position
-    # (row-major) and nowhere else; masked positions only see the mask token and the position embedding.
-    torch.manual_seed(0)
-    dec = MaskedDecoder(in_dim=16, out_dim=8, depth=0, dim=32, num_heads=2).eval()
-    mask = make_mask(2, 12, 8, seed=1)
-    visible = torch.randn(2, 4, 16)
-    with torch.no_grad():
-        base = dec(visible, mask, (2, 2, 3))
-        # masked positions: identical across the batch, independent of the visible inputs
-        both = mask[0] & mask[1]
-        assert both.any()
-        torch.testing.assert_close(base[0][both], base[1][both])
-        other = dec(torch.randn(2, 4, 16), mask, (2, 2, 3))
-        torch.testing.assert_close(other[mask], base[mask])
-        for k in range(4):
-            bumped = visible.clone()
-            bumped[0, k] += 1.0
-            out = dec(bumped, mask, (2, 2, 3))
-            changed = (out - base).abs().amax(dim=-1) > 1e-6
-            position = torch.nonzero(~mask[0]).flatten()[k]
-            want = torch.zeros_like(changed)
-            want[0, position] = True
-            assert torch.equal(changed, want), (k, changed)
-
-
-def test_decoder_with_blocks_mixes_tokens():
-    torch.manual_seed(0)
-    dec = MaskedDecoder(in_dim=16, out_dim=8, depth=1, dim=32, num_heads=2).eval()
-    mask = make_mask(1, 12, 8, seed=1)
-    visible = torch.randn(1, 4, 16)
-    with torch.no_grad():
-        base = dec(visible, mask, (2, 2, 3))
-        bumped = visible.clone()
-        bumped[0, 0] += 1.0
-        changed = (dec(bumped, mask, (2, 2, 3)) - base).abs().amax(dim=-1) > 1e-6
-    assert changed.all()  # every prediction, visible or masked, attends to the changed visible token
 
 
 # ----------------------------------------------------------------------------------------------------
-# MaskedPretrainer
+# Dense ViT, position embedding kinds, intermediates
 # ----------------------------------------------------------------------------------------------------
 
-MODEL_OVERRIDES = [
-    "model.backbone=vit_test", f"model.patch_size={PATCH}", f"model.tubelet_size={TUBELET}",
-    "data.img_size=16", "data.num_frames=4", "data.datasets.digits_images.weight=1",
-]
-PIXEL = ["targets.pixel.weight=1.0", "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32",
-         "targets.pixel.decoder_heads=2"]
-HOG = ["targets.hog.weight=0.5", "targets.hog.cell_size=4", "targets.hog.decoder_depth=0",
-       "targets.hog.decoder_dim=32", "targets.hog.decoder_heads=2"]
 
-
-def pretrainer(*targets: list[str], backbone: str = "vit_test") -> MaskedPretrainer:
+def test_dense_vit_replaces_masked_tokens_by_the_mask_token():
     torch.manual_seed(0)
-    cfg = load_config(None, MODEL_OVERRIDES + [o for t in targets for o in t] + [f"model.backbone={backbone}"])
-    return build_pretrainer(cfg)
-
-
-def clip_batch(b: int = 2, t: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (b, 3, t, size, size), generator=gen, dtype=torch.uint8)
-
-
-@pytest.mark.parametrize("name", FORWARD_SIZES)
-def test_pretrainer_losses_and_gradients(name):
-    model = pretrainer(PIXEL, HOG, backbone=name).train()
-    clip = clip_batch()
-    mask = make_mask(2, 8, 6)  # grid (2, 2, 2)
-    out = model(clip, mask)
-    assert set(out) == {"loss", "loss/pixel", "loss/hog"}
-    for value in out.values():
-        assert value.shape == () and torch.isfinite(value)
-    torch.testing.assert_close(out["loss"], 1.0 * out["loss/pixel"] + 0.5 * out["loss/hog"])
-    # pixel loss by hand: MSE over the masked tokens between the decoder's prediction and the (default)
-    # per-channel normalized pixel target of the clip in [0, 1]
+    model = vit("vit_test", patch_size=PATCH, tubelet_size=TUBELET, dense=True).eval()
+    x = torch.randn(2, 3, 4, 16, 24)
+    mask = make_mask(2, 12, 5, seed=4)
     with torch.no_grad():
-        pixels, preds = model.predict(clip, mask)
-        target = PixelTarget((TUBELET, PATCH, PATCH), norm="per_channel")(clip.float() / 255)
-        want = ((preds["pixel"][mask] - target[mask]) ** 2).mean()
-    torch.testing.assert_close(out["loss/pixel"].detach(), want, atol=1e-5, rtol=1e-5)
-    out["loss"].backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), name
-    assert any(param.grad.abs().sum() > 0 for param in model.backbone.parameters())
+        out = model(x, mask)
+        assert out.tokens.shape == (2, 12, model.embed_dim) and out.present is None
+        # what the encoder saw at a masked position is the mask token + position: the pixels there do not matter
+        y = x.clone()
+        for token in torch.nonzero(mask[0]).flatten().tolist():
+            y[0:1][token_region(token, (2, 2, 3))] = 100.0
+        torch.testing.assert_close(model(y, mask).tokens, out.tokens, atol=1e-5, rtol=1e-5)
+        embedded, present = model.embed(x, mask)
+        want = model.mask_token[0, 0] + model.pos_embed((2, 2, 3), x.device)
+        torch.testing.assert_close(embedded[mask], want.expand(2, 12, -1)[mask])
+        assert present is None
+        assert not torch.allclose(model(x).tokens, out.tokens)  # without a mask every patch is seen
 
 
-def test_pretrainer_visible_token_set_and_images():
-    model = pretrainer(PIXEL + ["targets.pixel.token_set=visible"]).train()
-    image = clip_batch(t=1)
-    mask = make_mask(2, 4, 3)  # image grid (1, 2, 2)
-    out = model(image, mask)
+def test_sincos_flat_is_videomae_table_by_hand():
+    dim = 6
+    table = sincos_flat((2, 1, 2), dim)  # 4 positions
+    for pos in range(4):
+        want = [math.sin(pos / 10000 ** (2 * (j // 2) / dim)) if j % 2 == 0 else
+                math.cos(pos / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)]
+        torch.testing.assert_close(table[pos].double(), torch.tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert torch.equal(sincos_flat((1, 3, 3), 8), sincos_flat((4, 3, 3), 8)[:9])  # an image is the first slice
+
+
+def test_learned_position_table_for_its_grid_and_first_slice():
+    torch.manual_seed(0)
+    pos = PositionEmbedding("learned", 16, video_grid=(2, 2, 3))
+    assert pos.table.shape == (12, 16) and pos.table.requires_grad
+    assert torch.equal(pos((2, 2, 3), torch.device("cpu")), pos.table)
+    assert torch.equal(pos((1, 2, 3), torch.device("cpu")), pos.table[:6])
+    with pytest.raises(ValueError, match="grid"):
+        pos((2, 4, 3), torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs"):
+        PositionEmbedding("learned", 16)
+
+
+@pytest.mark.parametrize("kind", ["sincos_3d", "sincos_1d", "learned"])
+def test_backbone_adds_its_position_embedding(kind):
+    torch.manual_seed(0)
+    model = vit("vit_test", patch_size=PATCH, tubelet_size=TUBELET, pos_embed=kind, video_grid=(2, 2, 3)).eval()
+    x = torch.randn(1, 3, 4, 16, 24)
+    tokens, _ = model.embed(x, None)
+    want = {"sincos_3d": lambda: sincos_3d((2, 2, 3), 64), "sincos_1d": lambda: sincos_flat((2, 2, 3), 64),
+            "learned": lambda: model.pos_embed.table}[kind]()
+    torch.testing.assert_close(tokens[0], model.patch_embed(x)[0] + want)
+
+
+def test_forward_intermediates_are_the_blocks_outputs():
+    torch.manual_seed(0)
+    model = vit("vit_test", patch_size=PATCH, tubelet_size=TUBELET).eval()
+    x = torch.randn(2, 3, 4, 16, 24)
+    mask = make_mask(2, 12, 6)
     with torch.no_grad():
-        _, preds = model.predict(image, mask)
-        target = PixelTarget((TUBELET, PATCH, PATCH))(image.float().repeat(1, 1, TUBELET, 1, 1) / 255)
-        want = ((preds["pixel"][~mask] - target[~mask]) ** 2).mean()
-    torch.testing.assert_close(out["loss/pixel"].detach(), want, atol=1e-5, rtol=1e-5)
-    out["loss"].backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_preview_pixel_target():
-    model = pretrainer(PIXEL).eval()
-    b, size = 3, 16
-    clip = clip_batch(b=b)
-    mask = make_mask(b, 8, 5, seed=2)
-    image = model.preview(clip, mask)
-    assert image.shape == (3, 3 * size, b * size)
-    assert image.min() >= 0 and image.max() <= 1
-    frames = clip[:, :, 0].float() / 255  # (B, 3, H, W)
-    for i in range(b):
-        cols = slice(i * size, (i + 1) * size)
-        torch.testing.assert_close(image[:, :size, cols], frames[i])  # row 1: input
-        keep = torch.ones(size, size)
-        for token in torch.nonzero(mask[i]).flatten().tolist():
-            if token < 4:  # first time slice of the (2, 2, 2) grid
-                r, c = divmod(token, 2)
-                keep[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = 0
-        torch.testing.assert_close(image[:, size:2 * size, cols], frames[i] * keep)  # row 2: masked input
-        recon = image[:, 2 * size:, cols]
-        torch.testing.assert_close(recon * keep, frames[i] * keep)  # row 3: visible patches are the input
-    assert model.preview(clip, mask, max_items=2).shape == (3, 3 * size, 2 * size)
-    image_preview = model.preview(clip_batch(b=2, t=1), make_mask(2, 4, 3))
-    assert image_preview.shape == (3, 3 * size, 2 * size)
-
-
-def test_preview_hog_only_is_none():
-    model = pretrainer(HOG).eval()
-    assert model.preview(clip_batch(), make_mask(2, 8, 6)) is None
+        final, inter = model.forward_intermediates(x, mask)
+        assert len(inter) == model.depth and all(t.shape == (2, 6, 64) for t in inter)
+        tokens, _ = model.embed(x, mask)
+        first = model.blocks[0](tokens)
+        torch.testing.assert_close(inter[0], first)
+        torch.testing.assert_close(model.norm(inter[-1]), final.tokens)
+        torch.testing.assert_close(final.tokens, model(x, mask).tokens)
+        _, last = model.forward_intermediates(x, mask, indices=1, norm=True)
+        assert len(last) == 1
+        torch.testing.assert_close(last[0], final.tokens)
+        _, chosen = model.forward_intermediates(x, mask, indices=[-2])
+        torch.testing.assert_close(chosen[0], inter[0])

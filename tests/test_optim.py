@@ -10,7 +10,7 @@ from torch import nn
 
 from vmim.config import load_config
 from vmim.engine.optim import build_optimizer, cosine_lr, param_groups, scaled_lr
-from vmim.models import build_pretrainer
+from vmim.meta_arch import build_method
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,11 +78,11 @@ def model() -> nn.Module:
     cfg = load_config(None, [
         "model.backbone=vit_test", "model.patch_size=8", "data.img_size=16", "data.num_frames=4",
         "data.datasets.digits_images.weight=1",
-        "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
-        "targets.hog.cell_size=4", "targets.hog.decoder_depth=0", "targets.hog.decoder_dim=32",
-        "targets.hog.decoder_heads=2",
+        "model.dense=true", "model.pos_embed=learned",
+        "targets.pixel.head.depth=1", "targets.pixel.head.dim=32", "targets.pixel.head.heads=2",
+        "targets.hog.cell_size=4", "targets.hog.head.kind=linear",
     ])
-    return build_pretrainer(cfg)
+    return build_method(cfg)
 
 
 def expected_split(model: nn.Module) -> tuple[set[int], set[int]]:
@@ -92,7 +92,7 @@ def expected_split(model: nn.Module) -> tuple[set[int], set[int]]:
         for name, param in module.named_parameters(recurse=False):
             if isinstance(module, (nn.Linear, nn.Conv3d, nn.Conv2d)) and name == "weight":
                 decay.add(id(param))
-            elif isinstance(module, nn.LayerNorm) or name == "bias" or name == "mask_token":
+            elif isinstance(module, nn.LayerNorm) or name in ("bias", "mask_token", "table"):
                 no_decay.add(id(param))
             else:
                 raise AssertionError(f"unexpected parameter {name} of {type(module).__name__}")
@@ -110,11 +110,11 @@ def test_param_groups_decay_split(model):
     # spot checks by name
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[i] for i in no_decay}
-    assert {"decoders.pixel.mask_token", "decoders.hog.mask_token"} <= no_decay_names
+    assert {"heads.pixel.mask_token", "backbone.mask_token", "backbone.pos_embed.table"} <= no_decay_names
     assert "backbone.patch_embed.proj.bias" in no_decay_names and "backbone.norm.weight" in no_decay_names
     assert "backbone.patch_embed.proj.weight" in {names[i] for i in decay}
     assert all(p.ndim > 1 for p in groups[0]["params"])
-    assert all(p.ndim <= 1 or "mask_token" in names[id(p)] for p in groups[1]["params"])
+    assert all(p.ndim <= 1 or names[id(p)].endswith(("mask_token", "pos_embed.table")) for p in groups[1]["params"])
 
 
 def test_param_groups_each_trainable_parameter_exactly_once(model):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import signal
 import subprocess
@@ -17,14 +17,15 @@ from torch import nn
 from vmim.config import load_config
 from vmim.engine import pretrain as engine
 from vmim.engine.checkpoint import load
+from vmim.engine.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "model.drop_path=0.1",
-    "masking.name=tube", "masking.ratio_video=0.75", "masking.ratio_image=0.5",
-    "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+    "masking.kind=tube", "masking.ratio_video=0.75", "masking.ratio_image=0.5",
+    "targets.pixel.head.depth=1", "targets.pixel.head.dim=32", "targets.pixel.head.heads=2",
     "data.img_size=16", "data.num_frames=4", "data.batch_size=16", "data.num_workers=0",
     "data.datasets.digits_images.weight=1", "data.datasets.digits_clips.weight=1",
     "optim.lr=1e-3", "optim.warmup_epochs=0.5", "optim.clip_grad=1.0",
@@ -33,19 +34,34 @@ TINY = [
 ]
 
 
+def trainer(cfg) -> engine.Trainer:
+    """The pretraining trainer, set up but not started (for driving epochs by hand)."""
+    return engine.Trainer(cfg, engine.PretrainTask(cfg))
+
+
 def tiny_cfg(run_dir: Path, *extra: str):
     return load_config(None, [f"output_dir={run_dir}", *TINY, *extra])
 
 
+def logged_steps(run_dir: Path) -> list[int]:
+    """Steps in metrics.jsonl, complete lines only: the run may be writing the next one right now."""
+    return [record["step"] for record in read_metrics(run_dir / "metrics.jsonl")]
+
+
 def read_losses(run_dir: Path) -> dict[int, float]:
-    """Per-step total loss from metrics.jsonl; a step logged twice (before a kill and after the resume)
-    keeps its last value."""
-    losses = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:  # a logged window of only skipped (non-finite) steps has no loss
-            losses[record["step"]] = record["loss"]
-    return losses
+    """Per-step total loss from metrics.jsonl, which must hold each step once, in order (also across a resume)."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [record["step"] for record in records]
+    assert steps == sorted(set(steps)), f"metrics.jsonl repeats or reorders steps: {steps}"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}  # a window of only skipped steps has no loss
+
+
+def tensorboard_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) as TensorBoard shows them: EventAccumulator applies the purge a resume records."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars("loss")]
 
 
 def test_pretrain_writes_tensorboard_and_checkpoint(tmp_path):
@@ -105,10 +121,10 @@ def assert_same_run(reference: Path, interrupted: Path) -> None:
 
 
 def signal_at_step(proc: subprocess.Popen, run_dir: Path, step: int, signum: int) -> None:
+    """Send ``signum`` once metrics.jsonl holds a complete record of ``step`` or later."""
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines()):
+        if any(logged >= step for logged in logged_steps(run_dir)):
             os.kill(proc.pid, signum)
             return
         time.sleep(0.005)
@@ -116,16 +132,26 @@ def signal_at_step(proc: subprocess.Popen, run_dir: Path, step: int, signum: int
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, reference_run):
-    proc = _launch(tmp_path)
-    signal_at_step(proc, tmp_path, 10, signal.SIGKILL)  # killed once step 10 is logged: last.pt is step 9
+    # Checkpoints at steps 8 (epoch end), 10, 16 (epoch end): killed once step 12 is logged (4 steps before the
+    # next checkpoint), last.pt is step 10 and steps 11-12 are logged past it; the resumed run runs them again.
+    every = "checkpoint.every_steps=10"
+    proc = _launch(tmp_path, every)
+    signal_at_step(proc, tmp_path, 12, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     killed_at = load(tmp_path / "checkpoints" / "last.pt")["train_state"]
     assert killed_at["batch_in_epoch"] > 0, f"checkpoint is not mid-epoch: {killed_at}"
+    assert max(logged_steps(tmp_path)) > killed_at["step"], "no step was logged past the checkpoint"
 
-    proc = _launch(tmp_path)  # resume=auto is the default
+    proc = _launch(tmp_path, every)  # resume=auto is the default
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert f"resumed at step {killed_at['step']}" in (tmp_path / "log.txt").read_text()
+    assert logged_steps(tmp_path) == list(range(1, 33)), "metrics.jsonl does not read as one run"
+    expected, got = tensorboard_losses(reference_run), tensorboard_losses(tmp_path)
+    assert [step for step, _ in got] == [step for step, _ in expected] == list(range(1, 33))
+    assert [value for _, value in got] == pytest.approx([value for _, value in expected], rel=1e-6, abs=1e-7)
     assert_same_run(reference_run, tmp_path)
+    log = (tmp_path / "log.txt").read_text()  # keeps both attempts; one line marks where the second begins
+    assert f"resumed at step {killed_at['step']}" in log
+    assert log.count(f"---- resumed at step {killed_at['step']}:") == 1, "the resume is not marked in log.txt"
 
 
 def test_sigterm_saves_at_the_next_step_then_resume_matches(tmp_path, reference_run):
@@ -150,8 +176,8 @@ class PoisonedLoss(nn.Module):
         super().__init__()
         self.inner, self.bad_calls, self.calls = inner, bad_calls, 0
 
-    def forward(self, clip, mask):
-        out = self.inner(clip, mask)
+    def forward(self, batch):
+        out = self.inner(batch)
         self.calls += 1
         if self.calls in self.bad_calls:
             out = {k: v * float("nan") for k, v in out.items()}
@@ -159,27 +185,26 @@ class PoisonedLoss(nn.Module):
 
 
 def test_nan_steps_are_skipped_and_counted(tmp_path):
-    run = engine.setup(tiny_cfg(tmp_path, "train.epochs=1", "train.nan_patience=3"))
+    run = trainer(tiny_cfg(tmp_path, "train.epochs=1", "train.nan_patience=3"))
     run.model = PoisonedLoss(run.raw_model, bad_calls={2, 3})
-    with engine.tqdm(disable=True) as progress:
-        engine.train_one_epoch(run, progress)
+    run.train_epoch()
     assert run.state.step == 8 and run.state.skipped_steps == 2 and run.state.nonfinite_in_row == 0
     assert all(torch.isfinite(p).all() for p in run.raw_model.parameters())
     logged = read_losses(tmp_path)
     assert sorted(logged) == [1, 4, 5, 6, 7, 8], "skipped steps must not log a loss"
-    assert all(v == v for v in logged.values()), "a NaN step leaked into the logged loss"
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not any(math.isnan(v) for v in logged.values()), "a NaN step leaked into the logged loss"
+    records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["skipped_steps"] for r in records] == [0, 1, 2, 2, 2, 2, 2, 2]
     run.metrics.close()
 
 
 def test_nan_run_stops_after_patience_without_touching_checkpoints(tmp_path):
-    run = engine.setup(tiny_cfg(tmp_path, "train.nan_patience=3", "checkpoint.every_steps=1"))
-    engine.save(run)
+    run = trainer(tiny_cfg(tmp_path, "train.nan_patience=3", "checkpoint.every_steps=1"))
+    run.save()
     before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     run.model = PoisonedLoss(run.raw_model, bad_calls=set(range(3, 100)))
-    with pytest.raises(engine.NonFiniteLossError, match="3 steps in a row"), engine.tqdm(disable=True) as progress:
-        engine.train_one_epoch(run, progress)
+    with pytest.raises(engine.NonFiniteLossError, match="3 steps in a row"):
+        run.train_epoch()
     assert run.state.step == 4  # steps 1 and 2 applied, 3 and 4 skipped, the 3rd bad one stops the run
     after_good_steps = load(tmp_path / "checkpoints" / "last.pt")
     assert after_good_steps["step"] == 2, "a checkpoint was written during the non-finite streak"
@@ -202,3 +227,20 @@ def test_probe_reports_both_accuracies(tmp_path):
     acc = probe_checkpoint(cfg, load(tmp_path / "checkpoints" / "last.pt"))
     assert set(acc) == {"pretrained", "random_init"}
     assert all(0.2 < a <= 1.0 for a in acc.values()), acc  # 10 classes: far above chance either way
+
+
+def test_flat_image_folder_pretrains_unlabeled(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    overrides = [o for o in TINY if not o.startswith("data.datasets.")]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", *overrides, "train.epochs=1", "log.image_every_steps=0",
+                             "data.datasets.flat.kind=image", "data.datasets.flat.format=image_folder",
+                             f"data.datasets.flat.path={folder}"])
+    assert engine.pretrain(cfg).step == 8
+    assert sorted(read_losses(tmp_path / "run")) == list(range(1, 9))

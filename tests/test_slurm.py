@@ -8,7 +8,6 @@ weights, and a resume in the middle of an epoch.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import torch
 
 from tests.test_launch import DEMO, TINY, read_losses
 from vmim.engine.checkpoint import load
+from vmim.engine.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = str(REPO / "slurm/local-ci.yaml")
@@ -81,7 +81,7 @@ def wait_step(run_dir: Path, step: int, job_id: str, timeout: float = 300) -> No
     deadline = time.time() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline:
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
+        if any(record["step"] >= step for record in read_metrics(metrics)):  # complete lines: the job is writing
             return
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not reach step {step} ({state(job_id)}):\n{job_logs(run_dir)}")

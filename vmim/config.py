@@ -1,12 +1,15 @@
-"""Typed run configuration: dataclass schema, YAML files with ``_base_`` inheritance, CLI overrides.
+"""Typed run configuration: per-kind dataclasses, YAML files with ``_base_`` inheritance, CLI overrides.
 
 Precedence is ``CLI overrides > experiment YAML > its _base_ files (in order) > dataclass defaults``.
-Every key has a type and a default; an unknown key, a wrong type or an invalid value raises
-:class:`ConfigError` naming the key (and, for a typo, the closest valid key) before any work starts.
+Every key has a type and a default; an unknown key, a key of another kind, a wrong type or an invalid value
+raises :class:`ConfigError` naming the key (and, for a typo, the closest valid key) before any work starts.
 
-This module deliberately imports neither torch nor the model code, so a broken config fails in well
-under a second. Registered names (backbones, maskings, targets, datasets) are listed here and the
-registries in the package are tested to agree with these lists.
+Families of interchangeable parts (backbones, maskings, targets, heads, losses, datasets) are
+``{kind: dataclass}`` mappings (:data:`FAMILIES`): an entry's ``kind`` picks its dataclass, so each entry holds
+exactly the keys of its kind (``norm`` is a key of a pixel target, and a HOG target rejects it, saying so), and
+each builder in the package receives only its own sub-config. The mappings' keys are the registered names;
+``tests/test_registries.py`` checks that every registry in the package equals its mapping here. This module
+deliberately imports neither torch nor the model code, so a broken config fails in well under a second.
 
 YAML conventions:
   * ``_base_: path`` or a list of paths, relative to the file, merged before the file's own keys.
@@ -14,10 +17,13 @@ YAML conventions:
     (for example to swap the set of targets).
   * CLI overrides are ``key.sub=value``; ``~key.sub`` deletes an entry of a free-form mapping
     (``~targets.hog`` removes the inherited HOG target).
+  * Changing an entry's ``kind`` (``targets.pixel.head.kind=linear`` over an inherited decoder head) starts that
+    entry afresh from the new kind's defaults plus the keys given with it: keys of the old kind do not carry over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -28,14 +34,15 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-BACKBONES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
-MASKINGS = ("random", "tube", "cube")
-TARGETS = ("pixel", "hog")
 PIXEL_NORMS = ("per_channel", "joint", "none")
-TOKEN_SETS = ("masked", "visible")
-DATASETS = ("digits_images", "digits_clips", "video", "image")
+TOKEN_SETS: dict[str, tuple[str, ...]] = {"masked": ("encoder",), "visible": ("encoder",)}
+"""Token set -> the masks it reads (``vmim.meta_arch.token_sets`` holds the functions)."""
+MASK_SECTIONS = {"encoder": "masking", "decoder": "decoder_masking"}
+"""Mask name in a batch -> the config section that draws it."""
+POS_EMBEDS = ("sincos_3d", "sincos_1d", "learned")
 INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
-DECODERS = ("decord", "pyav", "auto")
+IMAGE_INDEX_FORMATS = ("space", "csv", "image_folder")
+DECODERS = ("auto", "decord", "pyav")
 CROPS = ("multi_scale", "random_resized")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -52,15 +59,29 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': {message}")
 
 
+def _choice(key: str, value: str, options: tuple[str, ...] | list[str]) -> None:
+    if value not in options:
+        close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(key, f"'{value}' is not one of {', '.join(options)}{hint}")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
 # ----------------------------------------------------------------------------------------------------
-# Schema
+# Backbones
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ModelConfig:
+class ViTConfig:
+    """A plain ViT (``vit_test`` ... ``vit_huge``) over space-time tubelets."""
+
     backbone: str = "vit_base"
-    """Registered backbone name, one of BACKBONES."""
+    """Registered backbone name (``vmim list`` prints them with parameter counts)."""
     patch_size: int = 16
     """Spatial patch size in pixels; must divide data.img_size."""
     tubelet_size: int = 2
@@ -70,64 +91,328 @@ class ModelConfig:
     """Stochastic depth rate at the last block (linearly increasing from 0)."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (saves memory, costs ~30% time)."""
+    pos_embed: str = "sincos_3d"
+    """sincos_3d (separable space-time, MAE-ST / MVD), sincos_1d (VideoMAE: over the flattened token index) or
+    learned (a table for data.num_frames x data.img_size; images take its first time slice)."""
+    dense: bool = False
+    """False: the encoder sees only the visible tokens (MAE, VideoMAE). True: every token, masked ones replaced by a
+    learned mask token after the patch embedding (SimMIM, MaskFeat with a ViT); heads can then be linear."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        d = cfg.data
+        _check(self.patch_size > 0 and d.img_size % self.patch_size == 0, f"{key}.patch_size",
+               f"{self.patch_size} does not divide data.img_size={d.img_size}")
+        _check(self.tubelet_size > 0 and d.num_frames % self.tubelet_size == 0, f"{key}.tubelet_size",
+               f"{self.tubelet_size} does not divide data.num_frames={d.num_frames}")
+        _check(self.in_chans > 0, f"{key}.in_chans", f"{self.in_chans} must be positive")
+        _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"{self.drop_path} is outside [0, 1)")
+        _choice(f"{key}.pos_embed", self.pos_embed, POS_EMBEDS)
+
+
+VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
+BACKBONES: dict[str, type] = {name: ViTConfig for name in VIT_NAMES}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Maskings
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class MaskingConfig:
-    name: str = "tube"
-    """One of MASKINGS: random (MAE), tube (VideoMAE), cube (MaskFeat/BEiT space-time blocks)."""
+    kind: str = "tube"
+    """A registered masking (random, tube, cube, running_cell)."""
     ratio_video: float = 0.9
     """Fraction of tokens masked in clips with more than one token in time."""
     ratio_image: float = 0.75
     """Fraction of tokens masked in images (and clips with one token in time)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        for name in ("ratio_video", "ratio_image"):
+            ratio = getattr(self, name)
+            _check(0.0 < ratio < 1.0, f"{key}.{name}", f"{ratio} is outside (0, 1)")
+
+
+@dataclass
+class RandomMaskingConfig(MaskingConfig):
+    """MAE: a uniformly random subset of all tokens."""
+
+    kind: str = "random"
+
+
+@dataclass
+class TubeMaskingConfig(MaskingConfig):
+    """VideoMAE: one random spatial mask repeated over time."""
+
+    kind: str = "tube"
+
+
+@dataclass
+class CubeMaskingConfig(MaskingConfig):
+    """MaskFeat / BEiT: space-time blocks of mask units."""
+
+    kind: str = "cube"
     unit_size: List[int] = field(default_factory=lambda: [1, 1, 1])
-    """cube only: mask unit in tokens (t, h, w); MaskFeat uses [1, 2, 2] (32x32 px x 2 frames)."""
+    """Mask unit in tokens (t, h, w); MaskFeat uses [1, 2, 2] (32x32 px x 2 frames)."""
     block_min_area: float = 0.2
-    """cube only: smallest block area as a fraction of a frame's mask units (MaskFeat: 9 of 49)."""
+    """Smallest block area as a fraction of a frame's mask units (MaskFeat: 9 of 49)."""
     block_aspect: float = 0.3
-    """cube only: block aspect ratios are log-uniform in [block_aspect, 1 / block_aspect]."""
+    """Block aspect ratios are log-uniform in [block_aspect, 1 / block_aspect]."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check(len(self.unit_size) == 3 and all(u > 0 for u in self.unit_size), f"{key}.unit_size",
+               f"{self.unit_size} must be three positive ints (t, h, w)")
+        grid = video_grid(cfg)
+        _check(all(g % u == 0 for g, u in zip(grid, self.unit_size)), f"{key}.unit_size",
+               f"{self.unit_size} does not tile the video token grid {list(grid)}")
+        _check(0.0 < self.block_min_area <= 1.0, f"{key}.block_min_area", f"{self.block_min_area} is outside (0, 1]")
+        _check(0.0 < self.block_aspect <= 1.0, f"{key}.block_aspect", f"{self.block_aspect} is outside (0, 1]")
+
+
+@dataclass
+class NoMaskingConfig:
+    """No mask of this role (the default decoder masking: the decoder predicts every encoder-masked token)."""
+
+    kind: str = "none"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        pass
+
+
+MASKINGS: dict[str, type] = {"random": RandomMaskingConfig, "tube": TubeMaskingConfig, "cube": CubeMaskingConfig}
+DECODER_MASKINGS: dict[str, type] = {"none": NoMaskingConfig, **MASKINGS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Heads and losses
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderHeadConfig:
+    """A transformer decoder: encoder tokens + a mask token at each predicted position (MAE, VideoMAE)."""
+
+    kind: str = "decoder"
+    depth: int = 4
+    """Transformer blocks; 0 leaves embedding, norm and the output projection."""
+    dim: int = 384
+    heads: int = 6
+    mlp_ratio: float = 4.0
+
+    def check(self, key: str, cfg: "Config") -> None:
+        _check(self.depth >= 0, f"{key}.depth", f"{self.depth} must be >= 0")
+        _check(self.dim > 0 and self.heads > 0 and self.dim % self.heads == 0, f"{key}.heads",
+               f"{self.heads} must divide dim={self.dim}")
+        _check(self.mlp_ratio > 0, f"{key}.mlp_ratio", f"{self.mlp_ratio} must be positive")
+        if getattr(cfg.model, "pos_embed", "sincos_3d") == "sincos_1d":
+            _check(self.dim % 2 == 0, f"{key}.dim", f"{self.dim} must be even for the 1-D sin-cos table")
+        else:
+            _check((self.dim // 4) % 2 == 0 and (self.dim - self.dim // 4) % 4 == 0, f"{key}.dim",
+                   f"{self.dim} cannot carry the space-time sin-cos table (a multiple of 16 always can)")
+
+
+@dataclass
+class LinearHeadConfig:
+    """A linear layer on the encoder's own tokens at the predicted positions: no mask tokens, no scatter (MaskFeat on
+    a dense backbone, MR-MAE's mimic head on visible tokens)."""
+
+    kind: str = "linear"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        pass
+
+
+HEADS: dict[str, type] = {"decoder": DecoderHeadConfig, "linear": LinearHeadConfig}
+
+
+@dataclass
+class MSELossConfig:
+    """Mean squared error per token, averaged over features (MAE, VideoMAE, MaskFeat)."""
+
+    kind: str = "mse"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        pass
+
+
+@dataclass
+class SmoothL1LossConfig:
+    """Huber-style smooth L1 (MVD's feature loss)."""
+
+    kind: str = "smooth_l1"
+    beta: float = 1.0
+    """Below |error| = beta the loss is quadratic, above it linear."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        _check(self.beta > 0, f"{key}.beta", f"{self.beta} must be positive")
+
+
+@dataclass
+class L1LossConfig:
+    """Mean absolute error per token (SimMIM)."""
+
+    kind: str = "l1"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        pass
+
+
+@dataclass
+class CosineLossConfig:
+    """1 - cosine similarity per token (feature mimicking)."""
+
+    kind: str = "cosine"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        pass
+
+
+LOSSES: dict[str, type] = {"mse": MSELossConfig, "smooth_l1": SmoothL1LossConfig, "l1": L1LossConfig,
+                           "cosine": CosineLossConfig}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class TargetConfig:
+    """What every target entry has; its kind adds its own keys."""
+
     kind: str = ""
-    """One of TARGETS; empty means the entry's key (``targets.hog`` is a HOG target)."""
+    """A registered target; empty means the entry's key (``targets.hog`` is a HOG target)."""
     weight: float = 1.0
     """Weight of this target's loss in the total loss."""
     token_set: str = "masked"
-    """Tokens the loss is taken over: masked (MAE, MaskFeat) or visible (MR-MAE feature mimicking)."""
+    """Tokens the loss is taken over: masked (MAE, MaskFeat), visible (the encoder's tokens, MR-MAE feature
+    mimicking), decoder_kept (masked for the encoder and kept by decoder_masking, VideoMAE V2)."""
+    head: Any = None
+    """The head predicting this target: ``{kind: decoder, depth, dim, heads}`` (default) or ``{kind: linear}``."""
+    loss: Any = None
+    """``{kind: mse}`` (default), ``{kind: smooth_l1, beta}``, ``{kind: l1}`` or ``{kind: cosine}``."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        _check(self.weight > 0 and math.isfinite(self.weight), f"{key}.weight", f"{self.weight} must be positive")
+        _choice(f"{key}.token_set", self.token_set, list(TOKEN_SETS))
+        for mask in TOKEN_SETS[self.token_set]:
+            section = MASK_SECTIONS[mask]
+            _check(getattr(cfg, section).kind != "none", f"{key}.token_set",
+                   f"{self.token_set} reads the {mask} mask: set {section}.kind (e.g. running_cell)")
+        if self.head.kind == "linear" and self.token_set != "visible":
+            _check(bool(getattr(cfg.model, "dense", False)), f"{key}.head.kind",
+                   f"a linear head reads the encoder's own tokens, and the visible-only backbone has none at "
+                   f"{self.token_set} positions: set model.dense=true, or use a decoder head")
+        self.head.check(f"{key}.head", cfg)
+        self.loss.check(f"{key}.loss", cfg)
+
+
+@dataclass
+class PixelTargetConfig(TargetConfig):
+    """Per-token normalized pixels (MAE, VideoMAE, OmniMAE)."""
+
     norm: str = "per_channel"
-    """pixel only: per_channel (VideoMAE, OmniMAE; eps on the std), joint (MAE, MaskFeat; eps in the
-    variance) or none."""
+    """per_channel (VideoMAE, OmniMAE; eps on the std), joint (MAE, MaskFeat; eps in the variance) or none."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _choice(f"{key}.norm", self.norm, PIXEL_NORMS)
+
+
+@dataclass
+class HOGTargetConfig(TargetConfig):
+    """Histograms of oriented gradients (MaskFeat)."""
+
     nbins: int = 9
-    """hog only: orientation bins over 0..pi."""
+    """Orientation bins over 0..pi."""
     cell_size: int = 8
-    """hog only: cell size in pixels; must divide model.patch_size."""
-    decoder_depth: int = 4
-    """Transformer blocks in this target's decoder; 0 makes it a linear head (after mask tokens)."""
-    decoder_dim: int = 384
-    decoder_heads: int = 6
+    """Cell size in pixels; must divide model.patch_size."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check(self.nbins > 0, f"{key}.nbins", f"{self.nbins} must be positive")
+        patch = cfg.model.patch_size
+        _check(self.cell_size > 0 and patch % self.cell_size == 0, f"{key}.cell_size",
+               f"{self.cell_size} does not divide model.patch_size={patch}")
+
+
+TARGETS: dict[str, type] = {"pixel": PixelTargetConfig, "hog": HOGTargetConfig}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class DatasetConfig:
+    """What every dataset entry has; its kind adds its own keys."""
+
     kind: str = ""
-    """One of DATASETS (digits_images, digits_clips, video, image); empty means the entry's key."""
+    """A registered dataset kind; empty means the entry's key."""
     weight: float = 1.0
     """Passes over this dataset per epoch (a repeat factor; 0.5 = half of it each epoch)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        _check(self.weight > 0, f"{key}.weight", f"{self.weight} must be positive")
+
+
+@dataclass
+class DigitsDatasetConfig(DatasetConfig):
+    """Built-in scikit-learn digits, as images or moving-digit clips."""
+
     split: str = "train"
-    """Built-in datasets: train or test."""
+    """train or test (a fixed stratified 80/20 split)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _choice(f"{key}.split", self.split, ("train", "test"))
+
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """Files listed in an index (videos or images)."""
+
     format: str = "space"
-    """video / image: index format, one of INDEX_FORMATS ('path label' lines, CSV, Kinetics CSV, SSv2 JSON,
-    UCF101 / HMDB51 split files, an ImageFolder tree)."""
+    """Index format ('path label' lines, CSV, Kinetics CSV, SSv2 JSON, UCF101 / HMDB51 split files, an
+    ImageFolder tree)."""
     path: str = ""
-    """video / image: the list or annotation file (the class-folder root for image_folder)."""
+    """The list or annotation file (the image folder for image_folder)."""
     root: str = ""
     """Folder that relative paths in the list point into; empty = the list file's folder."""
-    labels: str = ""
-    """ssv2: the labels JSON; ucf101: classInd.txt."""
     missing: str = "error"
     """Listed files that do not exist at start-up: error (stop, listing the first 10) or drop (report, go on)."""
+    crop: str = ""
+    """multi_scale (VideoMAE) or random_resized (MaskFeat, images); empty = multi_scale for video, random_resized
+    for images."""
+    crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
+    """random_resized only: range of the crop's area as a fraction of the frame (MAE / FastMIM: [0.2, 1])."""
+    flip: Optional[bool] = None
+    """Random horizontal flip; None = on for images, off for video (never flip SSv2: labels have a direction)."""
+
+    formats = INDEX_FORMATS
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _choice(f"{key}.format", self.format, self.formats)
+        _check(bool(self.path), f"{key}.path", "a list / annotation file (or image folder) is required")
+        _choice(f"{key}.missing", self.missing, ("error", "drop"))
+        if self.crop:
+            _choice(f"{key}.crop", self.crop, CROPS)
+        _check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"{key}.crop_scale",
+               f"{self.crop_scale} must be [low, high] with 0 < low <= high <= 1")
+        _check(cfg.model.in_chans == 3, "model.in_chans",
+               f"{cfg.model.in_chans} channels, but {key} reads video / image files, which are decoded as RGB "
+               "(3 channels); other channel counts work with the built-in digits datasets only")
+
+
+@dataclass
+class VideoDatasetConfig(FileDatasetConfig):
+    """Videos decoded with decord or PyAV."""
+
+    labels: str = ""
+    """ssv2: the labels JSON; ucf101: classInd.txt."""
     decoder: str = "decord"
     """decord, pyav, or auto (decord, falling back to PyAV for what decord cannot read, e.g. AV1)."""
     stride: int = 4
@@ -139,18 +424,71 @@ class DatasetConfig:
     frame in each of num_frames equal segments of the whole video (TSN / SSv2 fine-tuning style)."""
     overflow: str = "loop"
     """A window longer than the video: loop it, or pad with the last frame."""
-    crop: str = ""
-    """multi_scale (VideoMAE) or random_resized (MaskFeat, images); empty = multi_scale for video,
-    random_resized for images."""
-    crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
-    """random_resized only: range of the crop's area as a fraction of the frame (MAE / FastMIM: [0.2, 1])."""
-    flip: Optional[bool] = None
-    """Random horizontal flip; None = on for images, off for video (never flip SSv2: labels have a direction)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _choice(f"{key}.decoder", self.decoder, DECODERS)
+        _check(self.stride >= 1, f"{key}.stride", f"{self.stride} must be >= 1")
+        _check(self.target_fps >= 0, f"{key}.target_fps", f"{self.target_fps} must be >= 0")
+        _choice(f"{key}.sampling", self.sampling, ("window", "segments"))
+        _choice(f"{key}.overflow", self.overflow, ("loop", "pad"))
+        if self.format in ("ssv2", "ucf101"):
+            _check(bool(self.labels), f"{key}.labels", f"format {self.format} needs its labels file")
+
+
+@dataclass
+class ImageDatasetConfig(FileDatasetConfig):
+    """Images decoded with PIL (one-frame clips)."""
+
+    formats = IMAGE_INDEX_FORMATS
+
+
+DATASETS: dict[str, type] = {"digits_images": DigitsDatasetConfig, "digits_clips": DigitsDatasetConfig,
+                             "video": VideoDatasetConfig, "image": ImageDatasetConfig}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Families: how an entry's kind picks its dataclass
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """A ``{kind: dataclass}`` mapping and how an entry names its kind."""
+
+    noun: str
+    kinds: dict
+    kind_field: str = "kind"
+    default_kind: Optional[str] = None
+    """Kind of an entry that names none; None = the entry's own key (targets, datasets)."""
+    nested: tuple = ()
+    """(field name, Family) of kinded sub-entries (a target's head and loss)."""
+    plural: str = ""
+    """The noun's plural when it is not noun + s."""
+
+
+HEAD_FAMILY = Family("head", HEADS, default_kind="decoder")
+LOSS_FAMILY = Family("loss", LOSSES, default_kind="mse", plural="losses")
+FAMILIES: dict[str, Family] = {
+    "backbones": Family("backbone", BACKBONES, kind_field="backbone", default_kind="vit_base"),
+    "maskings": Family("masking", MASKINGS, default_kind="tube"),
+    "decoder_maskings": Family("decoder masking", DECODER_MASKINGS, default_kind="none"),
+    "targets": Family("target", TARGETS, nested=(("head", HEAD_FAMILY), ("loss", LOSS_FAMILY))),
+    "heads": HEAD_FAMILY,
+    "losses": LOSS_FAMILY,
+    "datasets": Family("dataset", DATASETS),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain sections
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class DataConfig:
-    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    datasets: Dict[str, Any] = field(default_factory=dict)
+    """name -> a dataset entry (its kind: digits_images, digits_clips, video, image)."""
     img_size: int = 224
     """Side of the square crop fed to the model."""
     num_frames: int = 16
@@ -183,7 +521,7 @@ class OptimConfig:
     """Final learning rate per 256 samples, scaled like lr."""
     warmup_epochs: float = 40.0
     weight_decay: float = 0.05
-    """Decoupled weight decay; never applied to norms, biases, position or mask tokens."""
+    """Decoupled weight decay; never applied to norms, biases, or what a module lists in no_weight_decay()."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     clip_grad: float = 0.0
@@ -223,19 +561,39 @@ class CheckpointConfig:
     """Also keep checkpoints/step_XXXXXXXX.pt every N steps; 0 = keep only last.pt."""
 
 
+KINDED_SECTIONS = {"model": "backbones", "masking": "maskings", "decoder_masking": "decoder_maskings"}
+"""Top-level keys holding one kinded entry, and their family."""
+
+
 @dataclass
 class Config:
     output_dir: str = "runs/default"
     resume: str = "auto"
     """auto: continue from output_dir's newest complete checkpoint if any; never; or a checkpoint path."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    targets: Dict[str, TargetConfig] = field(default_factory=dict)
+    model: Any = None
+    """The backbone: ``backbone`` names it and picks its keys (ViTConfig for vit_*)."""
+    masking: Any = None
+    """The encoder's mask: ``kind`` random, tube, cube or running_cell, with that kind's keys."""
+    decoder_masking: Any = None
+    """A second mask for the decoder (VideoMAE V2: running_cell 0.5); kind none (default) = no decoder mask."""
+    targets: Dict[str, Any] = field(default_factory=dict)
+    """name -> a target entry (its kind: pixel, hog), with its head and loss."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:  # programmatic Config(): each kinded section at its family's default
+        for section, family in KINDED_SECTIONS.items():
+            if getattr(self, section) is None:
+                setattr(self, section, build_entry(section, {}, FAMILIES[family]))
+
+
+def video_grid(cfg: Config) -> tuple[int, int, int]:
+    """Token grid of a training clip (data.num_frames x data.img_size², the backbone's patch)."""
+    m, d = cfg.model, cfg.data
+    return d.num_frames // m.tubelet_size, d.img_size // m.patch_size, d.img_size // m.patch_size
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -249,15 +607,31 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     sets, deletes = _split_overrides(overrides or [])
     for key in deletes:
         _delete_key(raw, key)
+    if sets:
+        try:
+            dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(sets))
+        except OmegaConfBaseException as err:
+            raise ConfigError(getattr(err, "full_key", None) or "?", str(err).splitlines()[0]) from None
+        raw = _deep_merge(raw, dotlist)
+    return build_config(raw)
+
+
+def build_config(raw: dict) -> Config:
+    """A validated :class:`Config` from a merged plain mapping (YAML + overrides)."""
+    raw = dict(raw)
+    kinded = {section: raw.pop(section, None) for section in KINDED_SECTIONS}
+    targets = raw.pop("targets", None) or {}
+    data = dict(raw.pop("data", None) or {})
+    datasets = data.pop("datasets", None) or {}
+    raw["data"] = data
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
-    for free_form in (schema.targets, schema.data.datasets):  # user-named entries; each entry stays strict
-        OmegaConf.set_struct(free_form, False)
-    merged = _merge_checked(schema, raw, schema)
-    if sets:
-        merged = _merge_checked(merged, OmegaConf.from_dotlist(sets), schema)
+    merged = _merge_checked(schema, raw, schema, "")
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    _fill_kinds(cfg)
+    for section, family in KINDED_SECTIONS.items():
+        setattr(cfg, section, build_entry(section, kinded[section], FAMILIES[family]))
+    cfg.targets = _build_mapping("targets", targets, FAMILIES["targets"])
+    cfg.data.datasets = _build_mapping("data.datasets", datasets, FAMILIES["datasets"])
     validate(cfg)
     return cfg
 
@@ -267,14 +641,52 @@ def load_dataclass(schema_cls: type, path: str | Path | None, overrides: List[st
     raw = _load_yaml_tree(Path(path)) if path is not None else {}
     schema = OmegaConf.structured(schema_cls)
     OmegaConf.set_struct(schema, True)
-    merged = _merge_checked(schema, raw, schema)
+    merged = _merge_checked(schema, raw, schema, "")
     if overrides:
-        merged = _merge_checked(merged, OmegaConf.from_dotlist(overrides), schema)
+        merged = _merge_checked(merged, OmegaConf.from_dotlist(overrides), schema, "")
     return OmegaConf.to_object(merged)
 
 
-def config_to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def config_to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
+
+
+def _build_mapping(key: str, raw: Any, family: Family) -> dict:
+    _check(isinstance(raw, dict), key, f"must be a mapping of named entries, got {raw!r}")
+    return {str(name): build_entry(f"{key}.{name}", entry, family, default_kind=str(name))
+            for name, entry in raw.items()}
+
+
+def build_entry(key: str, raw: Any, family: Family, default_kind: str | None = None) -> Any:
+    """One kinded entry: its kind picks the dataclass, which must hold every key given.
+
+    Raises:
+        ConfigError: unknown kind, a key of another kind of the family, an unknown key, or a bad value.
+    """
+    raw = dict(raw or {}) if isinstance(raw, (dict, DictConfig)) or raw is None else raw
+    _check(isinstance(raw, dict), key, f"must be a mapping, got {raw!r}")
+    kind = raw.get(family.kind_field) or family.default_kind or default_kind
+    _choice(f"{key}.{family.kind_field}", str(kind), list(family.kinds))
+    cls = family.kinds[kind]
+    own = {f.name for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in own:
+            owners = sorted(k for k, c in family.kinds.items() if name in {f.name for f in dataclasses.fields(c)})
+            if owners:
+                article = "an" if str(kind)[0] in "aeiou" else "a"
+                raise ConfigError(f"{key}.{name}", f"is not a key of {article} {kind} {family.noun}; it belongs to "
+                                  f"{', '.join(owners)} {family.plural or family.noun + 's'}")
+            close = difflib.get_close_matches(str(name), sorted(own), n=1, cutoff=0.5)
+            hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}.{name}", f"unknown key{hint}")
+    nested = {name: raw.pop(name, None) for name, _ in family.nested}
+    raw[family.kind_field] = kind
+    schema = OmegaConf.structured(cls)
+    OmegaConf.set_struct(schema, True)
+    entry = OmegaConf.to_object(_merge_checked(schema, raw, schema, key))
+    for name, sub_family in family.nested:
+        setattr(entry, name, build_entry(f"{key}.{name}", nested[name], sub_family))
+    return entry
 
 
 def _load_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -304,7 +716,9 @@ def _deep_merge(base: dict, new: dict) -> dict:
             value = {k: v for k, v in value.items() if k != "_replace_"}
             out[key] = value if replace else _deep_merge(out.get(key) or {}, value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            old_kind, new_kind = out[key].get("kind"), value.get("kind")
+            changed = isinstance(old_kind, str) and isinstance(new_kind, str) and old_kind != new_kind
+            out[key] = dict(value) if changed else _deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -334,40 +748,40 @@ def _delete_key(raw: dict, dotted: str) -> None:
     del node[last]
 
 
-def _merge_checked(base: DictConfig, new: Any, schema: DictConfig) -> DictConfig:
+def _merge_checked(base: DictConfig, new: Any, schema: DictConfig, prefix: str) -> DictConfig:
+    """OmegaConf merge whose errors become ConfigError with the full dotted key (``prefix`` + the node's key)."""
+    def full(key: Any) -> str:
+        key = str(key or "?")
+        return f"{prefix}.{key}" if prefix else key
+
     try:
         return OmegaConf.merge(base, new)  # type: ignore[return-value]
     except ConfigKeyError as err:
         key = err.full_key or str(err.key)
-        raise ConfigError(key, f"unknown key{_suggest_key(schema, key)}") from None
+        raise ConfigError(full(key), f"unknown key{_suggest_key(schema, key, prefix)}") from None
     except ValidationError as err:
-        raise ConfigError(err.full_key or "?", f"invalid value: {err.msg.splitlines()[0]}") from None
+        raise ConfigError(full(err.full_key), f"invalid value: {err.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(getattr(err, "full_key", None) or "?", str(err).splitlines()[0]) from None
+        raise ConfigError(full(getattr(err, "full_key", None)), str(err).splitlines()[0]) from None
 
 
-def _suggest_key(schema: DictConfig, full_key: str) -> str:
+def _suggest_key(schema: DictConfig, key: str, prefix: str) -> str:
     """' (did you mean 'model.patch_size'?)' for a misspelled key, else ''."""
-    parts = full_key.split(".")
+    parts = key.split(".")
     node: Any = schema
     for part in parts[:-1]:
         if isinstance(node, DictConfig) and part in node:
             node = node[part]
-        elif isinstance(node, DictConfig) and node._metadata.element_type not in (Any, None):
-            node = OmegaConf.structured(node._metadata.element_type)  # free-form mapping of dataclasses
         else:
             return ""
     if not isinstance(node, DictConfig):
         return ""
-    close = difflib.get_close_matches(parts[-1], [str(k) for k in node.keys()], n=1, cutoff=0.5)
-    return f" (did you mean '{'.'.join(parts[:-1] + close)}'?)" if close else ""
-
-
-def _fill_kinds(cfg: Config) -> None:
-    for name, target in cfg.targets.items():
-        target.kind = target.kind or name
-    for name, dataset in cfg.data.datasets.items():
-        dataset.kind = dataset.kind or name
+    names = [str(k) for k in node.keys()]
+    if not prefix and len(parts) == 1:
+        names += list(KINDED_SECTIONS) + ["targets"]
+    close = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.5)
+    full = ".".join(([prefix] if prefix else []) + parts[:-1] + close)
+    return f" (did you mean '{full}'?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -375,90 +789,40 @@ def _fill_kinds(cfg: Config) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(key, f"'{value}' is not one of {', '.join(options)}{hint}")
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
-
-
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express. Raises ConfigError naming the key."""
-    m, d = cfg.model, cfg.data
-    _choice("model.backbone", m.backbone, BACKBONES)
-    _check(m.patch_size > 0 and d.img_size % m.patch_size == 0, "model.patch_size",
-           f"{m.patch_size} does not divide data.img_size={d.img_size}")
-    _check(m.tubelet_size > 0 and d.num_frames % m.tubelet_size == 0, "model.tubelet_size",
-           f"{m.tubelet_size} does not divide data.num_frames={d.num_frames}")
-    _check(0.0 <= m.drop_path < 1.0, "model.drop_path", f"{m.drop_path} is outside [0, 1)")
-
-    k = cfg.masking
-    _choice("masking.name", k.name, MASKINGS)
-    for key in ("ratio_video", "ratio_image"):
-        ratio = getattr(k, key)
-        _check(0.0 < ratio < 1.0, f"masking.{key}", f"{ratio} is outside (0, 1)")
-    _check(len(k.unit_size) == 3 and all(u > 0 for u in k.unit_size), "masking.unit_size",
-           f"{k.unit_size} must be three positive ints (t, h, w)")
-    grid = (d.num_frames // m.tubelet_size, d.img_size // m.patch_size, d.img_size // m.patch_size)
-    _check(all(g % u == 0 for g, u in zip(grid, k.unit_size)), "masking.unit_size",
-           f"{k.unit_size} does not tile the video token grid {list(grid)}")
-    _check(0.0 < k.block_min_area <= 1.0, "masking.block_min_area", f"{k.block_min_area} is outside (0, 1]")
-    _check(0.0 < k.block_aspect <= 1.0, "masking.block_aspect", f"{k.block_aspect} is outside (0, 1]")
-
+    cfg.model.check("model", cfg)
+    cfg.masking.check("masking", cfg)
+    cfg.decoder_masking.check("decoder_masking", cfg)
     _check(len(cfg.targets) > 0, "targets", "at least one target is required (e.g. targets.pixel.weight=1)")
-    for name, t in cfg.targets.items():
-        key = f"targets.{name}"
-        _choice(f"{key}.kind", t.kind, TARGETS)
-        _choice(f"{key}.token_set", t.token_set, TOKEN_SETS)
-        _choice(f"{key}.norm", t.norm, PIXEL_NORMS)
-        _check(t.weight > 0 and math.isfinite(t.weight), f"{key}.weight", f"{t.weight} must be positive")
-        _check(t.decoder_depth >= 0, f"{key}.decoder_depth", f"{t.decoder_depth} must be >= 0")
-        _check(t.decoder_dim > 0 and t.decoder_heads > 0 and t.decoder_dim % t.decoder_heads == 0,
-               f"{key}.decoder_heads", f"{t.decoder_heads} must divide decoder_dim={t.decoder_dim}")
-        _check((t.decoder_dim // 4) % 2 == 0 and (t.decoder_dim - t.decoder_dim // 4) % 4 == 0,
-               f"{key}.decoder_dim", f"{t.decoder_dim} cannot carry the space-time sin-cos table "
-               "(a multiple of 16 always can)")
-        if t.kind == "hog":
-            _check(t.nbins > 0, f"{key}.nbins", f"{t.nbins} must be positive")
-            _check(t.cell_size > 0 and m.patch_size % t.cell_size == 0, f"{key}.cell_size",
-                   f"{t.cell_size} does not divide model.patch_size={m.patch_size}")
+    for name, target in cfg.targets.items():
+        target.check(f"targets.{name}", cfg)
+    for mask, section in MASK_SECTIONS.items():
+        readers = [name for name, sets in TOKEN_SETS.items() if mask in sets]
+        _check(getattr(cfg, section).kind == "none" or any(t.token_set in readers for t in cfg.targets.values()),
+               f"{section}.kind", f"a {mask} mask is drawn but no target uses it: set targets.<name>.token_set to "
+               f"one of {', '.join(readers)}")
 
+    d = cfg.data
     _check(len(d.datasets) > 0, "data.datasets", "at least one dataset is required")
     for name, ds in d.datasets.items():
-        key = f"data.datasets.{name}"
-        _choice(f"{key}.kind", ds.kind, DATASETS)
-        _check(ds.weight > 0, f"{key}.weight", f"{ds.weight} must be positive")
-        _choice(f"{key}.split", ds.split, ("train", "test"))
-        if ds.kind in ("video", "image"):
-            _choice(f"{key}.format", ds.format, INDEX_FORMATS)
-            _check(bool(ds.path), f"{key}.path", "a list / annotation file (or image folder) is required")
-            _choice(f"{key}.missing", ds.missing, ("error", "drop"))
-            _choice(f"{key}.decoder", ds.decoder, DECODERS)
-            _check(ds.stride >= 1, f"{key}.stride", f"{ds.stride} must be >= 1")
-            _check(ds.target_fps >= 0, f"{key}.target_fps", f"{ds.target_fps} must be >= 0")
-            _choice(f"{key}.sampling", ds.sampling, ("window", "segments"))
-            _choice(f"{key}.overflow", ds.overflow, ("loop", "pad"))
-            if ds.crop:
-                _choice(f"{key}.crop", ds.crop, CROPS)
+        ds.check(f"data.datasets.{name}", cfg)
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"{d.max_bad_fraction} is outside [0, 1]")
     _check(d.decode_timeout_s >= 0, "data.decode_timeout_s", f"{d.decode_timeout_s} must be >= 0")
     _check(d.batch_size > 0, "data.batch_size", f"{d.batch_size} must be positive")
     _check(d.repeat >= 1, "data.repeat", f"{d.repeat} must be >= 1")
     _check(d.num_workers >= 0, "data.num_workers", f"{d.num_workers} must be >= 0")
-    _check(len(d.mean) == m.in_chans, "data.mean", f"needs {m.in_chans} values (model.in_chans)")
-    _check(len(d.std) == m.in_chans and all(s > 0 for s in d.std), "data.std",
-           f"needs {m.in_chans} positive values (model.in_chans)")
+    in_chans = cfg.model.in_chans
+    _check(len(d.mean) == in_chans, "data.mean", f"needs {in_chans} values (model.in_chans)")
+    _check(len(d.std) == in_chans and all(s > 0 for s in d.std), "data.std",
+           f"needs {in_chans} positive values (model.in_chans)")
 
     o = cfg.optim
     _check(o.lr > 0, "optim.lr", f"{o.lr} must be positive")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"{o.min_lr} must be in [0, optim.lr]")
     _check(o.warmup_epochs >= 0, "optim.warmup_epochs", f"{o.warmup_epochs} must be >= 0")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", f"{o.betas} must be 2 values in [0, 1)")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           f"{o.betas} must be 2 values in [0, 1)")
     _check(o.clip_grad >= 0, "optim.clip_grad", f"{o.clip_grad} must be >= 0")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"{o.accum_steps} must be >= 1")
 
@@ -475,7 +839,7 @@ def validate(cfg: Config) -> None:
 
 
 __all__ = [
-    "Config", "ConfigError", "ModelConfig", "MaskingConfig", "TargetConfig", "DatasetConfig", "DataConfig",
-    "OptimConfig", "TrainConfig", "LogConfig", "CheckpointConfig", "load_config", "validate", "config_to_yaml",
-    "MISSING",
+    "Config", "ConfigError", "ViTConfig", "MaskingConfig", "TargetConfig", "DatasetConfig", "DataConfig",
+    "OptimConfig", "TrainConfig", "LogConfig", "CheckpointConfig", "FAMILIES", "Family", "build_entry",
+    "load_config", "build_config", "validate", "config_to_yaml", "video_grid", "MISSING",
 ]

@@ -9,10 +9,15 @@ when a run resumes mid-epoch.
 Contract: a generator returns a flat bool array of ``T'*H'*W'`` entries in (t, h, w) row-major order,
 True = masked, with exactly :func:`num_masked` True entries, so every sample of a batch (same grid,
 same ratio) hides the same number of tokens and visible tokens can be gathered with a reshape.
+
+Registry: :data:`MASKINGS` maps a config ``kind`` to its function ``fn(grid, ratio, rng, **keys)``, where ``keys``
+are the kind's own config keys (``vmim.config.MASKINGS`` holds their dataclasses), so a new masking is one function
+here plus one dataclass and one registry line in the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -48,13 +53,14 @@ def cube_mask(
         ratio: float,
         rng: np.random.Generator,
         unit_size: Sequence[int] = (1, 1, 1),
-        min_area: float = 0.2,
-        aspect: float = 0.3,
+        block_min_area: float = 0.2,
+        block_aspect: float = 0.3,
         max_tries: int = 100,
 ) -> np.ndarray:
     """MaskFeat / BEiT space-time blocks on a grid of mask units (``unit_size`` tokens each).
 
-    Blocks with a log-uniform aspect ratio, an area between ``min_area`` of a frame and the whole frame, and a temporal length uniform in 1..T_u are added while they do not overshoot
+    Blocks with a log-uniform aspect ratio in [block_aspect, 1 / block_aspect], an area between ``block_min_area``
+    of a frame and the whole frame, and a temporal length uniform in 1..T_u are added while they do not overshoot
     the target count; after ``max_tries`` failed draws the remaining units are filled at random, so the
     count is always exact. Units are then upsampled (nearest) to the token grid.
     """
@@ -66,12 +72,12 @@ def cube_mask(
     target = num_masked(units, ratio)
     mask = np.zeros(units, dtype=bool)
     count, tries = 0, 0
-    min_block = max(1, int(min_area * hu * wu))
+    min_block = max(1, int(block_min_area * hu * wu))
     max_block = hu * wu
     while count < target and tries < max_tries:
         tries += 1
         area = rng.uniform(min_block, max(min_block, max_block))
-        log_ratio = rng.uniform(math.log(aspect), -math.log(aspect))
+        log_ratio = rng.uniform(math.log(block_aspect), -math.log(block_aspect))
         bh = int(round(math.sqrt(area * math.exp(log_ratio))))
         bw = int(round(math.sqrt(area / math.exp(log_ratio))))
         bt = int(rng.integers(1, tu + 1))
@@ -97,10 +103,10 @@ class MaskGenerator:
     A grid with one token in time (an image, or a clip as short as one tubelet) uses ``ratio_image``.
     """
 
-    def __init__(self, name: str, ratio_video: float, ratio_image: float, **strategy_kwargs):
-        if name not in MASKINGS:
-            raise KeyError(f"unknown masking '{name}'; registered: {sorted(MASKINGS)}")
-        self.name = name
+    def __init__(self, kind: str, ratio_video: float, ratio_image: float, **strategy_kwargs):
+        if kind not in MASKINGS:
+            raise KeyError(f"unknown masking '{kind}'; registered: {sorted(MASKINGS)}")
+        self.kind = kind
         self.ratio_video = ratio_video
         self.ratio_image = ratio_image
         self.strategy_kwargs = strategy_kwargs
@@ -109,25 +115,46 @@ class MaskGenerator:
         return self.ratio_image if grid[0] == 1 else self.ratio_video
 
     def num_masked(self, grid: Grid) -> int:
-        if self.name == "tube":
-            return grid[0] * num_masked((1, grid[1], grid[2]), self.ratio(grid))
-        if self.name == "cube":
-            u = self.strategy_kwargs.get("unit_size", (1, 1, 1))
-            units = (grid[0] // min(u[0], grid[0]), grid[1] // u[1], grid[2] // u[2])
-            return num_masked(units, self.ratio(grid)) * (grid[0] // units[0]) * u[1] * u[2]
-        return num_masked(grid, self.ratio(grid))
+        """How many tokens every mask of this grid hides (the same for every draw)."""
+        return MASK_COUNTS[self.kind](grid, self.ratio(grid), **self.strategy_kwargs)
 
     def __call__(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
         """Bool mask (T'*H'*W',), True = masked."""
-        return MASKINGS[self.name](grid, self.ratio(grid), rng, **self.strategy_kwargs)
+        return MASKINGS[self.kind](grid, self.ratio(grid), rng, **self.strategy_kwargs)
+
+
+def cube_count(grid: Grid, ratio: float, unit_size: Sequence[int] = (1, 1, 1), **_) -> int:
+    """Tokens hidden by :func:`cube_mask`: whole mask units."""
+    ut = min(unit_size[0], grid[0])
+    units = (grid[0] // ut, grid[1] // unit_size[1], grid[2] // unit_size[2])
+    return num_masked(units, ratio) * ut * unit_size[1] * unit_size[2]
 
 
 MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask}
+MASK_COUNTS: dict[str, Callable[..., int]] = {
+    "random": lambda grid, ratio: num_masked(grid, ratio),
+    "tube": lambda grid, ratio: grid[0] * num_masked((1, grid[1], grid[2]), ratio),
+    "cube": cube_count,
+}
+"""Kind -> ``(grid, ratio, **keys) -> masked token count``: each kind hides a fixed count, which the tests hold
+every draw to."""
 
 
 def build_mask_generator(cfg) -> MaskGenerator:
-    """From a :class:`vmim.config.MaskingConfig`."""
-    kwargs = {}
-    if cfg.name == "cube":
-        kwargs = dict(unit_size=tuple(cfg.unit_size), min_area=cfg.block_min_area, aspect=cfg.block_aspect)
-    return MaskGenerator(cfg.name, cfg.ratio_video, cfg.ratio_image, **kwargs)
+    """From a masking config (a dataclass of ``vmim.config.MASKINGS``): its keys other than kind and the ratios are
+    the function's keyword arguments."""
+    common = ("kind", "ratio_video", "ratio_image")
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in common}
+    if "unit_size" in kwargs:
+        kwargs["unit_size"] = tuple(kwargs["unit_size"])
+    return MaskGenerator(cfg.kind, cfg.ratio_video, cfg.ratio_image, **kwargs)
+
+
+def build_mask_generators(cfg) -> dict[str, MaskGenerator]:
+    """The masks a run draws per sample, from a :class:`vmim.config.Config`: one per ``config.MASK_SECTIONS`` entry
+    whose kind is not none (``encoder`` always; ``decoder`` for VideoMAE V2), drawn in that order from the sample's
+    generator."""
+    from .config import MASK_SECTIONS
+
+    sections = {name: getattr(cfg, section) for name, section in MASK_SECTIONS.items()}
+    return {name: build_mask_generator(section) for name, section in sections.items() if section.kind != "none"}

@@ -1,21 +1,21 @@
-"""Datasets, the mixing sampler and the pretraining loader."""
+"""Datasets, the mixing sampler and the pretraining loader: config in, :class:`PretrainData` out."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Callable
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..masking import build_mask_generator
+from ..masking import build_mask_generators
+from .bad_files import BadFileMonitor, Failure, TooManyBadFiles
 from .digits import DigitClips, DigitImages
+from .pretrain_data import PretrainData, build_loader
 from .pretrain_dataset import ClipSource, MaskedClipDataset, collate
-from .robust import BadFileMonitor, ignore_stop_signals
 from .sampler import MixedBatchSampler
 
-__all__ = ["DigitClips", "DigitImages", "ClipSource", "MaskedClipDataset", "MixedBatchSampler", "BadFileMonitor",
-           "PretrainData", "build_source", "build_pretrain_data"]
+__all__ = ["DATASET_KINDS", "DigitClips", "DigitImages", "ClipSource", "MaskedClipDataset", "MixedBatchSampler",
+           "BadFileMonitor",
+           "Failure", "TooManyBadFiles", "PretrainData", "build_loader", "build_source", "build_pretrain_data",
+           "collate"]
 
 log = logging.getLogger("vmim")
 
@@ -42,56 +42,60 @@ def _read_entries(name: str, ds_cfg):
     return kept, len(entries), len(missing)
 
 
-def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
-    """One dataset from a :class:`vmim.config.DatasetConfig`: (source, files listed, files missing)."""
-    if ds_cfg.kind == "digits_images":
-        source = DigitImages(ds_cfg.split, data_cfg.img_size, in_chans)
-        return source, len(source), 0
-    if ds_cfg.kind == "digits_clips":
-        source = DigitClips(ds_cfg.split, data_cfg.img_size, data_cfg.num_frames, in_chans)
-        return source, len(source), 0
-    from .sources import ImageSource, VideoSource
+def _digit_images(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    source = DigitImages(ds_cfg.split, data_cfg.img_size, in_chans)
+    return source, len(source), 0
+
+
+def _digit_clips(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    source = DigitClips(ds_cfg.split, data_cfg.img_size, data_cfg.num_frames, in_chans)
+    return source, len(source), 0
+
+
+def _videos(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    from .sources import VideoSource
 
     entries, listed, missing = _read_entries(name, ds_cfg)
-    if ds_cfg.kind == "video":
-        flip = False if ds_cfg.flip is None else ds_cfg.flip
-        source = VideoSource(entries, data_cfg.num_frames, ds_cfg.stride, data_cfg.img_size, ds_cfg.decoder,
-                             ds_cfg.crop or "multi_scale", flip, ds_cfg.target_fps or None, ds_cfg.overflow,
-                             ds_cfg.sampling)
-    elif ds_cfg.kind == "image":
-        flip = True if ds_cfg.flip is None else ds_cfg.flip
-        source = ImageSource(entries, data_cfg.img_size, ds_cfg.crop or "random_resized", flip)
-    else:
-        raise KeyError(f"unknown dataset kind '{ds_cfg.kind}'")
+    flip = False if ds_cfg.flip is None else ds_cfg.flip
+    source = VideoSource(entries, data_cfg.num_frames, ds_cfg.stride, data_cfg.img_size, ds_cfg.decoder,
+                         ds_cfg.crop or "multi_scale", flip, ds_cfg.target_fps or None, ds_cfg.overflow,
+                         ds_cfg.sampling, tuple(ds_cfg.crop_scale))
     return source, listed, missing
 
 
-@dataclass
-class PretrainData:
-    loader: DataLoader
-    sampler: MixedBatchSampler
-    names: list[str]
-    monitor: BadFileMonitor
+def _images(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    from .sources import ImageSource
+
+    entries, listed, missing = _read_entries(name, ds_cfg)
+    flip = True if ds_cfg.flip is None else ds_cfg.flip
+    source = ImageSource(entries, data_cfg.img_size, ds_cfg.crop or "random_resized", flip, tuple(ds_cfg.crop_scale))
+    return source, listed, missing
+
+
+DATASET_KINDS: dict[str, Callable[..., tuple[ClipSource, int, int]]] = {
+    "digits_images": _digit_images, "digits_clips": _digit_clips, "video": _videos, "image": _images}
+"""Dataset kind (``vmim.config.DATASETS``) -> builder ``(name, dataset config, data config, in_chans)``."""
+
+
+def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    """One dataset from its config entry: (source, files listed, files missing)."""
+    if ds_cfg.kind not in DATASET_KINDS:
+        raise KeyError(f"unknown dataset kind '{ds_cfg.kind}'; registered: {', '.join(DATASET_KINDS)}")
+    return DATASET_KINDS[ds_cfg.kind](name, ds_cfg, data_cfg, in_chans)
 
 
 def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0) -> PretrainData:
-    """Loader over the configured mix; call ``sampler.set_epoch(epoch, start_batch)`` before iterating."""
+    """This rank's data over the configured mix; call ``set_epoch(epoch, start_batch)`` before iterating."""
     names = list(cfg.data.datasets)
     built = [build_source(n, cfg.data.datasets[n], cfg.data, cfg.model.in_chans) for n in names]
     sources = [b[0] for b in built]
     steps = cfg.train.steps_per_epoch * cfg.optim.accum_steps or None
     sampler = MixedBatchSampler([len(s) for s in sources], [cfg.data.datasets[n].weight for n in names],
                                 cfg.data.batch_size, world_size, rank, cfg.train.seed, steps)
-    masks = {"encoder": build_mask_generator(cfg.masking)}
+    masks = build_mask_generators(cfg)  # {"encoder": ..., "decoder": ... when decoder_masking is set}
     dataset = MaskedClipDataset(sources, masks, patch_size, cfg.data.decode_timeout_s,
                                 cfg.data.repeat, isolate=cfg.data.decode_isolation)
-    workers = cfg.data.num_workers
-    sampler.loader_workers = workers  # next_key hints: the batch this worker gets after the current one
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                        worker_init_fn=ignore_stop_signals,
-                        generator=torch.Generator())  # keep the global RNG untouched (exact resume)
+    loader = build_loader(dataset, sampler, cfg.data.num_workers, cfg.data.pin_memory)
     monitor = BadFileMonitor(names, [b[1] for b in built], [b[2] for b in built], cfg.data.max_bad_fraction)
     for i, name in enumerate(names):
         if monitor.fraction(i) > cfg.data.max_bad_fraction:

@@ -8,7 +8,7 @@ Formats (``read_index(fmt, path, root, **kwargs)`` dispatches on the name):
 * ``ssv2``: Something-Something v2 annotation JSON + labels JSON.
 * ``ucf101``: UCF101 ``trainlist0N.txt`` / ``testlist0N.txt`` + ``classInd.txt``.
 * ``hmdb51``: the folder of HMDB51 ``{class}_test_split{N}.txt`` files.
-* ``image_folder``: ImageNet-style ``root/{class}/{image}`` folders.
+* ``image_folder``: ImageNet-style ``root/{class}/{image}`` folders, or a flat folder of unlabeled images.
 
 Every entry holds an absolute path; relative paths are resolved against ``root`` (by default the list
 file's folder). Labels are 0-based ints, -1 when unlabeled. In the text formats blank lines and lines
@@ -25,8 +25,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 PathLike = str | os.PathLike
 
@@ -397,18 +397,39 @@ def read_hmdb51_split(split_dir: PathLike, split: int = 1, train: bool = True,
 # ----------------------------------------------------------------------------------------------------
 
 
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def read_image_folder(root: PathLike) -> list[Entry]:
-    """ImageNet-style ``root/{class}/.../{image}``: class index = sorted class folders (as torchvision's
-    ImageFolder); files with an image extension (any case), walked in sorted order."""
+    """An image folder, in one of two layouts, files with an image extension (any case) in sorted order:
+
+    * classes: ImageNet-style ``root/{class}/.../{image}``; class index = position in the sorted subfolders, as
+      in torchvision's ImageFolder (files directly in ``root`` are then ignored, as there).
+    * flat: images directly in ``root`` and no subfolder (hidden ones such as ``.ipynb_checkpoints`` aside), as
+      pretraining sets often come; every image is unlabeled (-1).
+
+    Raises FileNotFoundError naming the folder when it holds neither images nor class subfolders, or when its
+    class subfolders hold no image: the run would otherwise stop later with an empty dataset.
+    """
     base = os.path.abspath(os.path.expanduser(os.fspath(root)))
     with os.scandir(base) as it:
-        classes = sorted(e.name for e in it if e.is_dir())
+        found = [(e.name, e.is_dir()) for e in it]
+    classes = sorted(name for name, is_dir in found if is_dir)
+    images = sorted(name for name, is_dir in found if not is_dir and _is_image(name))
+    if images and all(name.startswith(".") for name in classes):
+        return [Entry(os.path.join(base, name), -1) for name in images]
+    if not classes:
+        raise FileNotFoundError(f"image folder {base}: no image files ({', '.join(IMAGE_EXTENSIONS)}) and no class "
+                                "subfolders; expected images directly in it (unlabeled) or in one subfolder per class")
     entries = []
     for index, name in enumerate(classes):
         for directory, subdirs, files in sorted(os.walk(os.path.join(base, name), followlinks=True)):
             subdirs.sort()
-            entries.extend(Entry(os.path.join(directory, f), index) for f in sorted(files)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            entries.extend(Entry(os.path.join(directory, f), index) for f in sorted(files) if _is_image(f))
+    if not entries:
+        raise FileNotFoundError(f"image folder {base}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its "
+                                f"{len(classes)} class subfolder(s)")
     return entries
 
 

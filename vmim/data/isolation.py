@@ -1,6 +1,6 @@
 """Run file decoding in a forked child process that can be killed: no decoder can hang or crash the run.
 
-A SIGALRM time limit (:func:`vmim.data.robust.time_limit`) interrupts Python code and blocking system calls, but not
+A SIGALRM time limit (:func:`vmim.data.time_limit.time_limit`) interrupts Python code and blocking system calls, but not
 a decoder spinning inside C (a malformed stream that loops in FFmpeg), and nothing survives a segfault. Here the
 work runs in a child forked from the loading process (a data-loader worker, or the trainer with 0 workers), so it
 already holds the datasets and costs no start-up; the parent waits at most ``timeout_s`` for each answer, then
@@ -12,11 +12,14 @@ no throughput. The answer is pickled with protocol 5: the arrays' bytes go out o
 memory slots mapped before the fork (reply k in slot k % 2; one copy in, one copy out), the small rest through a
 pipe; an answer larger than a slot travels whole through the pipe. The numpy Generator state is sent along and
 returned, so a sample is the same with and without isolation.
+
+The child's descriptor 2 goes to a temporary file (:mod:`vmim.data.stderr_capture`): FFmpeg's and decord's messages
+stay off the terminal, and the last of those a failed call wrote end its reason. The child ignores Ctrl-C and the
+job's stop signals and dies with its parent (:mod:`vmim.data.lifetime`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import mmap
 import os
@@ -30,7 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .robust import DecodeTimeout, failure_reason, ignore_stop_signals, time_limit
+from .bad_files import failure_reason
+from .lifetime import init_helper_child
+from .stderr_capture import StderrCapture, with_decoder_output
+from .time_limit import DecodeTimeout, time_limit
 
 GRACE_S = 2.0  # beyond the child's own SIGALRM limit, before the parent kills it
 SLOT_BYTES = 128 << 20  # per reply slot: 16 decoded 1080p RGB frames (100 MB) fit; pages cost memory only once used
@@ -39,14 +45,6 @@ IN_FLIGHT = 2  # requests sent but not yet answered: one per slot
 
 class DecoderCrashed(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL to this process when its parent exits (no orphaned decoders)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _pack(reply: Any, slot: memoryview) -> bytes:
@@ -84,10 +82,9 @@ def _serve(conn: Connection, shared: mmap.mmap, work: Callable[..., Any], timeou
     import torch
 
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    ignore_stop_signals()
+    init_helper_child()
     faulthandler.disable()  # a crash is reported once, by the parent, with the file that caused it
-    _die_with_parent()
+    capture = StderrCapture()  # for the child's whole life; what a failed call wrote joins its reason
     replies = 0
     while True:
         try:
@@ -100,7 +97,10 @@ def _serve(conn: Connection, shared: mmap.mmap, work: Callable[..., Any], timeou
             with time_limit(timeout_s):
                 reply = ("ok", work(*args, rng), rng.bit_generator.state)
         except Exception as err:  # sent back whole-message: exception classes need not pickle
-            reply = ("error", (type(err).__name__, failure_reason(err)), rng.bit_generator.state)
+            reason = with_decoder_output(failure_reason(err), capture.take())
+            reply = ("error", (type(err).__name__, reason), rng.bit_generator.state)
+        else:
+            capture.take()  # messages about a file that decoded are dropped
         conn.send_bytes(_pack(reply, _slot(shared, replies)))
         replies += 1
 

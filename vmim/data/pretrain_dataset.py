@@ -7,15 +7,24 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from ..masking import MaskGenerator
 from ..models.grid import token_grid
+from .bad_files import Failure, failure_reason
 from .isolation import IsolatedWorker
-from .robust import DecodeTimeout, failure_reason, time_limit
 from .sampler import SampleKey
+from .stderr_capture import StderrCapture, with_decoder_output
+from .time_limit import time_limit
 
-MAX_REPLACEMENTS = 20
+MAX_ATTEMPTS = 20  # the key's own index, then up to 19 replacements
+
+
+def attempt_rng(seed: int, attempt: int) -> np.random.Generator:
+    """The generator of a sample's ``attempt``: attempt 0 reads the key's own index with ``default_rng(seed)``; attempt
+    k > 0 first draws its replacement index from ``default_rng((seed, k))``, then reads with what remains of it. So
+    the sample is a function of its key and of which files fail, not of how far a failed read got."""
+    return np.random.default_rng(seed if attempt == 0 else (seed, attempt))
 
 
 class ClipSource(Protocol):
@@ -34,7 +43,13 @@ class ClipSource(Protocol):
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]: ...
 
 
-def load_repeated(source: ClipSource, index: int, rng: np.random.Generator, repeat: int) -> list[tuple[torch.Tensor, int]]:
+def describe_sample(source: ClipSource, index: int) -> str:
+    """How reports name sample ``index`` of ``source``: its file, else its index."""
+    return source.describe(index) if hasattr(source, "describe") else f"index {index}"
+
+
+def load_repeated(source: ClipSource, index: int, rng: np.random.Generator, repeat: int
+                  ) -> list[tuple[torch.Tensor, int]]:
     """``repeat`` augmented clips of one sample: decoded once when the source supports it."""
     if repeat > 1 and hasattr(source, "load_repeated"):
         return source.load_repeated(index, rng, repeat)
@@ -48,8 +63,12 @@ class MaskedClipDataset:
     dual masking); masks are drawn in that order. The same seed drives augmentation and the masks, so a sample is
     a pure function of its key. A sample
     that fails to load (corrupt file, decoder error, timeout) is replaced by another index of the same
-    dataset drawn from the same seed; the failures travel with the sample in ``"bad"`` as
-    ``(dataset, path, reason)`` for the main process to report and count.
+    dataset drawn from the same seed (:func:`attempt_rng`); the failures travel with the sample in ``"bad"`` as
+    :class:`~vmim.data.bad_files.Failure` records for the main process to report and count.
+
+    ``known_bad`` holds the ``(dataset, index)`` pairs that failed in this process or that the main process reported
+    with a batch (:attr:`KeyBatch.known_bad`); they are skipped without being opened again, which yields the same
+    sample as a read that fails again.
     """
 
     def __init__(self, sources: Sequence[ClipSource], mask_generators: dict[str, MaskGenerator],
@@ -62,7 +81,7 @@ class MaskedClipDataset:
         self.decode_timeout_s = decode_timeout_s
         # file-reading sources decode in a killable child process (hangs inside C, segfaults); see isolation.py
         self.isolated = IsolatedWorker(self._read_arrays, decode_timeout_s) if isolate else None
-        self.timed_out: set[tuple[int, int]] = set()  # per process: samples that hung once fail at once next time
+        self.known_bad: set[tuple[int, int]] = set()  # per process: failed here, or reported by the main process
         self._ahead: tuple | None = None  # (pid, key, ticket, rng): a next batch's first sample, read ahead
 
     def _isolates(self, dataset: int) -> bool:
@@ -76,38 +95,51 @@ class MaskedClipDataset:
     def _load_once(self, dataset: int, index: int, rng: np.random.Generator, ticket: int | None = None
                    ) -> list[tuple[torch.Tensor, int]]:
         """The ``repeat`` clips of one index: read in the child (``ticket``: already submitted) then augmented
-        here, or all in this process under the SIGALRM time limit."""
+        here, or all in this process under the SIGALRM time limit (in a loader worker with decoder messages kept off
+        the terminal: they join the failure's reason)."""
         source = self.sources[dataset]
         if self._isolates(dataset):
             pixels, label = self.isolated.result(self.isolated.submit(dataset, index, rng=rng) if ticket is None
                                                  else ticket)
             return [(clip, label) for clip in source.augment(torch.from_numpy(pixels), rng, self.repeat)]
-        with time_limit(self.decode_timeout_s):
-            return load_repeated(source, index, rng, self.repeat)
-
-    def _load(self, dataset: int, index: int, rng: np.random.Generator, ticket: int | None = None
-              ) -> tuple[list, list]:
-        source, failures = self.sources[dataset], []
-        for _ in range(MAX_REPLACEMENTS):
+        if get_worker_info() is None or not getattr(source, "reads_files", False):
+            with time_limit(self.decode_timeout_s):
+                return load_repeated(source, index, rng, self.repeat)
+        with StderrCapture() as capture, time_limit(self.decode_timeout_s):
             try:
-                if (dataset, index) in self.timed_out:
-                    if ticket is not None:  # queued before an earlier sample of the same file hung
-                        self.isolated.abandon([ticket])
-                    raise DecodeTimeout("timed out before in this worker; not retried")
-                return self._load_once(dataset, index, rng, ticket), failures
-            except Exception as err:  # any failure of one file must not stop the run; it is reported instead
-                if isinstance(err, DecodeTimeout):
-                    self.timed_out.add((dataset, index))
-                path = source.describe(index) if hasattr(source, "describe") else f"index {index}"
-                failures.append((dataset, path, failure_reason(err)))
+                return load_repeated(source, index, rng, self.repeat)
+            except Exception as err:
+                err.decoder_output = capture.take()
+                raise
+
+    def _load(self, dataset: int, index: int, seed: int, rng: np.random.Generator, ticket: int | None = None
+              ) -> tuple[list, list[Failure], np.random.Generator]:
+        """(clips, failures, the generator of the attempt that loaded). ``rng``: attempt 0's; ``ticket``: its read, if
+        already submitted."""
+        source, failures = self.sources[dataset], []
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt > 0:
+                rng = attempt_rng(seed, attempt)
                 index = int(rng.integers(len(source)))
+            try:
+                if (dataset, index) in self.known_bad:
+                    continue  # not opened again: the same replacement follows as after a failed read
+                return self._load_once(dataset, index, rng, ticket), failures, rng
+            except Exception as err:  # any failure of one file must not stop the run; it is reported instead
+                self.known_bad.add((dataset, index))
+                path = describe_sample(source, index)
+                reason = with_decoder_output(failure_reason(err), getattr(err, "decoder_output", ""))
+                failures.append(Failure(dataset, index, path, reason))
             finally:
+                if ticket is not None and (dataset, index) in self.known_bad:
+                    self.isolated.abandon([ticket])  # queued before the file was known to be bad: never read
                 ticket = None  # a replacement is read afresh
-        raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {failures[-1]}")
+        last = f"; last: {failures[-1]}" if failures else " (all known to be bad)"
+        raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row failed to load{last}")
 
     def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None) -> dict:
-        dataset, index, _ = key
-        clips, failures = self._load(dataset, index, rng, ticket)
+        dataset, index, seed = key
+        clips, failures, rng = self._load(dataset, index, seed, rng, ticket)
         grid = token_grid(clips[0][0].shape, self.patch_size)
         masks = [{name: torch.from_numpy(make(grid, rng)) for name, make in self.mask_generators.items()}
                  for _ in clips]
@@ -120,12 +152,12 @@ class MaskedClipDataset:
 
     def __getitem__(self, key: SampleKey) -> dict:
         """One sample; with ``repeat > 1`` clip, mask and label gain a leading repeat dimension."""
-        return self._sample(key, np.random.default_rng(key[2]))
+        return self._sample(key, attempt_rng(key[2], 0))
 
     def _submit(self, key: SampleKey, rng: np.random.Generator) -> int | None:
-        """Start reading ``key`` in the isolated child; None when it is read here (or known to hang)."""
+        """Start reading ``key`` in the isolated child; None when it is read here (or known to be bad)."""
         dataset, index, _ = key
-        if not self._isolates(dataset) or (dataset, index) in self.timed_out:
+        if not self._isolates(dataset) or (dataset, index) in self.known_bad:
             return None
         return self.isolated.submit(dataset, index, rng=rng)
 
@@ -133,11 +165,12 @@ class MaskedClipDataset:
         """A batch (the DataLoader's batched fetch). With isolation, the child reads sample i + 1 while this process
         augments and masks sample i, and, given a :class:`KeyBatch` hint, the first sample of this worker's next
         batch while this process finishes the batch. Each sample is the same as ``self[key]``."""
+        self.known_bad.update(getattr(keys, "known_bad", ()))
         if self.isolated is None:
             return [self[key] for key in keys]
         hint = getattr(keys, "next_key", None)
         keys = [tuple(key) for key in keys]
-        rngs = [np.random.default_rng(seed) for _, _, seed in keys]
+        rngs = [attempt_rng(seed, 0) for _, _, seed in keys]
         tickets: list[int | None] = [None] * len(keys)
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == os.getpid():  # read ahead by the previous batch in this process
@@ -153,7 +186,7 @@ class MaskedClipDataset:
                 if i + 1 < len(keys):
                     tickets[i + 1] = self._submit(keys[i + 1], rngs[i + 1])
                 elif hint is not None:
-                    rng = np.random.default_rng(hint[2])
+                    rng = attempt_rng(hint[2], 0)
                     if (ticket := self._submit(tuple(hint), rng)) is not None:
                         self._ahead = (os.getpid(), tuple(hint), ticket, rng)
                 samples.append(self._sample(key, rngs[i], tickets[i]))

@@ -5,11 +5,15 @@ datasets are interleaved in a seeded random order. Everything derives from ``(se
 the order of batches, the indices in each, and a per-sample seed for augmentation and masking. Ranks
 take disjoint slices of the same global batch, and ``start_batch`` skips what a resumed run already
 consumed, so a restarted run sees exactly the batches an uninterrupted one would.
+
+Batches also carry what the main process knows for the worker that fetches them (:class:`KeyBatch`): the key that
+worker will fetch next (read ahead), and the samples known to fail (skipped unopened). The batch is the only message
+that goes from the main process to a data-loader worker, so these ride along with it.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,11 +21,16 @@ SampleKey = tuple[int, int, int]  # (dataset id, index in that dataset, per-samp
 
 
 class KeyBatch(list):
-    """A batch of :data:`SampleKey` with ``next_key``: the first key of the batch that the same data-loader worker
-    gets next (the loader hands batches to its workers in turn), or None. The dataset may start reading it early;
-    a wrong guess costs only that read."""
+    """A batch of :data:`SampleKey` with hints for the dataset.
+
+    ``next_key``: the first key of the batch that the same data-loader worker gets next (the loader hands batches to
+    its workers in turn), or None. The dataset may start reading it early; a wrong guess costs only that read.
+    ``known_bad``: the ``(dataset, index)`` pairs known to fail when the batch was handed out (from the main
+    process's :class:`~vmim.data.bad_files.BadFileMonitor`).
+    """
 
     next_key: SampleKey | None = None
+    known_bad: frozenset[tuple[int, int]] = frozenset()
 
 
 def batches_per_dataset(sizes: Sequence[int], weights: Sequence[float], global_batch: int,
@@ -57,6 +66,7 @@ class MixedBatchSampler:
         self.epoch = 0
         self.start_batch = 0
         self.loader_workers = 0  # set by the loader's builder: the stride of next_key hints (0 workers: 1)
+        self.known_bad: Callable[[], frozenset[tuple[int, int]]] | None = None  # read as each batch is handed out
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -87,7 +97,13 @@ class MixedBatchSampler:
             if step >= self.start_batch:
                 batches.append([(int(dataset), int(i), int(s))
                                 for i, s in zip(indices[dataset][j, lo:hi], seeds[dataset][j, lo:hi])])
-        return iter(with_next_keys(batches, self.loader_workers))
+        return self._hand_out(with_next_keys(batches, self.loader_workers))
+
+    def _hand_out(self, batches: list[KeyBatch]) -> Iterator[KeyBatch]:
+        for batch in batches:
+            if self.known_bad is not None:
+                batch.known_bad = self.known_bad()  # as of now: the loader asks for batches as it needs them
+            yield batch
 
 
 def with_next_keys(batches: Sequence[Sequence[SampleKey]], loader_workers: int) -> list[KeyBatch]:

@@ -4,6 +4,9 @@ A source is built in the main process from an index of :class:`~vmim.data.indexe
 only inside ``load`` (i.e. in data-loader workers). Decoders are created lazily per process. Loading is two
 steps: ``read`` does all of the file reading (the part that can hang or crash, run in a killable child process)
 and ``augment`` crops what it returned (run in the loader, overlapping the child's next read).
+
+A video source refuses a file of one frame when a clip takes several (a still image in a video container, or a
+broken encode): looping it would train on one picture repeated as a clip. It is a bad file like any other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from PIL import Image
 from .clip_sampling import frame_step, random_window, segment_indices, uniform_views
 from .indexes import Entry
 from .transforms import test_crops, train_crop
-from .video_decoders import build_decoder
+from .video_decoders import DecodeError, build_decoder
 
 
 class FileSource:
@@ -27,6 +30,7 @@ class FileSource:
     size: int
     crop: str
     flip: bool
+    crop_scale: tuple[float, float]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -40,7 +44,7 @@ class FileSource:
     def augment(self, pixels: torch.Tensor, rng: np.random.Generator, repeat: int) -> list[torch.Tensor]:
         """``repeat`` independent training crops, uint8 (C, T, size, size), of the (T, H, W, C) pixels from
         :meth:`read`."""
-        return [train_crop(pixels, self.size, rng, self.crop, self.flip) for _ in range(repeat)]
+        return [train_crop(pixels, self.size, rng, self.crop, self.flip, self.crop_scale) for _ in range(repeat)]
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         return self.load_repeated(index, rng, 1)[0]
@@ -52,14 +56,16 @@ class FileSource:
 
 
 class VideoSource(FileSource):
-    """Clips of ``num_frames`` frames ``stride`` apart (at ``target_fps`` if set), randomly cropped to ``size``."""
+    """Clips of ``num_frames`` frames ``stride`` apart (at ``target_fps`` if set), randomly cropped to ``size``
+    (``crop_scale``: the area range of ``random_resized`` crops)."""
 
     modality = "video"
 
     def __init__(self, entries: list[Entry], num_frames: int, stride: int, size: int, decoder: str = "decord",
                  crop: str = "multi_scale", flip: bool = False, target_fps: float | None = None,
-                 overflow: str = "loop", sampling: str = "window"):
+                 overflow: str = "loop", sampling: str = "window", crop_scale: tuple[float, float] = (0.2, 1.0)):
         self.entries = entries
+        self.crop_scale = tuple(crop_scale)
         self.sampling = sampling
         self.num_frames, self.stride, self.size = num_frames, stride, size
         self.decoder_name, self.crop, self.flip = decoder, crop, flip
@@ -89,6 +95,8 @@ class VideoSource(FileSource):
         """(first frame, frame count, step between clip frames) of entry ``index``: its trimmed segment if any."""
         entry = self.entries[index]
         info = self.info(entry.path)
+        if info.num_frames < 2 <= self.num_frames:
+            raise DecodeError(entry.path, f"not a video: {info.num_frames} frame, and a clip takes {self.num_frames}")
         step = frame_step(self.stride, info.fps, self.target_fps)
         first, count = 0, info.num_frames
         if entry.start_sec is not None and entry.end_sec is not None and info.fps > 0:  # trimmed segment
@@ -131,12 +139,15 @@ class VideoSource(FileSource):
 
 
 class ImageSource(FileSource):
-    """Images decoded with PIL, random-resized-cropped (+ flip) to ``size``, as one-frame clips."""
+    """Images decoded with PIL, random-resized-cropped (area fraction in ``crop_scale``) + flip to ``size``, as
+    one-frame clips."""
 
     modality = "image"
 
-    def __init__(self, entries: list[Entry], size: int, crop: str = "random_resized", flip: bool = True):
+    def __init__(self, entries: list[Entry], size: int, crop: str = "random_resized", flip: bool = True,
+                 crop_scale: tuple[float, float] = (0.2, 1.0)):
         self.entries, self.size, self.crop, self.flip = entries, size, crop, flip
+        self.crop_scale = tuple(crop_scale)
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:

@@ -69,7 +69,8 @@ def center_box(h: int, w: int, short_side: int, crop: int) -> Box:
 
 
 def crop_resize(frames: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> crop ``box`` -> resize to size x size -> optional horizontal flip -> uint8 (C, T, size, size)."""
+    """uint8 (T, H, W, C) -> crop ``box`` -> resize to size x size -> optional horizontal flip -> uint8
+    (C, T, size, size)."""
     top, left, ch, cw = box
     x = frames[:, top:top + ch, left:left + cw].permute(0, 3, 1, 2)  # (T, C, h, w), channels-last in memory
     if (ch, cw) != (size, size):  # uint8 in, uint8 out: PyTorch's vectorized path, ~14x faster than via float32
@@ -79,13 +80,15 @@ def crop_resize(frames: torch.Tensor, box: Box, size: int, flip: bool = False) -
     return x.permute(1, 0, 2, 3).contiguous()
 
 
-def train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator, kind: str, flip: bool) -> torch.Tensor:
-    """Training augmentation: ``kind`` is ``multi_scale`` (VideoMAE) or ``random_resized`` (MaskFeat, images)."""
+def train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator, kind: str, flip: bool,
+               scale: tuple[float, float] = (0.2, 1.0)) -> torch.Tensor:
+    """Training augmentation: ``kind`` is ``multi_scale`` (VideoMAE) or ``random_resized`` (MaskFeat, images; the box
+    covers a ``scale`` fraction of the frame's area)."""
     _, h, w, _ = frames.shape
     if kind == "multi_scale":
         box = multi_scale_box(h, w, rng)
     elif kind == "random_resized":
-        box = random_resized_box(h, w, rng)
+        box = random_resized_box(h, w, rng, scale=tuple(scale))
     else:
         raise ValueError(f"unknown crop '{kind}' (multi_scale or random_resized)")
     return crop_resize(frames, box, size, flip=flip and bool(rng.integers(2)))

@@ -29,8 +29,16 @@ clip is stored landscape with rotation 90. Frames come back already turned (``ro
 applies the same metadata itself), so height and width are swapped for 90 and 270, while ``VideoInfo.width`` and
 ``height`` are the stored size. Flips in the display matrix are ignored.
 
+Not a video: FFmpeg opens a still image renamed ``.mp4`` (PNG, JPEG, BMP, TIFF, WebP, ...) as a one-frame video
+through an image demuxer (``png_pipe``, ``image2``, ...), and training would then see one picture repeated as a
+clip. Every decoder raises :class:`NotAVideo` for a file read by an image demuxer or without a video stream (decord
+asks PyAV why it could not open a file, or why it found a single frame); ``auto`` does not try its second decoder
+then. A one-frame file of a real video codec is a video here; the source rejects it when a clip needs more frames.
+
 Every failure raises ``DecodeError(path, reason)``, never a decord or av exception. Decoders keep no state between
-calls and can be created inside DataLoader workers; use one decode thread per worker (the default).
+calls and can be created inside DataLoader workers; use one decode thread per worker (the default). FFmpeg's own
+messages (PyAV logs nothing unless asked; decord prints) are kept off the terminal by the loader
+(:mod:`vmim.data.stderr_capture`).
 """
 
 from __future__ import annotations
@@ -55,6 +63,13 @@ class DecodeError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class NotAVideo(DecodeError):
+    """The file is something else than a video (a still image, no video stream): no other decoder will do better."""
+
+
+IMAGE_DEMUXERS = ("image2", "image2pipe")  # and every "<codec>_pipe" demuxer: png_pipe, jpeg_pipe, bmp_pipe, ...
 
 
 @dataclass(frozen=True)
@@ -135,11 +150,20 @@ def _open(path: str) -> av.container.InputContainer:
         raise DecodeError(path, f"not a readable video file ({_short(e)})") from e
 
 
+def _image_demuxer(container: av.container.InputContainer) -> str | None:
+    """The name of FFmpeg's demuxer when it is one for still images, else None."""
+    names = (container.format.name or "").split(",")
+    return next((n for n in names if n in IMAGE_DEMUXERS or n.endswith("_pipe")), None)
+
+
 def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
-        raise DecodeError(path, "no video stream")
+        raise NotAVideo(path, "not a video: no video stream")
     stream = streams[0]
+    if (demuxer := _image_demuxer(container)) is not None:
+        kind = demuxer[:-len("_pipe")] if demuxer.endswith("_pipe") else getattr(stream.codec_context, "name", "")
+        raise NotAVideo(path, f"not a video: a still {kind} image (FFmpeg's {demuxer} demuxer opens it)")
     if stream.codec_context is None:
         raise DecodeError(path, f"no decoder for codec '{stream.codec.name if stream.codec else 'unknown'}'")
     return stream
@@ -260,6 +284,17 @@ def _count_frames(container: av.container.InputContainer, stream: av.video.strea
     if last is None:
         raise DecodeError(path, "no video packets")
     return last + 1
+
+
+def _check_video(path: str) -> None:
+    """Raise NotAVideo when PyAV finds a still image or no video stream; any other trouble is left to the caller."""
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            _video_stream(container, path)
+    except NotAVideo:
+        raise
+    except (av.FFmpegError, OSError, ValueError, DecodeError):
+        pass
 
 
 def _probe(path: str) -> tuple[str, int, int, int]:
@@ -401,12 +436,16 @@ class DecordDecoder:
         import decord  # lazily: no wheels for some platforms (macOS arm64), where PyAV still works
 
         try:
-            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=self.num_threads)
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=self.num_threads)
         except Exception as e:  # decord raises DECORDError, RuntimeError or AssertionError
             if "cannot find video stream" in str(e):  # no video stream, or no decoder for it: ask PyAV which
                 codec = _probe(path)[0]
                 raise DecodeError(path, f"decord has no {codec} decoder (its FFmpeg is 4.1)") from e
+            _check_video(path)  # a still image: say so, rather than decord's "broken metadata"
             raise DecodeError(path, f"decord cannot open it ({_short(e)})") from e
+        if len(reader) <= 1:
+            _check_video(path)
+        return reader
 
     def info(self, path: str) -> VideoInfo:
         """decord's frame count (packets it indexed) and average rate; stored size and rotation from PyAV."""
@@ -452,6 +491,8 @@ class AutoDecoder:
     def _call(self, method: str, path: str, *args):
         try:
             return getattr(self.primary, method)(path, *args)
+        except NotAVideo:
+            raise
         except DecodeError as first:
             try:
                 return getattr(self.fallback, method)(path, *args)

@@ -7,16 +7,24 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("mask_token", "pos_embed", "cls_token")
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full parameter names that modules list in their ``no_weight_decay()`` (names relative to the module, timm's
+    convention), e.g. a backbone's position table and mask token, a decoder's mask token."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and everything 1-D (norms, biases) or named in NO_DECAY_NAMES."""
+    """Two groups: decayed weights, and everything 1-D (norms, biases) or listed by a module's ``no_weight_decay()``."""
+    skip = no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES):
+        if param.ndim <= 1 or name in skip:
             no_decay.append(param)
         else:
             decay.append(param)

@@ -12,13 +12,12 @@ resumable from that checkpoint.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 import torch
 import torch.distributed as dist
 
-from ..data.robust import STOP_SIGNALS
+from ..signals import STOP_SIGNALS, take_early_signals
 from .distributed import DistInfo
 
 REQUESTS = dict(zip(STOP_SIGNALS, ("stop", "requeue")))  # SIGTERM, SIGUSR2
@@ -43,8 +42,7 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in REQUESTS:
                 self._previous[signum] = signal.signal(signum, self._handle)
-        boot = sys.modules.get("vmim.launch.boot")  # signals that arrived while the job's python was starting
-        for signum in getattr(boot, "EARLY", []):
+        for signum in take_early_signals():  # arrived while the job's python was starting (vmim.launch.boot)
             self._handle(signum, None)
         return self
 

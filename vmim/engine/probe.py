@@ -15,11 +15,12 @@ from sklearn.preprocessing import StandardScaler
 
 from ..config import Config
 from ..data import DigitImages
-from ..models import MaskedPretrainer, build_pretrainer
+from ..meta_arch import MaskedModeling, build_method
 
 
 @torch.no_grad()
-def extract_features(model: MaskedPretrainer, source: DigitImages, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(model: MaskedModeling, source: DigitImages, batch_size: int = 256
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(n, D) mean-pooled encoder features and (n,) labels for every item of ``source``."""
     model.eval()
     rng = np.random.default_rng(0)
@@ -27,13 +28,12 @@ def extract_features(model: MaskedPretrainer, source: DigitImages, batch_size: i
     for start in range(0, len(source), batch_size):
         items = [source.load(i, rng) for i in range(start, min(start + batch_size, len(source)))]
         clips = torch.stack([clip for clip, _ in items])
-        pixels = model.pixels(clips)
-        feats.append(model.backbone((pixels - model.mean) / model.std).mean(dim=1).float().numpy())
+        feats.append(model.features(clips).float().numpy())
         labels.extend(label for _, label in items)
     return np.concatenate(feats), np.array(labels)
 
 
-def probe_accuracy(model: MaskedPretrainer, cfg: Config) -> float:
+def probe_accuracy(model: MaskedModeling, cfg: Config) -> float:
     """Test accuracy of a logistic regression on the model's features of the digits splits."""
     make = lambda split: DigitImages(split, cfg.data.img_size, cfg.model.in_chans, centered=True)  # noqa: E731
     x_train, y_train = extract_features(model, make("train"))
@@ -46,7 +46,7 @@ def probe_accuracy(model: MaskedPretrainer, cfg: Config) -> float:
 def probe_checkpoint(cfg: Config, checkpoint: dict) -> dict[str, float]:
     """Accuracy of the checkpoint's encoder and of the same encoder at random init (seed train.seed)."""
     torch.manual_seed(cfg.train.seed)
-    random_init = build_pretrainer(cfg)
-    trained = build_pretrainer(cfg)
+    random_init = build_method(cfg)
+    trained = build_method(cfg)
     trained.load_state_dict(checkpoint["model"])
     return {"pretrained": probe_accuracy(trained, cfg), "random_init": probe_accuracy(random_init, cfg)}

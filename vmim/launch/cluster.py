@@ -72,7 +72,8 @@ def validate_cluster(cluster: ClusterConfig) -> None:
 
 def load_cluster(profile: str | Path | None, overrides: dict) -> ClusterConfig:
     """Profile YAML (or the defaults) with ``overrides`` (flag values that were given) on top."""
-    dotlist = [f"{key}={value}" for key, value in overrides.items() if value is not None and not isinstance(value, list)]
+    dotlist = [f"{key}={value}" for key, value in overrides.items()
+               if value is not None and not isinstance(value, list)]
     cluster = load_dataclass(ClusterConfig, profile, dotlist)
     for key, value in overrides.items():
         if isinstance(value, list) and value:

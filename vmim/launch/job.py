@@ -21,7 +21,7 @@ import sys
 from submitit.helpers import Checkpointable
 
 from ..config import Config
-from ..data.robust import ignore_stop_signals
+from ..signals import ignore_stop_signals
 
 log = logging.getLogger("vmim")
 

@@ -39,7 +39,8 @@ def point_name(point: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "_".join(parts)) or "point"
 
 
-def resolve_runs(config: str, overrides: list[str], sweeps: list[str]) -> tuple[Config, list[tuple[Config, dict | None]]]:
+def resolve_runs(config: str, overrides: list[str], sweeps: list[str]
+                 ) -> tuple[Config, list[tuple[Config, dict | None]]]:
     """The base config and every run's (validated config, sweep point); a bad key or value stops here, before
     anything is queued. Without sweeps the one run is the base config (point None)."""
     base = load_config(config, overrides)

@@ -1,28 +1,12 @@
-"""Backbones, decoders and the masked-pretraining model."""
+"""Backbones (in a registry), heads, position embeddings and input normalisation."""
 
-from .decoder import MaskedDecoder
-from .pretrainer import MaskedPretrainer
-from .vit import VIT_SIZES, VisionTransformer, create_backbone, image_to_clip
+from . import vit  # noqa: F401  (registers the ViT backbones)
+from .base import EncoderOutput
+from .grid import token_grid
+from .heads import HEADS, DecoderHead, LinearHead, build_head
+from .normalize import InputNormalizer
+from .registry import BACKBONES, create_backbone, register_backbone
+from .vit import VIT_SIZES, VisionTransformer, image_to_clip
 
-__all__ = ["MaskedDecoder", "MaskedPretrainer", "VIT_SIZES", "VisionTransformer", "create_backbone", "image_to_clip",
-           "build_pretrainer"]
-
-
-def build_pretrainer(cfg) -> MaskedPretrainer:
-    """Backbone, targets and decoders from a :class:`vmim.config.Config`."""
-    from ..targets import build_target
-
-    m = cfg.model
-    backbone = create_backbone(m.backbone, m.patch_size, m.tubelet_size, m.in_chans, m.drop_path,
-                               m.grad_checkpointing)
-    targets, decoders = {}, {}
-    for name, t in cfg.targets.items():
-        targets[name] = build_target(t.kind, t, backbone.patch_size, m.in_chans)
-        decoders[name] = MaskedDecoder(backbone.embed_dim, targets[name].dim, t.decoder_depth, t.decoder_dim,
-                                       t.decoder_heads)
-    return MaskedPretrainer(
-        backbone, targets, decoders,
-        weights={n: t.weight for n, t in cfg.targets.items()},
-        token_sets={n: t.token_set for n, t in cfg.targets.items()},
-        mean=cfg.data.mean, std=cfg.data.std,
-    )
+__all__ = ["BACKBONES", "HEADS", "VIT_SIZES", "DecoderHead", "EncoderOutput", "InputNormalizer", "LinearHead",
+           "VisionTransformer", "build_head", "create_backbone", "image_to_clip", "register_backbone", "token_grid"]

@@ -1,15 +1,19 @@
-"""Fixed separable space-time sin-cos position embeddings (MAE-ST / MVD style).
+"""Position embeddings of the token grid: fixed sin-cos tables and a learned table.
 
-The channels are split between time (a quarter) and space (three quarters, half for rows and half for
-columns). An image is the t=0 slice of the same table, so images and videos share one embedding, and
-any grid size works without interpolation.
+``sincos_3d`` (our default, MAE-ST / MVD style) splits the channels between time (a quarter) and space (three
+quarters, half for rows and half for columns). ``sincos_1d`` is VideoMAE's table over the flattened token index,
+kept so that VideoMAE weights reproduce their features. In both an image is the t=0 slice of the clip's table, so
+images and videos share one embedding, and any grid size works without interpolation. ``learned`` is a trainable
+table (MAE-style fine-tuning checkpoints, timm ViTs).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
+from torch import nn
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,3 +52,67 @@ def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None 
     """Position table (T'*H'*W', dim) for a token grid in (t, h, w) row-major order, cached per device
     (no host-to-device copy per forward pass)."""
     return _sincos_3d_on(tuple(int(g) for g in grid), dim, torch.device(device or "cpu"))
+
+
+@lru_cache(maxsize=32)
+def _sincos_flat_cpu(n: int, dim: int) -> torch.Tensor:
+    """VideoMAE's ``get_sinusoid_encoding_table``: position p, channel j -> p / 10000^(2 (j // 2) / dim), sin on
+    even channels and cos on odd ones (interleaved, unlike :func:`sincos_1d`)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding width must be even, got {dim}")
+    j = torch.arange(dim, dtype=torch.float64)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] / 10000 ** (2 * (j // 2) / dim)[None, :]
+    table = angles.clone()
+    table[:, 0::2] = angles[:, 0::2].sin()
+    table[:, 1::2] = angles[:, 1::2].cos()
+    return table.float()
+
+
+@lru_cache(maxsize=64)
+def _sincos_flat_on(n: int, dim: int, device: torch.device) -> torch.Tensor:
+    return _sincos_flat_cpu(n, dim).to(device)
+
+
+def sincos_flat(grid: tuple[int, int, int], dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """1-D sin-cos over the flattened (t, h, w) token index (VideoMAE), (T'*H'*W', dim), cached per device. An image
+    (T' = 1) takes the first H'*W' rows, the t = 0 slice of a clip's table."""
+    n = int(grid[0]) * int(grid[1]) * int(grid[2])
+    return _sincos_flat_on(n, dim, torch.device(device or "cpu"))
+
+
+FIXED_TABLES = {"sincos_3d": sincos_3d, "sincos_1d": sincos_flat}
+
+
+class PositionEmbedding(nn.Module):
+    """A backbone's position embedding, one of ``vmim.config.POS_EMBEDS``.
+
+    ``sincos_3d`` and ``sincos_1d`` are fixed tables for any grid. ``learned`` is a trainable ``(N, dim)`` table for
+    the training clip's grid (``video_grid``), trunc-normal(0.02) initialized; an image takes its t = 0 slice, and
+    another grid is an error (reference weights are loaded at their own resolution).
+    """
+
+    def __init__(self, kind: str, dim: int, video_grid: tuple[int, int, int] | None = None):
+        super().__init__()
+        if kind not in (*FIXED_TABLES, "learned"):
+            raise ValueError(f"unknown position embedding '{kind}'; one of {(*FIXED_TABLES, 'learned')}")
+        self.kind, self.dim = kind, dim
+        if kind == "learned":
+            if video_grid is None:
+                raise ValueError("a learned position embedding needs the training clip's token grid")
+            self.video_grid = tuple(int(g) for g in video_grid)
+            self.table = nn.Parameter(torch.zeros(math.prod(self.video_grid), dim))
+            nn.init.trunc_normal_(self.table, std=0.02)
+
+    def forward(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """(T'*H'*W', dim) rows in (t, h, w) row-major order."""
+        if self.kind != "learned":
+            return FIXED_TABLES[self.kind](grid, self.dim, device)
+        t, h, w = grid
+        vt, vh, vw = self.video_grid
+        if (h, w) != (vh, vw) or t not in (1, vt):
+            raise ValueError(f"learned position embedding is for the grid {self.video_grid} (or its first slice), "
+                             f"got {tuple(grid)}")
+        return self.table[: t * h * w]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, dim={self.dim}"

@@ -2,8 +2,9 @@
 
 Images: a ``(B, C, 1, H, W)`` input is repeated to ``tubelet_size`` frames before the tubelet patch
 embedding (OmniMAE's ``PadIm2Video``), so images and videos share every weight, and its tokens take the
-t=0 slice of the separable sin-cos position table. The encoder processes only the visible tokens
-(MAE / VideoMAE); MViT-style backbones that need a dense grid take a mask token instead.
+t=0 slice of the position table. By default the encoder processes only the visible tokens (MAE / VideoMAE);
+``dense=True`` keeps every token and replaces the masked ones by a learned mask token right after the patch
+embedding, before the position embedding (SimMIM, MaskFeat with a ViT), so that linear heads can read them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .base import EncoderOutput
+from .grid import token_grid
 from .layers import Block, init_weights
-from .pos_embed import sincos_3d
+from .pos_embed import PositionEmbedding
+from .registry import register_backbone
 
 
 def image_to_clip(x: torch.Tensor, tubelet_size: int) -> torch.Tensor:
@@ -37,11 +41,7 @@ class PatchEmbed3d(nn.Module):
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
         """Token grid (T', H', W') for an input of shape (..., T, H, W); T = 1 counts as one tubelet."""
-        t, h, w = shape[-3:]
-        pt, ph, pw = self.patch_size
-        if (t % pt and t != 1) or h % ph or w % pw:
-            raise ValueError(f"input {tuple(shape[-3:])} is not divisible by the patch size {self.patch_size}")
-        return max(t // pt, 1), h // ph, w // pw
+        return token_grid(shape, self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, T'*H'*W', D)."""
@@ -67,7 +67,7 @@ VIT_SIZES = {
 
 
 class VisionTransformer(nn.Module):
-    """ViT encoder over visible tokens.
+    """ViT encoder over space-time tubelets; keeps the contract of :mod:`vmim.models.base`.
 
     Args:
         embed_dim, depth, num_heads: transformer size.
@@ -75,18 +75,26 @@ class VisionTransformer(nn.Module):
         tubelet_size: frames per token.
         drop_path: stochastic-depth rate of the last block (linear ramp from 0).
         grad_checkpointing: recompute block activations in backward.
+        pos_embed: sincos_3d, sincos_1d or learned (see :class:`~vmim.models.pos_embed.PositionEmbedding`).
+        dense: encode every token, masked ones as a learned mask token (else only the visible ones).
+        video_grid: the training clip's token grid (needed by a learned position table).
     """
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16, tubelet_size: int = 2,
-                 in_chans: int = 3, mlp_ratio: float = 4.0, drop_path: float = 0.0, grad_checkpointing: bool = False):
+                 in_chans: int = 3, mlp_ratio: float = 4.0, drop_path: float = 0.0, grad_checkpointing: bool = False,
+                 pos_embed: str = "sincos_3d", dense: bool = False, video_grid: tuple[int, int, int] | None = None):
         super().__init__()
-        self.embed_dim = embed_dim
+        self.embed_dim, self.depth, self.dense = embed_dim, depth, dense
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
+        self.pos_embed = PositionEmbedding(pos_embed, embed_dim, video_grid)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dense else None
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing
         self.apply(init_weights)
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -96,40 +104,109 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.grid(shape)
 
     def no_weight_decay(self) -> set[str]:
-        return set()  # position embeddings are fixed buffers; norms and biases are excluded by rank
+        """Position and mask tokens, where present (norms and biases are excluded by rank in the optimizer)."""
+        names = {"mask_token"} if self.mask_token is not None else set()
+        return names | ({"pos_embed.table"} if self.pos_embed.kind == "learned" else set())
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the visible tokens.
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style groups: the stem is group 0, block i is group i + 1, and the final norm joins the last block's
+        group (timm's ``(99999,)`` marker)."""
+        return {"stem": r"^patch_embed|^pos_embed|^mask_token",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch + position embedding; visible-only: the visible tokens. Returns (tokens, present or None)."""
+        grid = self.grid(x.shape)
+        tokens = self.patch_embed(x)
+        if self.dense and mask is not None:
+            tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        tokens = tokens + self.pos_embed(grid, x.device).to(tokens.dtype)
+        if mask is None or self.dense:
+            return tokens, None
+        b, _, d = tokens.shape
+        return tokens[~mask].reshape(b, -1, d), ~mask
+
+    def _run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[index]
+        if self.grad_checkpointing and self.training:
+            return checkpoint(block, tokens, use_reentrant=False)
+        return block(tokens)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+        """Encode a clip.
 
         Args:
             x: (B, C, T, H, W) normalized clip (T = 1 for images).
             mask: (B, N) bool, True = masked, the same count per sample; None keeps every token.
         Returns:
-            (B, N_visible, D) after the final LayerNorm.
+            EncoderOutput with tokens (B, N_present, D) after the final LayerNorm.
         """
-        grid = self.grid(x.shape)
-        tokens = self.patch_embed(x) + sincos_3d(grid, self.embed_dim, x.device).to(x.dtype)
-        if mask is not None:
-            b, _, d = tokens.shape
-            tokens = tokens[~mask].reshape(b, -1, d)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                tokens = checkpoint(block, tokens, use_reentrant=False)
-            else:
-                tokens = block(tokens)
-        return self.norm(tokens)
+        tokens, present = self.embed(x, mask)
+        for i in range(self.depth):
+            tokens = self._run_block(i, tokens)
+        return EncoderOutput(self.norm(tokens), present, self.grid(x.shape))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) -> (B, D) mean-pooled features of all tokens (probing, fine-tuning)."""
-        return self.forward(x).mean(dim=1)
+    def forward_intermediates(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                              indices: int | list[int] | None = None, norm: bool = False
+                              ) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        """The final output and the outputs of chosen blocks.
+
+        Args:
+            indices: block indices (negative counts from the end), or an int n for the last n blocks; None = all.
+            norm: apply the final norm to the intermediates too.
+        Returns:
+            (final EncoderOutput, [(B, N_present, D) per chosen block, in block order]).
+        """
+        if indices is None:
+            wanted = set(range(self.depth))
+        elif isinstance(indices, int):
+            wanted = set(range(self.depth - indices, self.depth))
+        else:
+            wanted = {i % self.depth for i in indices}
+        tokens, present = self.embed(x, mask)
+        outputs = []
+        for i in range(self.depth):
+            tokens = self._run_block(i, tokens)
+            if i in wanted:
+                outputs.append(self.norm(tokens) if norm else tokens)
+        return EncoderOutput(self.norm(tokens), present, self.grid(x.shape)), outputs
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, N_present, D) encoder tokens."""
+        return self.forward(x, mask).tokens
 
 
-def create_backbone(name: str, patch_size: int = 16, tubelet_size: int = 2, in_chans: int = 3,
-                    drop_path: float = 0.0, grad_checkpointing: bool = False) -> VisionTransformer:
-    """Build a registered backbone by name (see VIT_SIZES)."""
-    if name not in VIT_SIZES:
-        raise KeyError(f"unknown backbone '{name}'; registered: {', '.join(VIT_SIZES)}")
-    size = VIT_SIZES[name]
-    return VisionTransformer(size.embed_dim, size.depth, size.num_heads, patch_size=patch_size,
-                             tubelet_size=tubelet_size, in_chans=in_chans, drop_path=drop_path,
-                             grad_checkpointing=grad_checkpointing)
+def _vit(size: str, **kwargs) -> VisionTransformer:
+    s = VIT_SIZES[size]
+    return VisionTransformer(s.embed_dim, s.depth, s.num_heads, **kwargs)
+
+
+@register_backbone
+def vit_test(**kwargs) -> VisionTransformer:
+    """64 wide, 2 blocks: for tests."""
+    return _vit("vit_test", **kwargs)
+
+
+@register_backbone
+def vit_tiny(**kwargs) -> VisionTransformer:
+    return _vit("vit_tiny", **kwargs)
+
+
+@register_backbone
+def vit_small(**kwargs) -> VisionTransformer:
+    return _vit("vit_small", **kwargs)
+
+
+@register_backbone
+def vit_base(**kwargs) -> VisionTransformer:
+    return _vit("vit_base", **kwargs)
+
+
+@register_backbone
+def vit_large(**kwargs) -> VisionTransformer:
+    return _vit("vit_large", **kwargs)
+
+
+@register_backbone
+def vit_huge(**kwargs) -> VisionTransformer:
+    return _vit("vit_huge", **kwargs)

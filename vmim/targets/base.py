@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-Grid = tuple[int, int, int]
+from vmim.models.grid import Grid, token_grid
 
 
 @contextmanager
@@ -86,7 +86,6 @@ class Target(nn.Module, ABC):
         t, p, _ = self.patch_size
         if pixels.ndim != 5 or pixels.shape[1] != self.in_chans:
             raise ValueError(f"expected a (B, {self.in_chans}, T, H, W) clip, got shape {tuple(pixels.shape)}")
-        _, _, T, H, W = pixels.shape
-        if T % t or H % p or W % p:
+        if pixels.shape[2] % t:  # images are repeated to the tubelet length first (InputNormalizer.pixels)
             raise ValueError(f"clip shape {tuple(pixels.shape)} is not divisible by patch size {self.patch_size}")
-        return T // t, H // p, W // p
+        return token_grid(pixels.shape, self.patch_size)

@@ -6,6 +6,8 @@ another sample as in pretraining: a substitute would bias accuracy. Each sample 
 
 ``short_side`` 0 means the source's default: ``size`` for videos (VideoMAE / SlowFast 3-crop testing),
 ``round(size / 0.875)`` for images (resize 256, centre crop 224).
+
+Named ``eval_views``, not ``test_views``: pytest collects modules and functions named ``test_*``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .bad_files import failure_reason
 from .isolation import IsolatedWorker
-from .robust import failure_reason, time_limit
+from .lifetime import init_loader_worker
+from .time_limit import time_limit
 from .transforms import TEST_CROP_POSITIONS
 
 CHANNELS = 3  # video and image sources decode RGB
@@ -102,4 +106,4 @@ def build_test_loader(source, num_views: int, num_crops: int, short_side: int, b
     dataset = MultiViewDataset(source, num_views, num_crops, short_side, decode_timeout_s, isolate)
     return DataLoader(Subset(dataset, shard(len(dataset), world_size, rank)), batch_size=batch_size, shuffle=False,
                       num_workers=num_workers, collate_fn=partial(collate_views, clip_shape=dataset.clip_shape),
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=init_loader_worker)

@@ -14,7 +14,7 @@ from tests.video_fixtures import CODECS, encode, identify
 from vmim.data.clip_sampling import segment_indices
 from vmim.data.indexes import Entry
 from vmim.data.sources import ImageSource, VideoSource
-from vmim.data.test_views import MultiViewDataset, build_test_loader, collate_views
+from vmim.data.eval_views import MultiViewDataset, build_test_loader, collate_views
 from vmim.data.transforms import center_box, test_boxes, test_crops
 from vmim.data.video_decoders import DecodeError, VideoInfo, build_decoder
 

@@ -1,0 +1,84 @@
+"""Trainer hooks (detectron2's ``HookBase`` pattern): code that runs at fixed points of the loop without living in it.
+
+The trainer calls ``before_train``, ``after_step`` (after every optimizer step, with the micro-batch that completed
+it), ``after_epoch`` and ``after_train`` on each hook in order. Logging the metrics window is a hook; tasks add their
+own (the pretraining preview image; validation for fine-tuning).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .distributed import all_reduce_mean
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class Hook:
+    def before_train(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_step(self, trainer: "Trainer", batch: dict) -> None:
+        pass
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_train(self, trainer: "Trainer") -> None:
+        pass
+
+
+class MetricsWindow:
+    """Sums of per-step values between two log points."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.samples = 0
+        self.data_time = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """Per-key means over the steps that reported the key (per-dataset losses appear in some steps)."""
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
+class LogMetrics(Hook):
+    """Every ``log.every_steps``: the window's means, lr, throughput and data scalars to TensorBoard, metrics.jsonl,
+    log.txt and the progress bar (averaged over ranks)."""
+
+    def after_step(self, trainer: "Trainer", batch: dict) -> None:
+        if trainer.state.step % trainer.cfg.log.every_steps:
+            return
+        window = trainer.window
+        elapsed = time.perf_counter() - window.start
+        values = window.means()
+        values.update({
+            "lr": trainer.optimizer.param_groups[0]["lr"], "epoch": trainer.state.epoch,
+            "skipped_steps": float(trainer.state.skipped_steps),
+            "perf/clips_per_s": window.samples / elapsed, "perf/data_wait": window.data_time / elapsed,
+            **trainer.data.scalars(),
+        })
+        values = all_reduce_mean(values, trainer.dist, trainer.device)
+        trainer.metrics.scalars(trainer.state.step, values)
+        if "loss" in values:
+            if trainer.progress is not None:
+                trainer.progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+            trainer.log.info(
+                f"step {trainer.state.step}/{trainer.total_steps} epoch {trainer.state.epoch} "
+                f"loss {values['loss']:.5f} "
+                f"lr {values['lr']:.3e} grad {values.get('grad_norm', float('nan')):.3f} "
+                f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}")
+        window.reset()

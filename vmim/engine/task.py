@@ -1,0 +1,66 @@
+"""What the generic trainer trains: a task gives the model, the data and one micro-batch's losses.
+
+The trainer (:mod:`vmim.engine.trainer`) owns everything generic: device, precision, DDP, accumulation, clipping,
+the NaN guard, checkpoints with exact mid-epoch resume, stop signals and metrics. A task owns what differs between
+pretraining and fine-tuning: which model, which data, what one forward pass returns, and its own hooks (e.g. the
+reconstruction preview, or per-epoch validation). Tasks never see the optimizer; the trainer never sees targets,
+masks or labels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from ..config import Config
+from .distributed import DistInfo
+
+
+class TrainData(Protocol):
+    """The data a task trains on, resumable at a micro-batch of an epoch."""
+
+    names: list[str]
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def __len__(self) -> int: ...
+
+    def scalars(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Task(ABC):
+    """One kind of training run, configured by a :class:`~vmim.config.Config`."""
+
+    name: str = "task"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The trainable module (all of its parameters with ``requires_grad`` go to the optimizer)."""
+
+    @abstractmethod
+    def build_data(self, model: nn.Module, dist: DistInfo) -> TrainData:
+        """This rank's training data."""
+
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+        """One micro-batch on ``device`` -> scalar losses, ``"loss"`` being the one to minimize (under autocast)."""
+
+    def batch_size(self, batch: dict) -> int:
+        """Samples in a micro-batch (for throughput)."""
+        return int(batch["clip"].shape[0])
+
+    def hooks(self) -> list[Any]:
+        """Task-specific :class:`~vmim.engine.hooks.Hook` instances."""
+        return []

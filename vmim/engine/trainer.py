@@ -1,0 +1,278 @@
+"""The generic training loop: autocast, accumulation, clipping, NaN guard, checkpoints, stop signals, metrics.
+
+What is trained comes from a :class:`~vmim.engine.task.Task` (pretraining now, fine-tuning next); this module knows
+neither targets nor masks nor labels. Resume is exact because every source of randomness is either derived from
+(seed, epoch, index) in the data pipeline or stored in the checkpoint (model, optimizer, scaler, data-side state,
+torch/numpy/python RNG of every rank), the learning rate is a pure function of the step, and the data skips the
+micro-batches the epoch had already consumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, config_to_yaml
+from ..preflight import check_data_paths
+from .checkpoint import CheckpointManager, load, rng_state, set_rng_state
+from .distributed import cleanup, init_distributed
+from .hooks import Hook, LogMetrics, MetricsWindow
+from .metrics import MetricsLogger, setup_text_log
+from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .precision import autocast, resolve_device, resolve_precision
+from .preemption import StopSignals
+from .task import Task
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``train.nan_patience`` optimizer steps in a row with a non-finite loss or gradient."""
+
+
+class StopRequested(RuntimeError):
+    """Raised after a checkpoint was saved because SIGTERM ("stop") or SIGUSR2 ("requeue") arrived."""
+
+    def __init__(self, request: str, signal_name: str, step: int, run_dir: Path):
+        super().__init__(f"{signal_name} received: stopped after step {step} with a checkpoint in {run_dir}; the same "
+                         f"command (resume=auto) continues from there")
+        self.request, self.signal_name, self.step = request, signal_name, step
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    """Micro-batches of the current epoch already consumed (always a multiple of accum_steps)."""
+    skipped_steps: int = 0
+    nonfinite_in_row: int = 0
+
+
+class Trainer:
+    """Builds the run for ``task`` (device, DDP, optimizer, data, logs) and trains it with :meth:`fit`.
+
+    Attributes a hook may read: ``cfg``, ``task``, ``state``, ``model`` (DDP-wrapped when distributed),
+    ``raw_model``, ``optimizer``, ``data``, ``metrics``, ``log``, ``window``, ``progress``, ``device``, ``precision``,
+    ``dist``, ``run_dir``, ``total_steps``.
+    """
+
+    def __init__(self, cfg: Config, task: Task):
+        check_data_paths(cfg)  # a missing list or folder stops here, naming its key, before the run folder exists
+        self.cfg, self.task = cfg, task
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.dist = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.run_dir = Path(cfg.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = setup_text_log(self.run_dir, self.dist.is_main)
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.raw_model = task.build_model().to(self.device)
+        torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)  # per-rank stochastic depth
+        self.data = task.build_data(self.raw_model, self.dist)
+        accum = cfg.optim.accum_steps
+        self.global_batch = cfg.data.batch_size * cfg.data.repeat * self.dist.world_size * accum
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.global_batch)
+        self.steps_per_epoch = len(self.data) // accum
+        if self.steps_per_epoch == 0:
+            raise RuntimeError(f"an epoch has {len(self.data)} batches, fewer than optim.accum_steps={accum}")
+        self.model: nn.Module = self.raw_model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.index is not None else None
+            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.checkpoints = CheckpointManager(self.run_dir, cfg.checkpoint.keep_every_steps)
+        self.metrics = MetricsLogger(self.run_dir, self.dist.is_main)
+        self.state = TrainState()
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch)
+        self.final_lr = scaled_lr(cfg.optim.min_lr, self.global_batch)
+        self.stop: StopSignals | None = None
+        self.window = MetricsWindow()
+        self.progress: tqdm | None = None
+        self.hooks: list[Hook] = [LogMetrics(), *task.hooks()]
+        self._log_setup()
+
+    def _log_setup(self) -> None:
+        cfg, n_params = self.cfg, sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
+        self.log.info(f"{self.task.name}: run dir {self.run_dir} | device {self.device} x {self.dist.world_size} | "
+                      f"{self.precision} | {n_params / 1e6:.2f}M trainable parameters")
+        self.log.info(f"global batch {self.global_batch} (= {cfg.data.batch_size} x {cfg.data.repeat} repeat x "
+                      f"{self.dist.world_size} ranks x {cfg.optim.accum_steps} accum) | lr {self.peak_lr:.3g} (= "
+                      f"{cfg.optim.lr:g} x {self.global_batch}/256) | {self.steps_per_epoch} steps/epoch | "
+                      f"{self.total_steps} steps | warm-up {self.warmup_steps} steps")
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue exactly (collective when distributed: every rank calls it)."""
+        rngs = [rng_state()]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size
+            dist.all_gather_object(rngs, rng_state())
+        return {
+            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state),
+            "data": self.data.state_dict(), "step": self.state.step, "rng": rngs, "task": self.task.name,
+            "config": config_to_yaml(self.cfg),
+        }
+
+    def save(self) -> None:
+        state = self.checkpoint_state()
+        if self.dist.is_main:
+            path = self.checkpoints.save(state, self.state.step)
+            self.log.info(f"saved {path} (step {self.state.step}, epoch {self.state.epoch}, "
+                          f"batch {self.state.batch_in_epoch})")
+
+    def restore(self) -> None:
+        """Continue from a checkpoint per ``cfg.resume``; 'never' refuses to overwrite an existing run."""
+        resume = self.cfg.resume
+        if resume == "never":
+            if self.checkpoints.candidates():
+                raise RuntimeError(f"{self.run_dir} already holds checkpoints; use resume=auto or another output_dir")
+            return
+        state = self.checkpoints.load_latest() if resume == "auto" else load(resume)
+        if state is None:
+            return
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train_state"])
+        if "data" in state:
+            self.data.load_state_dict(state["data"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        if state["config"] != config_to_yaml(self.cfg):
+            self.log.warning("resuming with a config that differs from the checkpoint's (see config.yaml)")
+        self.log.info(f"resumed at step {self.state.step} (epoch {self.state.epoch}, "
+                      f"batch {self.state.batch_in_epoch})")
+
+    # ------------------------------------------------------------------------------------------------
+    # Loop
+    # ------------------------------------------------------------------------------------------------
+
+    def optimizer_step(self) -> tuple[float, bool]:
+        """Unscale, clip, step (unless non-finite). Returns (grad norm, whether the update was applied)."""
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.optim.clip_grad or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        finite = math.isfinite(grad_norm)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN gradients
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, finite
+
+    def train_epoch(self) -> str | None:
+        """Train until the epoch ends or a stop is requested; returns the request ("stop", "requeue") or None."""
+        cfg, state, accum = self.cfg, self.state, self.cfg.optim.accum_steps
+        self.data.set_epoch(state.epoch, state.batch_in_epoch)
+        self.window.reset()
+        step_losses: dict[str, torch.Tensor] = {}
+        fetch_start = time.perf_counter()
+        for batch in self.data:
+            self.window.data_time += time.perf_counter() - fetch_start
+            sync = (state.batch_in_epoch + 1) % accum == 0
+            with self.model.no_sync() if (self.dist.world_size > 1 and not sync) else nullcontext():
+                with autocast(self.device, self.precision):
+                    losses = self.task.forward(self.model, batch, self.device)
+                self.scaler.scale(losses["loss"] / accum).backward()
+            for k, v in losses.items():  # stays on the device: one transfer per optimizer step, below
+                step_losses[k] = step_losses.get(k, 0.0) + v.detach() / accum
+            state.batch_in_epoch += 1
+            self.window.samples += self.task.batch_size(batch) * self.dist.world_size
+            if not sync:
+                fetch_start = time.perf_counter()
+                continue
+
+            values = dict(zip(step_losses, torch.stack(list(step_losses.values())).tolist()))
+            step_losses = {}
+            set_lr(self.optimizer, cosine_lr(state.step, self.total_steps, self.warmup_steps, self.peak_lr,
+                                             self.final_lr))
+            grad_norm, applied = self.optimizer_step()
+            finite = applied and math.isfinite(values["loss"])
+            state.nonfinite_in_row = 0 if finite else state.nonfinite_in_row + 1
+            state.skipped_steps += 0 if finite else 1
+            if state.nonfinite_in_row >= cfg.train.nan_patience:
+                raise NonFiniteLossError(
+                    f"{state.nonfinite_in_row} steps in a row with a non-finite loss or gradient (last loss "
+                    f"{values['loss']}, grad norm {grad_norm}) at step {state.step}; existing checkpoints are "
+                    f"untouched. Lower optim.lr, set optim.clip_grad, or use train.precision=bf16.")
+            state.step += 1
+            if self.progress is not None:
+                self.progress.update(1)
+            if finite:
+                self.window.add({**values, "grad_norm": grad_norm})
+            for hook in self.hooks:
+                hook.after_step(self, batch)
+            mid_epoch = state.batch_in_epoch < len(self.data)  # the epoch end saves anyway
+            if state.step % cfg.checkpoint.every_steps == 0 and mid_epoch and state.nonfinite_in_row == 0:
+                self.save()  # never during a non-finite streak: the last good checkpoint stays the newest
+            if self.stop is not None and (request := self.stop.agreed(self.dist, self.device)):
+                return request  # every rank stops after this same step
+            fetch_start = time.perf_counter()
+        return None
+
+    def fit(self) -> TrainState:
+        """Run (or continue) training to ``train.epochs``; returns the final state.
+
+        Raises:
+            StopRequested: a stop signal arrived; a checkpoint was saved at that step.
+            NonFiniteLossError: ``train.nan_patience`` non-finite steps in a row.
+        """
+        cfg = self.cfg
+        try:
+            with StopSignals() as self.stop:  # SIGTERM / SIGUSR2: checkpoint at the next step, then stop
+                self.restore()
+                self.metrics.resume_at(self.state.step)  # logs read as one run: drop what was logged past it
+                self.metrics.text("config", self.state.step, "```\n" + config_to_yaml(cfg) + "\n```")
+                self.model.train()
+                for hook in self.hooks:
+                    hook.before_train(self)
+                disable = None if cfg.log.progress_bar and self.dist.is_main else True
+                with tqdm(total=self.total_steps, initial=self.state.step, disable=disable, desc=self.task.name,
+                          dynamic_ncols=True) as self.progress:
+                    while self.state.epoch < cfg.train.epochs:
+                        request = self.train_epoch()
+                        if self.state.batch_in_epoch >= len(self.data):
+                            self.state.epoch += 1
+                            self.state.batch_in_epoch = 0
+                            for hook in self.hooks:
+                                hook.after_epoch(self)
+                        self.save()  # at the epoch end, or mid-epoch where a stop was requested
+                        if request:
+                            name = self.stop.signal_name or "a stop signal"
+                            self.log.warning(f"{name} on some rank: stopping after step {self.state.step} ({request})")
+                            raise StopRequested(request, name, self.state.step, self.run_dir)
+                for hook in self.hooks:
+                    hook.after_train(self)
+                self.log.info(f"done: {self.state.step} steps, {self.state.skipped_steps} skipped")
+                return self.state
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Flush logs, end the data side's workers and decode children, leave the process group."""
+        self.metrics.close()
+        if hasattr(self.data, "close"):
+            self.data.close()
+        cleanup()

@@ -1,0 +1,115 @@
+"""Masked modeling: one backbone, one head per target, the targets and their losses, built from the config.
+
+This is the method layer (dinov2's ``SSLMetaArch`` in spirit): it owns every trainable part of a pretraining run
+and the frozen ones (targets, later teachers), and turns a batch into losses. The trainer calls
+``method(batch) -> {"loss", "loss/<target>"}`` and never sees targets or masks; the backbone never sees targets;
+a target never sees the student. Each target entry picks its head (decoder or linear), its loss and its token
+set (:mod:`vmim.meta_arch.token_sets`), so MAE, VideoMAE, VideoMAE V2, MaskFeat and MR-MAE-style mixes are configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, video_grid
+from ..models import EncoderOutput, InputNormalizer, build_head, create_backbone
+from ..targets import Target, build_target
+from .losses import LossFn, build_loss, weighted_mean
+from .token_sets import TOKEN_SETS
+
+Batch = dict[str, Any]
+
+
+class MaskedModeling(nn.Module):
+    """Args:
+        backbone: a registered backbone (visible-only or dense).
+        normalizer: uint8 clip -> [0, 1] pixels -> normalized input.
+        targets: name -> target (no trainable parameters).
+        heads: name -> head predicting that target at its token set's positions.
+        losses: name -> per-token loss function.
+        token_sets: name -> a key of :data:`~vmim.meta_arch.token_sets.TOKEN_SETS`.
+        weights: name -> weight of that loss in the total.
+    """
+
+    def __init__(self, backbone: nn.Module, normalizer: InputNormalizer, targets: dict[str, Target],
+                 heads: dict[str, nn.Module], losses: dict[str, LossFn], token_sets: dict[str, str],
+                 weights: dict[str, float]):
+        super().__init__()
+        self.backbone = backbone
+        self.normalizer = normalizer
+        self.targets = nn.ModuleDict(targets)
+        self.heads = nn.ModuleDict(heads)
+        self.losses = dict(losses)
+        self.token_sets = dict(token_sets)
+        self.weights = dict(weights)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "MaskedModeling":
+        backbone = create_backbone(cfg.model, video_grid(cfg))
+        normalizer = InputNormalizer(cfg.data.mean, cfg.data.std, backbone.patch_size[0])
+        targets, heads = {}, {}
+        for name, t in cfg.targets.items():
+            targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
+            heads[name] = build_head(t.head, backbone.embed_dim, targets[name].dim, backbone.pos_embed.kind)
+        return cls(backbone, normalizer, targets, heads,
+                   losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
+                   token_sets={n: t.token_set for n, t in cfg.targets.items()},
+                   weights={n: t.weight for n, t in cfg.targets.items()})
+
+    def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderOutput]:
+        """uint8 clip (B, C, T, H, W) and encoder mask (B, N) -> ([0, 1] pixels, encoder output)."""
+        pixels = self.normalizer.pixels(clip)
+        return pixels, self.backbone(self.normalizer(pixels), mask)
+
+    def predict(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """[0, 1] pixels and, per target, (query (B, N) bool, loss weight (B, M), prediction (B, M, D))."""
+        masks = batch["masks"]
+        pixels, encoded = self.encode(batch["clip"], masks["encoder"])
+        out = {}
+        for name, head in self.heads.items():
+            query, weight = TOKEN_SETS[self.token_sets[name]](masks)
+            out[name] = (query, weight, head(encoded, query))
+        return pixels, out
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """batch {"clip": (B, C, T, H, W), "masks": {"encoder": (B, N) bool, ...}} -> {"loss", "loss/<name>"}."""
+        pixels, predictions = self.predict(batch)
+        losses: dict[str, torch.Tensor] = {}
+        total = pixels.new_zeros(())
+        for name, (query, weight, pred) in predictions.items():
+            target = self.targets[name](pixels)
+            target = target[query].reshape(query.shape[0], -1, target.shape[-1])
+            loss = weighted_mean(self.losses[name](pred.float(), target), weight)
+            losses[f"loss/{name}"] = loss
+            total = total + self.weights[name] * loss
+        losses["loss"] = total
+        return losses
+
+    @torch.no_grad()
+    def features(self, clip: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) uint8 -> (B, D) mean of the encoder's tokens, nothing masked (probing)."""
+        return self.encode(clip)[1].tokens.mean(dim=1)
+
+    @torch.no_grad()
+    def preview(self, batch: Batch, max_items: int = 8) -> torch.Tensor | None:
+        """Image grid rows: input, masked input, reconstruction (first frame), from the first target that maps back
+        to pixels; (3, rows*H, cols*W) in [0, 1], or None when no target does."""
+        batch = {"clip": batch["clip"][:max_items], "masks": {k: m[:max_items] for k, m in batch["masks"].items()}}
+        pixels, predictions = self.predict(batch)
+        for name, (query, _, pred) in predictions.items():
+            full = self.targets[name](pixels)  # the clean clip's targets, the prediction written over its positions
+            full[query] = pred.float().reshape(-1, full.shape[-1])
+            recon = self.targets[name].to_pixels(full, pixels)
+            if recon is None:
+                continue
+            t, p, _ = self.backbone.patch_size
+            keep = (~batch["masks"]["encoder"]).float().view(-1, 1, *self.backbone.grid(pixels.shape))
+            keep = keep.repeat_interleave(t, 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
+            frames = [x[:, :3, 0].expand(-1, 3, -1, -1).clamp(0, 1) if x.shape[1] == 1 else x[:, :3, 0].clamp(0, 1)
+                      for x in (pixels, pixels * keep, recon * (1 - keep) + pixels * keep)]
+            rows = [torch.cat(list(f), dim=-1) for f in frames]  # each (C, H, B*W)
+            return torch.cat(rows, dim=-2)
+        return None

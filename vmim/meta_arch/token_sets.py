@@ -1,0 +1,38 @@
+"""Token sets: which positions a target's head predicts, and which of them its loss counts.
+
+A token set maps the batch's masks (bool ``(B, N)``, True = masked) to ``(query, weight)``: ``query`` bool ``(B, N)``
+with the same count M per sample (what the head builds) and ``weight`` float ``(B, M)`` (1 where the loss counts).
+
+* ``masked``: the encoder-masked tokens (MAE, VideoMAE, MaskFeat).
+* ``visible``: the encoder's visible tokens (MR-MAE's feature mimicking on the encoder output).
+* ``decoder_kept``: VideoMAE V2. The decoder builds every position its running-cell mask keeps (also encoder-visible
+  ones, as the reference does), and the loss counts those that the encoder masked. That count may differ between
+  samples, which the weights absorb.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Masks = dict[str, torch.Tensor]
+
+
+def _ones(query: torch.Tensor) -> torch.Tensor:
+    b = query.shape[0]
+    return torch.ones(b, int(query[0].sum()), device=query.device)
+
+
+def masked(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+    query = masks["encoder"]
+    return query, _ones(query)
+
+
+def visible(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+    query = ~masks["encoder"]
+    return query, _ones(query)
+
+
+TOKEN_SETS: dict[str, Callable[[Masks], tuple[torch.Tensor, torch.Tensor]]] = {
+    "masked": masked, "visible": visible}

@@ -1,0 +1,56 @@
+"""The backbone contract, which every registered backbone keeps (``tests/test_contracts.py`` checks each one).
+
+A backbone maps a normalized clip ``(B, C, T, H, W)`` (``T = 1``: an image) and an optional encoder mask
+``(B, N)`` (True = masked, the same count per sample) to an :class:`EncoderOutput`. It declares:
+
+* ``grid(shape) -> (T', H', W')``: its token grid (through :func:`vmim.models.grid.token_grid`);
+* ``patch_size``, ``embed_dim``, ``depth`` and ``dense``: a visible-only backbone (``dense = False``) encodes only
+  the visible tokens (MAE); a dense one encodes all of them, masked ones as a mask token (MaskFeat, SimMIM);
+* ``pos_embed`` (a :class:`~vmim.models.pos_embed.PositionEmbedding`) and its ``kind``;
+* ``forward_intermediates(x, mask, indices)``: the outputs of chosen blocks (feature targets, probing);
+* ``no_weight_decay()``: parameter names (relative to the module) the optimizer never decays;
+* ``group_matcher()``: timm's block-id regexes, for layer-wise lr decay.
+
+Heads consume an :class:`EncoderOutput`, never the backbone itself, so a dense and a visible-only backbone serve the
+same heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .grid import Grid
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder tokens and where they sit on the grid.
+
+    Attributes:
+        tokens: ``(B, N_present, D)`` after the final norm.
+        present: bool ``(B, N)`` marking the grid positions the tokens occupy, in row-major order (the visible ones
+            of a visible-only backbone); None when all N positions are present (dense, or no mask).
+        grid: ``(T', H', W')``.
+    """
+
+    tokens: torch.Tensor
+    present: torch.Tensor | None
+    grid: Grid
+
+    def at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens at the True positions of bool ``(B, N)`` ``positions`` (same count per sample) -> ``(B, M, D)``.
+
+        Raises:
+            ValueError: a requested position holds no token (it was masked for a visible-only backbone).
+        """
+        b, _, d = self.tokens.shape
+        if self.present is None:
+            return self.tokens[positions].reshape(b, -1, d)
+        if bool((positions & ~self.present).any()):
+            raise ValueError("requested tokens at positions the encoder did not encode (masked positions of a "
+                             "visible-only backbone): use a decoder head or a dense backbone")
+        full = self.tokens.new_zeros(b, positions.shape[1], d)
+        full[self.present] = self.tokens.reshape(-1, d)
+        return full[positions].reshape(b, -1, d)
