@@ -602,6 +602,7 @@ DECODER_1x8 = [0, 1, 1, 0, 0, 1, 0, 1]  # True = dropped by the decoder: it keep
 TOKEN_SET_KNOWN_ANSWERS = {  # name -> (query, weight) on the 1x8 example
     "masked": (ENCODER_1x8, [1, 1, 1, 1, 1]),
     "visible": ([0, 0, 1, 0, 1, 0, 0, 1], [1, 1, 1]),
+    "decoder_kept": ([1, 0, 0, 1, 1, 0, 1, 0], [1, 1, 0, 1]),  # the loss counts the encoder-masked ones
 }
 
 

@@ -35,7 +35,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 PIXEL_NORMS = ("per_channel", "joint", "none")
-TOKEN_SETS: dict[str, tuple[str, ...]] = {"masked": ("encoder",), "visible": ("encoder",)}
+TOKEN_SETS: dict[str, tuple[str, ...]] = {"masked": ("encoder",), "visible": ("encoder",),
+                                          "decoder_kept": ("encoder", "decoder")}
 """Token set -> the masks it reads (``vmim.meta_arch.token_sets`` holds the functions)."""
 MASK_SECTIONS = {"encoder": "masking", "decoder": "decoder_masking"}
 """Mask name in a batch -> the config section that draws it."""
@@ -171,6 +172,25 @@ class CubeMaskingConfig(MaskingConfig):
 
 
 @dataclass
+class RunningCellMaskingConfig(MaskingConfig):
+    """VideoMAE V2's decoder mask: a 2x2-cell pattern whose offset moves one step per time slice."""
+
+    kind: str = "running_cell"
+    ratio_video: float = 0.5
+    ratio_image: float = 0.5
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        for name in ("ratio_video", "ratio_image"):
+            ratio = getattr(self, name)
+            _check(0 < int(4 * ratio) < 4 and math.isclose(4 * ratio, int(4 * ratio)), f"{key}.{name}",
+                   f"{ratio} must be 0.25, 0.5 or 0.75 (a whole number of the 4 cells)")
+        _, h, w = video_grid(cfg)
+        _check(h % 2 == 0 and w % 2 == 0, f"{key}.kind",
+               f"running_cell tiles 2x2 cells over the {h}x{w} token grid; both sides must be even")
+
+
+@dataclass
 class NoMaskingConfig:
     """No mask of this role (the default decoder masking: the decoder predicts every encoder-masked token)."""
 
@@ -180,7 +200,8 @@ class NoMaskingConfig:
         pass
 
 
-MASKINGS: dict[str, type] = {"random": RandomMaskingConfig, "tube": TubeMaskingConfig, "cube": CubeMaskingConfig}
+MASKINGS: dict[str, type] = {"random": RandomMaskingConfig, "tube": TubeMaskingConfig, "cube": CubeMaskingConfig,
+                             "running_cell": RunningCellMaskingConfig}
 DECODER_MASKINGS: dict[str, type] = {"none": NoMaskingConfig, **MASKINGS}
 
 

@@ -97,6 +97,28 @@ def cube_mask(
     return tokens.ravel()
 
 
+def running_cell_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """VideoMAE V2's running cell: 2x2 cells, ``int(4 * ratio)`` of whose 4 positions are masked, the pattern rotating
+    one step per time slice (period 4).
+
+    The cell's 4 positions (row-major) read ``queue[(arange(4) + p + t + 1) % 4]`` at slice t, where
+    ``queue = [1] * int(4 r) + [0] * (4 - int(4 r))`` and the start p in 0..3 is drawn per sample. For r = 0.5 and
+    p = 0 the masked positions are: t0 diagonal, t1 bottom row, t2 anti-diagonal, t3 top row. Every position is
+    masked in ``int(4 r)`` of any 4 consecutive slices, and every slice masks exactly ``int(4 r) / 4`` of its tokens.
+
+    Returns:
+        bool (T'*H'*W',), True = masked (for a decoder mask: not reconstructed).
+    """
+    t, h, w = grid
+    k = int(4 * ratio)
+    if not 0 < k < 4 or h % 2 or w % 2:
+        raise ValueError(f"running_cell needs ratio in {{0.25, 0.5, 0.75}} and an even grid, got {ratio} on {grid}")
+    queue = np.array([1] * k + [0] * (4 - k), dtype=bool)
+    start = int(rng.integers(4))
+    slices = [np.tile(queue[(np.arange(4) + start + i + 1) % 4].reshape(2, 2), (h // 2, w // 2)) for i in range(t)]
+    return np.stack(slices).ravel()
+
+
 class MaskGenerator:
     """Picks the ratio for a grid (image vs video) and calls one strategy.
 
@@ -130,11 +152,13 @@ def cube_count(grid: Grid, ratio: float, unit_size: Sequence[int] = (1, 1, 1), *
     return num_masked(units, ratio) * ut * unit_size[1] * unit_size[2]
 
 
-MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask}
+MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask,
+                               "running_cell": running_cell_mask}
 MASK_COUNTS: dict[str, Callable[..., int]] = {
     "random": lambda grid, ratio: num_masked(grid, ratio),
     "tube": lambda grid, ratio: grid[0] * num_masked((1, grid[1], grid[2]), ratio),
     "cube": cube_count,
+    "running_cell": lambda grid, ratio: int(4 * ratio) * grid[0] * grid[1] * grid[2] // 4,
 }
 """Kind -> ``(grid, ratio, **keys) -> masked token count``: each kind hides a fixed count, which the tests hold
 every draw to."""

@@ -34,5 +34,13 @@ def visible(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
     return query, _ones(query)
 
 
+def decoder_kept(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+    if "decoder" not in masks:
+        raise KeyError("token set decoder_kept needs a decoder mask in the batch (config decoder_masking)")
+    query = ~masks["decoder"]
+    b = query.shape[0]
+    return query, masks["encoder"][query].reshape(b, -1).float()
+
+
 TOKEN_SETS: dict[str, Callable[[Masks], tuple[torch.Tensor, torch.Tensor]]] = {
-    "masked": masked, "visible": visible}
+    "masked": masked, "visible": visible, "decoder_kept": decoder_kept}
