@@ -106,7 +106,7 @@ def test_resume_marks_the_text_log_and_disabled_ranks_write_nothing(tmp_path):
     for handler in logging.getLogger("vmim").handlers:
         handler.flush()
     log = (tmp_path / "log.txt").read_text()
-    assert log.count("---- resumed at step 2:") == 1, log
+    assert log.count("---- logs continue after step 2:") == 1, log
     assert "1 metrics.jsonl record(s) after it dropped" in log
     for handler in list(logging.getLogger("vmim").handlers):  # leave no handler on this test's log.txt
         logging.getLogger("vmim").removeHandler(handler)

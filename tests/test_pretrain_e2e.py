@@ -151,7 +151,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, refer
     assert_same_run(reference_run, tmp_path)
     log = (tmp_path / "log.txt").read_text()  # keeps both attempts; one line marks where the second begins
     assert f"resumed at step {killed_at['step']}" in log
-    assert log.count(f"---- resumed at step {killed_at['step']}:") == 1, "the resume is not marked in log.txt"
+    assert log.count(f"---- logs continue after step {killed_at['step']}:") == 1, "the resume is not marked in log.txt"
 
 
 def test_sigterm_saves_at_the_next_step_then_resume_matches(tmp_path, reference_run):

@@ -17,7 +17,7 @@ Decisions:
   for its successor's file (and START) to sort after its own; every real run does.
 * Files open on the first write, so ``resume_at`` can still choose the cut after the logger exists (the trainer
   builds it before the checkpoint tells the step).
-* log.txt keeps every attempt (it is a log); ``resume_at`` writes one ``---- resumed at step S`` line where the
+* log.txt keeps every attempt (it is a log); ``resume_at`` writes one ``---- logs continue after step S`` line where the
   new attempt's lines begin.
 
 The module imports torch only inside TensorBoard's writer, so :func:`read_metrics` is cheap to import.
@@ -147,7 +147,7 @@ class MetricsLogger:
         dropped = cut_metrics(self.run_dir / METRICS_FILE, step)
         self._purge_step = step + 1 if step > 0 else 0
         if step > 0 or dropped:
-            what = "resumed at step" if step > 0 else "started at step"
+            what = "logs continue after step" if step > 0 else "logs start afresh at step"
             logging.getLogger("vmim").info(
                 f"---- {what} {step}: {dropped} {METRICS_FILE} record(s) after it dropped, TensorBoard hides the "
                 f"earlier attempt's events after it; log lines above for later steps are from that attempt")
