@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.conftest import rng
 from vmim import config
 from vmim.data import DigitClips, DigitImages, MaskedClipDataset, MixedBatchSampler
 from vmim.data.pretrain_dataset import collate
-from vmim.masking import (MASKINGS, MaskGenerator, build_mask_generator, cube_mask, num_masked,
-                          random_mask, tube_mask)
+from vmim.masking import MASKINGS, MaskGenerator, build_mask_generator, cube_mask, num_masked, random_mask, tube_mask
 
 GRIDS = [(1, 8, 8), (4, 8, 8), (8, 14, 14)]
 RATIOS = [0.4, 0.75, 0.9]
@@ -31,10 +31,6 @@ def round_half_up(x: float) -> int:
 def expected_count(n: int, ratio: float) -> int:
     """round(ratio * n), kept within [1, n - 1] (at least one token masked and one visible)."""
     return min(max(round_half_up(ratio * n), 1), n - 1)
-
-
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
 
 
 def check_flat_bool(mask: np.ndarray, grid: tuple[int, int, int]) -> None:

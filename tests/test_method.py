@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import clip_batch, make_mask
 from vmim.config import load_config
 from vmim.meta_arch import MaskedModeling, build_method
 from vmim.models import DecoderHead, EncoderOutput, LinearHead
@@ -16,15 +17,6 @@ from vmim.targets import PixelTarget
 
 PATCH, TUBELET = 8, 2
 GRID = (2, 2, 2)  # 4 frames x 16 x 16 at 2 x 8 x 8 patches
-
-
-def make_mask(batch: int, n: int, n_masked: int, seed: int = 0) -> torch.Tensor:
-    """(B, N) bool, exactly ``n_masked`` True per row, a different pattern per row."""
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(batch, n, dtype=torch.bool)
-    for b in range(batch):
-        mask[b, torch.randperm(n, generator=gen)[:n_masked]] = True
-    return mask
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,11 +114,6 @@ HOG = ["targets.hog.weight=0.5", "targets.hog.cell_size=4", "targets.hog.head.de
 def method(*overrides: list[str]) -> MaskedModeling:
     torch.manual_seed(0)
     return build_method(load_config(None, BASE + [o for group in overrides for o in group]))
-
-
-def clip_batch(b: int = 2, t: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (b, 3, t, size, size), generator=gen, dtype=torch.uint8)
 
 
 def pixel_target(clip: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import make_mask
 from vmim import config
 from vmim.models import BACKBONES, VIT_SIZES, create_backbone
 from vmim.models.layers import Block
@@ -22,15 +23,6 @@ from vmim.models.vit import PatchEmbed3d
 
 FORWARD_SIZES = ["vit_test", "vit_tiny"]
 PATCH, TUBELET = 8, 2
-
-
-def make_mask(batch: int, n: int, n_masked: int, seed: int = 0) -> torch.Tensor:
-    """(B, N) bool, exactly ``n_masked`` True per row, a different pattern per row."""
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(batch, n, dtype=torch.bool)
-    for b in range(batch):
-        mask[b, torch.randperm(n, generator=gen)[:n_masked]] = True
-    return mask
 
 
 def token_region(token: int, grid: tuple[int, int, int], t: int = TUBELET, p: int = PATCH):

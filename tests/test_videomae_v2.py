@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_mask
-from tests.test_method import PIXEL, clip_batch, method, pixel_target
+from tests.conftest import clip_batch, make_mask, rng
+from tests.test_method import PIXEL, method, pixel_target
 from vmim import config
 from vmim.config import ConfigError, load_config
 from vmim.masking import MaskGenerator, build_mask_generators, running_cell_mask
@@ -24,10 +24,6 @@ from vmim.meta_arch import TOKEN_SETS
 ROOT = Path(__file__).resolve().parents[1]
 V2 = ["decoder_masking.kind=running_cell", "targets.pixel.token_set=decoder_kept"]
 MINIMAL = ["targets.pixel.weight=1", "data.datasets.digits_images.weight=1"]
-
-
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -72,13 +72,20 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+class Entry:
+    """Base of every kinded entry: :meth:`check` validates what types alone cannot (nothing, by default)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        """Raise :class:`ConfigError` naming ``key`` + the sub-key for a bad value; ``cfg`` is the whole config."""
+
+
 # ----------------------------------------------------------------------------------------------------
 # Backbones
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(Entry):
     """A plain ViT (``vit_test`` ... ``vit_huge``) over space-time tubelets."""
 
     backbone: str = "vit_base"
@@ -120,7 +127,7 @@ BACKBONES: dict[str, type] = {name: ViTConfig for name in VIT_NAMES}
 
 
 @dataclass
-class MaskingConfig:
+class MaskingConfig(Entry):
     kind: str = "tube"
     """A registered masking (random, tube, cube, running_cell)."""
     ratio_video: float = 0.9
@@ -191,13 +198,10 @@ class RunningCellMaskingConfig(MaskingConfig):
 
 
 @dataclass
-class NoMaskingConfig:
+class NoMaskingConfig(Entry):
     """No mask of this role (the default decoder masking: the decoder predicts every encoder-masked token)."""
 
     kind: str = "none"
-
-    def check(self, key: str, cfg: "Config") -> None:
-        pass
 
 
 MASKINGS: dict[str, type] = {"random": RandomMaskingConfig, "tube": TubeMaskingConfig, "cube": CubeMaskingConfig,
@@ -211,7 +215,7 @@ DECODER_MASKINGS: dict[str, type] = {"none": NoMaskingConfig, **MASKINGS}
 
 
 @dataclass
-class DecoderHeadConfig:
+class DecoderHeadConfig(Entry):
     """A transformer decoder: encoder tokens + a mask token at each predicted position (MAE, VideoMAE)."""
 
     kind: str = "decoder"
@@ -234,31 +238,25 @@ class DecoderHeadConfig:
 
 
 @dataclass
-class LinearHeadConfig:
+class LinearHeadConfig(Entry):
     """A linear layer on the encoder's own tokens at the predicted positions: no mask tokens, no scatter (MaskFeat on
     a dense backbone, MR-MAE's mimic head on visible tokens)."""
 
     kind: str = "linear"
-
-    def check(self, key: str, cfg: "Config") -> None:
-        pass
 
 
 HEADS: dict[str, type] = {"decoder": DecoderHeadConfig, "linear": LinearHeadConfig}
 
 
 @dataclass
-class MSELossConfig:
+class MSELossConfig(Entry):
     """Mean squared error per token, averaged over features (MAE, VideoMAE, MaskFeat)."""
 
     kind: str = "mse"
 
-    def check(self, key: str, cfg: "Config") -> None:
-        pass
-
 
 @dataclass
-class SmoothL1LossConfig:
+class SmoothL1LossConfig(Entry):
     """Huber-style smooth L1 (MVD's feature loss)."""
 
     kind: str = "smooth_l1"
@@ -270,23 +268,17 @@ class SmoothL1LossConfig:
 
 
 @dataclass
-class L1LossConfig:
+class L1LossConfig(Entry):
     """Mean absolute error per token (SimMIM)."""
 
     kind: str = "l1"
 
-    def check(self, key: str, cfg: "Config") -> None:
-        pass
-
 
 @dataclass
-class CosineLossConfig:
+class CosineLossConfig(Entry):
     """1 - cosine similarity per token (feature mimicking)."""
 
     kind: str = "cosine"
-
-    def check(self, key: str, cfg: "Config") -> None:
-        pass
 
 
 LOSSES: dict[str, type] = {"mse": MSELossConfig, "smooth_l1": SmoothL1LossConfig, "l1": L1LossConfig,
@@ -299,7 +291,7 @@ LOSSES: dict[str, type] = {"mse": MSELossConfig, "smooth_l1": SmoothL1LossConfig
 
 
 @dataclass
-class TargetConfig:
+class TargetConfig(Entry):
     """What every target entry has; its kind adds its own keys."""
 
     kind: str = ""
@@ -367,7 +359,7 @@ TARGETS: dict[str, type] = {"pixel": PixelTargetConfig, "hog": HOGTargetConfig}
 
 
 @dataclass
-class DatasetConfig:
+class DatasetConfig(Entry):
     """What every dataset entry has; its kind adds its own keys."""
 
     kind: str = ""
