@@ -90,7 +90,12 @@ def main(mode: str, video_list: str, isolation: str = "true") -> None:
         raise RuntimeError("shape mismatch in the first training step")
     if mode in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if mode == "sigint" else signal.SIGTERM)
-        time.sleep(600)
+        # Short sleeps, as a training loop keeps running Python: the kernel may hand a process-directed SIGINT to
+        # another thread of this process (torch's), and then only the main thread's next bytecode raises
+        # KeyboardInterrupt; one long sleep() would not wake up for it.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
         raise SystemExit("the signal did not end the process")
     if mode == "group_stop":
         from vmim.engine.preemption import StopSignals
