@@ -61,6 +61,9 @@ def report(batch: dict) -> None:
 
 
 def main(mode: str, video_list: str, isolation: str = "true") -> None:
+    # Ctrl-C as in a terminal, whatever this process inherited: started from a background job of a non-interactive
+    # shell (as a CI runner may start the suite), SIGINT arrives ignored, and Python then installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from vmim.config import load_config
     from vmim.data import build_pretrain_data
 
@@ -90,12 +93,7 @@ def main(mode: str, video_list: str, isolation: str = "true") -> None:
         raise RuntimeError("shape mismatch in the first training step")
     if mode in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if mode == "sigint" else signal.SIGTERM)
-        # Short sleeps, as a training loop keeps running Python: the kernel may hand a process-directed SIGINT to
-        # another thread of this process (torch's), and then only the main thread's next bytecode raises
-        # KeyboardInterrupt; one long sleep() would not wake up for it.
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        time.sleep(600)
         raise SystemExit("the signal did not end the process")
     if mode == "group_stop":
         from vmim.engine.preemption import StopSignals
