@@ -51,12 +51,11 @@ class PretrainTask(Task):
         return build_method(self.cfg)
 
     def build_data(self, model: nn.Module, dist: DistInfo) -> TrainData:
-        self.names = list(self.cfg.data.datasets)
         return build_pretrain_data(self.cfg, model.backbone.patch_size, dist.world_size, dist.rank)
 
     def forward(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
         losses = model(to_device(batch, device))
-        source = self.names[int(batch["dataset"][0])]  # batches are homogeneous in dataset
+        source = list(self.cfg.data.datasets)[int(batch["dataset"][0])]  # batches are homogeneous in dataset
         return {**losses, f"loss_by_dataset/{source}": losses["loss"]}
 
     def hooks(self) -> list[Hook]:

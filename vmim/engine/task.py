@@ -36,6 +36,8 @@ class TrainData(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class Task(ABC):
     """One kind of training run, configured by a :class:`~vmim.config.Config`."""

@@ -273,6 +273,5 @@ class Trainer:
     def close(self) -> None:
         """Flush logs, end the data side's workers and decode children, leave the process group."""
         self.metrics.close()
-        if hasattr(self.data, "close"):
-            self.data.close()
+        self.data.close()
         cleanup()

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .vit import image_to_clip
+
 
 class InputNormalizer(nn.Module):
     """Args:
@@ -29,9 +31,7 @@ class InputNormalizer(nn.Module):
     def pixels(self, clip: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float (B, C, T, H, W) -> float32 [0, 1], an image (T = 1) repeated to the tubelet."""
         x = clip.float() / 255.0 if clip.dtype == torch.uint8 else clip.float()
-        if x.shape[2] == 1 and self.tubelet_size > 1:
-            x = x.expand(-1, -1, self.tubelet_size, -1, -1)
-        return x
+        return image_to_clip(x, self.tubelet_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels (B, C, T, H, W) -> (pixels - mean) / std."""
