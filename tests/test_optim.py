@@ -146,3 +146,49 @@ def test_build_optimizer_scales_lr_and_keeps_groups(model):
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert all(g["lr"] == pytest.approx(1.2e-3) for g in opt.param_groups)
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer-wise lr decay
+# ----------------------------------------------------------------------------------------------------
+
+
+def mae_layer_id(name: str, depth: int) -> int:
+    """MAE's ``get_layer_id_for_vit`` (util/lr_decay.py), written out by name: the independent answer."""
+    name = name.removeprefix("backbone.")
+    if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+@pytest.mark.parametrize("fc_norm", [False, True])
+def test_layer_decay_scales_each_parameter_as_mae(fc_norm):
+    from vmim.models.registry import BACKBONES
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = BACKBONES["vit_test"](patch_size=8, tubelet_size=2, pos_embed="learned", dense=True,
+                                                  cls_token=True, fc_norm=fc_norm, video_grid=(2, 4, 4))
+            self.head = nn.Linear(64, 10)
+
+    model, decay = Classifier(), 0.75
+    depth = model.backbone.depth
+    groups = param_groups(model, weight_decay=0.05, layer_decay=decay)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(scale_of) == len(names)
+    seen_ids = set()
+    for name, param in names.items():
+        layer = mae_layer_id(name, depth)
+        seen_ids.add(layer)
+        assert scale_of[id(param)] == pytest.approx(decay ** (depth + 1 - layer)), name
+    assert seen_ids == set(range(depth + 2))  # stem, every block, and the head side
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    from vmim.engine.optim import set_lr
+
+    set_lr(opt, 2e-3)
+    for group in opt.param_groups:
+        assert group["lr"] == pytest.approx(2e-3 * group["lr_scale"])

@@ -105,6 +105,16 @@ class ViTConfig(Entry):
     dense: bool = False
     """False: the encoder sees only the visible tokens (MAE, VideoMAE). True: every token, masked ones replaced by a
     learned mask token after the patch embedding (SimMIM, MaskFeat with a ViT); heads can then be linear."""
+    cls_token: bool = False
+    """Prepend a learned class token (MAE, timm ViTs; its position is folded into it). Pretraining heads never see
+    it; ``global_pool: token`` reads it."""
+    global_pool: str = "avg"
+    """Pooled features (``forward_features``, classifiers, probes): avg = mean of the grid tokens (VideoMAE, MAE
+    fine-tuning), token = the class token (timm's default)."""
+    fc_norm: bool = False
+    """False: the final LayerNorm acts on every token (pretraining). True: on the pooled features instead, and the
+    tokens leave unnormed (VideoMAE / MAE fine-tuning: a pretrained ``norm`` is then dropped, a fresh ``fc_norm``
+    learned)."""
 
     def check(self, key: str, cfg: "Config") -> None:
         d = cfg.data
@@ -115,6 +125,9 @@ class ViTConfig(Entry):
         _check(self.in_chans > 0, f"{key}.in_chans", f"{self.in_chans} must be positive")
         _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"{self.drop_path} is outside [0, 1)")
         _choice(f"{key}.pos_embed", self.pos_embed, POS_EMBEDS)
+        _choice(f"{key}.global_pool", self.global_pool, ("avg", "token"))
+        _check(self.global_pool != "token" or self.cls_token, f"{key}.global_pool",
+               "token pooling reads the class token: set model.cls_token=true, or use avg")
 
 
 VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
@@ -366,14 +379,20 @@ class DatasetConfig(Entry):
     """A registered dataset kind; empty means the entry's key."""
     weight: float = 1.0
     """Passes over this dataset per epoch (a repeat factor; 0.5 = half of it each epoch)."""
+    fraction: float = 1.0
+    """Use this fraction of the list, stratified by label and fixed by ``subset_seed`` (low-label fine-tuning:
+    0.1 = 10 % of the labels); 1 = all of it."""
+    subset_seed: int = 0
 
     def check(self, key: str, cfg: "Config") -> None:
         _check(self.weight > 0, f"{key}.weight", f"{self.weight} must be positive")
+        _check(0 < self.fraction <= 1, f"{key}.fraction", f"{self.fraction} is outside (0, 1]")
 
 
 @dataclass
 class DigitsDatasetConfig(DatasetConfig):
-    """Built-in scikit-learn digits, as images or moving-digit clips."""
+    """Built-in scikit-learn digits: images (label = digit), bouncing clips (label = digit) or motion clips (label =
+    the direction the digit moves, on a torus from a random start: one frame alone is at chance)."""
 
     split: str = "train"
     """train or test (a fixed stratified 80/20 split)."""
@@ -457,7 +476,8 @@ class ImageDatasetConfig(FileDatasetConfig):
 
 
 DATASETS: dict[str, type] = {"digits_images": DigitsDatasetConfig, "digits_clips": DigitsDatasetConfig,
-                             "video": VideoDatasetConfig, "image": ImageDatasetConfig}
+                             "digits_motion": DigitsDatasetConfig, "video": VideoDatasetConfig,
+                             "image": ImageDatasetConfig}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -541,6 +561,9 @@ class OptimConfig:
     """Max global gradient norm; 0 disables clipping (the norm is still logged)."""
     accum_steps: int = 1
     """Micro-batches per optimizer step."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay (MAE / VideoMAE fine-tuning: 0.65-0.75): block i of L gets lr x decay^(L - i), the stem
+    decay^(L + 1), what follows the blocks (norms, head) the full lr. 1 = off."""
 
 
 @dataclass
@@ -575,11 +598,20 @@ class CheckpointConfig:
 
 
 KINDED_SECTIONS = {"model": "backbones", "masking": "maskings", "decoder_masking": "decoder_maskings"}
-"""Top-level keys holding one kinded entry, and their family."""
+"""Top-level keys of a pretraining config holding one kinded entry, and their family."""
 
 
 @dataclass
 class Config:
+    """A pretraining run (``task: pretrain``)."""
+
+    KINDED = KINDED_SECTIONS
+    """Top-level keys holding one kinded entry -> family."""
+    MAPPINGS = {"targets": "targets", "data.datasets": "datasets"}
+    """Dotted keys holding named kinded entries -> family."""
+
+    task: str = "pretrain"
+    """Which schema the file follows: pretrain, or finetune (``vmim.finetune_config``; fine-tuning, eval, probe)."""
     output_dir: str = "runs/default"
     resume: str = "auto"
     """auto: continue from output_dir's newest complete checkpoint if any; never; or a checkpoint path."""
@@ -598,9 +630,24 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:  # programmatic Config(): each kinded section at its family's default
-        for section, family in KINDED_SECTIONS.items():
-            if getattr(self, section) is None:
-                setattr(self, section, build_entry(section, {}, FAMILIES[family]))
+        fill_kinded_defaults(self)
+
+    def validate(self) -> None:
+        validate(self)
+
+
+def fill_kinded_defaults(cfg: Any) -> None:
+    """Each kinded section of ``cfg`` still None becomes its family's default entry."""
+    for section, family in type(cfg).KINDED.items():
+        if getattr(cfg, section) is None:
+            setattr(cfg, section, build_entry(section, {}, FAMILIES[family]))
+
+
+def task_schemas() -> dict[str, type]:
+    """``task`` value -> its top-level config dataclass."""
+    from .finetune_config import FinetuneConfig  # imports this module: a late import
+
+    return {"pretrain": Config, "finetune": FinetuneConfig}
 
 
 def video_grid(cfg: Config) -> tuple[int, int, int]:
@@ -614,8 +661,11 @@ def video_grid(cfg: Config) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, overrides: List[str] | None = None) -> Config:
-    """Load, merge and validate a config; raises ConfigError on any problem."""
+def load_config(path: str | Path | None = None, overrides: List[str] | None = None, task: str | None = None) -> Any:
+    """Load, merge and validate a config; raises ConfigError on any problem.
+
+    The file's ``task`` key (default pretrain) picks the schema; ``task`` given here must match it (a fine-tuning
+    command refuses a pretraining file, naming the key)."""
     raw = _load_yaml_tree(Path(path)) if path is not None else {}
     sets, deletes = _split_overrides(overrides or [])
     for key in deletes:
@@ -626,27 +676,48 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         except OmegaConfBaseException as err:
             raise ConfigError(getattr(err, "full_key", None) or "?", str(err).splitlines()[0]) from None
         raw = _deep_merge(raw, dotlist)
+    if task is not None:
+        found = raw.get("task", "pretrain")
+        _check(found == task, "task", f"this command takes a '{task}' config, and this one is '{found}'"
+               + (f" ({path})" if path is not None else "") + f"; set task: {task}")
     return build_config(raw)
 
 
-def build_config(raw: dict) -> Config:
-    """A validated :class:`Config` from a merged plain mapping (YAML + overrides)."""
+def build_config(raw: dict) -> Any:
+    """A validated config from a merged plain mapping (YAML + overrides); its ``task`` key picks the schema."""
     raw = dict(raw)
-    kinded = {section: raw.pop(section, None) for section in KINDED_SECTIONS}
-    targets = raw.pop("targets", None) or {}
-    data = dict(raw.pop("data", None) or {})
-    datasets = data.pop("datasets", None) or {}
-    raw["data"] = data
-    schema = OmegaConf.structured(Config)
+    schemas = task_schemas()
+    task = raw.get("task", "pretrain")
+    _choice("task", str(task), list(schemas))
+    cls = schemas[task]
+    kinded = {section: raw.pop(section, None) for section in cls.KINDED}
+    mappings = {path: _pop_dotted(raw, path) for path in cls.MAPPINGS}
+    schema = OmegaConf.structured(cls)
     OmegaConf.set_struct(schema, True)
     merged = _merge_checked(schema, raw, schema, "")
-    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    for section, family in KINDED_SECTIONS.items():
+    cfg = OmegaConf.to_object(merged)
+    for section, family in cls.KINDED.items():
         setattr(cfg, section, build_entry(section, kinded[section], FAMILIES[family]))
-    cfg.targets = _build_mapping("targets", targets, FAMILIES["targets"])
-    cfg.data.datasets = _build_mapping("data.datasets", datasets, FAMILIES["datasets"])
-    validate(cfg)
+    for path, family in cls.MAPPINGS.items():
+        *parents, last = path.split(".")
+        node = cfg
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, last, _build_mapping(path, mappings[path], FAMILIES[family]))
+    cfg.validate()
     return cfg
+
+
+def _pop_dotted(raw: dict, path: str) -> Any:
+    """Remove and return ``raw[a][b]`` for ``path`` 'a.b' ({} when absent), copying the parents it walks through."""
+    *parents, last = path.split(".")
+    node = raw
+    for part in parents:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    return node.pop(last, None) or {}
 
 
 def load_dataclass(schema_cls: type, path: str | Path | None, overrides: List[str]) -> Any:
@@ -804,6 +875,7 @@ def _suggest_key(schema: DictConfig, key: str, prefix: str) -> str:
 
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express. Raises ConfigError naming the key."""
+    _check(cfg.task == "pretrain", "task", f"'{cfg.task}' is not a pretraining run")
     cfg.model.check("model", cfg)
     cfg.masking.check("masking", cfg)
     cfg.decoder_masking.check("decoder_masking", cfg)
@@ -816,6 +888,11 @@ def validate(cfg: Config) -> None:
                f"{section}.kind", f"a {mask} mask is drawn but no target uses it: set targets.<name>.token_set to "
                f"one of {', '.join(readers)}")
 
+    validate_common(cfg)
+
+
+def validate_common(cfg: Any) -> None:
+    """Checks of what every task's config has: model, data, optim, train, log, checkpoint, resume."""
     d = cfg.data
     _check(len(d.datasets) > 0, "data.datasets", "at least one dataset is required")
     for name, ds in d.datasets.items():
@@ -836,6 +913,7 @@ def validate(cfg: Config) -> None:
     _check(o.warmup_epochs >= 0, "optim.warmup_epochs", f"{o.warmup_epochs} must be >= 0")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            f"{o.betas} must be 2 values in [0, 1)")
+    _check(0 < o.layer_decay <= 1, "optim.layer_decay", f"{o.layer_decay} is outside (0, 1]")
     _check(o.clip_grad >= 0, "optim.clip_grad", f"{o.clip_grad} must be >= 0")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"{o.accum_steps} must be >= 1")
 

@@ -77,3 +77,5 @@ def check_data_paths(cfg: Config) -> None:
     """
     for name, ds in cfg.data.datasets.items():
         check_dataset_paths(f"data.datasets.{name}", ds)
+    for name, ds in getattr(getattr(cfg, "eval", None), "datasets", {}).items():  # a fine-tuning config's
+        check_dataset_paths(f"eval.datasets.{name}", ds)

@@ -7,13 +7,13 @@ from typing import Callable
 
 from ..masking import build_mask_generators
 from .bad_files import BadFileMonitor, Failure, TooManyBadFiles
-from .digits import DigitClips, DigitImages
+from .digits import DigitClips, DigitImages, DigitMotion
 from .pretrain_data import PretrainData, build_loader
 from .pretrain_dataset import ClipSource, MaskedClipDataset, collate
 from .sampler import MixedBatchSampler
 
-__all__ = ["DATASET_KINDS", "DigitClips", "DigitImages", "ClipSource", "MaskedClipDataset", "MixedBatchSampler",
-           "BadFileMonitor",
+__all__ = ["DATASET_KINDS", "DigitClips", "DigitImages", "DigitMotion", "ClipSource", "MaskedClipDataset",
+           "MixedBatchSampler", "BadFileMonitor",
            "Failure", "TooManyBadFiles", "PretrainData", "build_loader", "build_source", "build_pretrain_data",
            "collate"]
 
@@ -52,6 +52,11 @@ def _digit_clips(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
     return source, len(source), 0
 
 
+def _digit_motion(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    source = DigitMotion(ds_cfg.split, data_cfg.img_size, data_cfg.num_frames, in_chans)
+    return source, len(source), 0
+
+
 def _videos(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
     from .sources import VideoSource
 
@@ -73,7 +78,8 @@ def _images(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int
 
 
 DATASET_KINDS: dict[str, Callable[..., tuple[ClipSource, int, int]]] = {
-    "digits_images": _digit_images, "digits_clips": _digit_clips, "video": _videos, "image": _images}
+    "digits_images": _digit_images, "digits_clips": _digit_clips, "digits_motion": _digit_motion, "video": _videos,
+    "image": _images}
 """Dataset kind (``vmim.config.DATASETS``) -> builder ``(name, dataset config, data config, in_chans)``."""
 
 
@@ -81,7 +87,15 @@ def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
     """One dataset from its config entry: (source, files listed, files missing)."""
     if ds_cfg.kind not in DATASET_KINDS:
         raise KeyError(f"unknown dataset kind '{ds_cfg.kind}'; registered: {', '.join(DATASET_KINDS)}")
-    return DATASET_KINDS[ds_cfg.kind](name, ds_cfg, data_cfg, in_chans)
+    source, listed, missing = DATASET_KINDS[ds_cfg.kind](name, ds_cfg, data_cfg, in_chans)
+    if ds_cfg.fraction < 1:
+        from .subset import SubsetSource, source_labels, stratified_subset
+
+        source = SubsetSource(source, stratified_subset(source_labels(source), ds_cfg.fraction, ds_cfg.subset_seed))
+        log.info(f"dataset '{name}': {len(source)} samples ({ds_cfg.fraction:g} of each class, seed "
+                 f"{ds_cfg.subset_seed})")
+        listed = len(source) + missing
+    return source, listed, missing
 
 
 def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0) -> PretrainData:

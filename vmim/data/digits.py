@@ -3,9 +3,13 @@
 * ``DigitImages``: each 8x8 digit upscaled to 3/4 of the canvas and placed at a random offset (training)
   or centred (test), as a one-frame clip.
 * ``DigitClips``: the same digit moving in a straight line, bouncing off the canvas borders.
+* ``DigitMotion``: a digit moving on a torus (wrapping around the borders) in one of four directions from a uniformly
+  random start; the label is the direction. Every frame's position is uniform whatever the direction and the digit is
+  independent of it, so one frame alone carries no label information by construction: only motion does.
 
-Both return uint8 ``(C, T, H, W)`` clips (grey replicated over C) and the digit label; the split is a
-fixed stratified 80/20 split, so the test part serves as held-out labeled data for probing.
+All return uint8 ``(C, T, H, W)`` clips (grey replicated over C) and a label; the split is a
+fixed stratified 80/20 split, so the test part serves as held-out labeled data for probing and fine-tuning.
+Evaluation (:meth:`test_views`) draws each view from a generator seeded by (index, view): fixed, like a file's views.
 """
 
 from __future__ import annotations
@@ -52,9 +56,11 @@ def _glyphs(split: str, size: int) -> np.ndarray:
 
 
 class _DigitsBase:
+    modality: str
+
     def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 1, in_chans: int = 3):
         self.split = split
-        self.img_size = img_size
+        self.img_size = self.size = img_size
         self.glyph_size = (3 * img_size) // 4
         self.num_frames = num_frames
         self.in_chans = in_chans
@@ -67,6 +73,19 @@ class _DigitsBase:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def describe(self, index: int) -> str:
+        return f"{type(self).__name__}({self.split})[{index}]"
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def test_views(self, index: int, num_views: int = 1, num_crops: int = 1, short_side: int = 0
+                   ) -> tuple[torch.Tensor, int]:
+        """uint8 (num_views * num_crops, C, T, S, S), view-major: view k drawn from ``default_rng((index, k))``; the
+        crops of a view are equal (the canvas is the frame: nothing to crop)."""
+        clips = [self.load(index, np.random.default_rng((index, k)))[0] for k in range(num_views)]
+        return torch.stack([c for c in clips for _ in range(num_crops)]), int(self.labels[index])
+
     def _render(self, glyph: np.ndarray, positions: np.ndarray) -> torch.Tensor:
         """Paste the glyph at integer (row, col) positions, one per frame -> uint8 (C, T, H, W)."""
         frames = np.zeros((len(positions), self.img_size, self.img_size), dtype=np.float32)
@@ -78,7 +97,7 @@ class _DigitsBase:
 
 
 class DigitImages(_DigitsBase):
-    """One-frame clips of digits at a random (train) or centred (test) position."""
+    """One-frame clips of digits at a random (train) or centred (test, and every evaluation view) position."""
 
     modality = "image"
 
@@ -86,10 +105,18 @@ class DigitImages(_DigitsBase):
         super().__init__(split, img_size, 1, in_chans)
         self.centered = split == "test" if centered is None else centered
 
-    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
         slack = self.img_size - self.glyph_size
-        pos = np.array([slack // 2] * 2) if self.centered else rng.integers(0, slack + 1, size=2)
+        pos = np.array([slack // 2] * 2) if self.centered or rng is None else rng.integers(0, slack + 1, size=2)
         return self._render(_glyphs(self.split, self.glyph_size)[index], pos[None]), int(self.labels[index])
+
+    def test_views(self, index: int, num_views: int = 1, num_crops: int = 1, short_side: int = 0
+                   ) -> tuple[torch.Tensor, int]:
+        """The centred digit, (num_crops, C, 1, S, S)."""
+        if num_views != 1:
+            raise ValueError(f"images have one temporal view, got num_views={num_views}")
+        clip, label = self.load(index, None)
+        return clip.expand(num_crops, -1, -1, -1, -1).contiguous(), label
 
 
 class DigitClips(_DigitsBase):
@@ -105,3 +132,32 @@ class DigitClips(_DigitsBase):
         path = np.abs((path + slack) % (2 * slack) - slack) if slack else path * 0  # reflect into [0, slack]
         return self._render(_glyphs(self.split, self.glyph_size)[index], path.round().astype(int)), int(
             self.labels[index])
+
+
+MOTION_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+"""(row, col) unit steps of the motion labels 0..3: right, left, down, up."""
+
+
+class DigitMotion(_DigitsBase):
+    """Clips of a digit moving ``speed`` pixels per frame in one of four directions (the label), wrapping around the
+    canvas, from a uniformly random start. Labels are a fixed balanced draw per split, independent of the digit."""
+
+    modality = "video"
+    speed = 2
+
+    def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 8, in_chans: int = 3):
+        super().__init__(split, img_size, num_frames, in_chans)
+        n = len(self.labels)
+        self.digits = self.labels
+        self.labels = np.random.default_rng((SPLIT_SEED, n)).permutation(np.arange(n) % len(MOTION_DIRECTIONS))
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        label = int(self.labels[index])
+        glyph = np.zeros((self.img_size, self.img_size), dtype=np.float32)
+        g = self.glyph_size
+        glyph[:g, :g] = _glyphs(self.split, g)[index]
+        start = rng.integers(0, self.img_size, size=2)
+        step = np.array(MOTION_DIRECTIONS[label]) * self.speed
+        frames = np.stack([np.roll(glyph, tuple(start + t * step), axis=(0, 1)) for t in range(self.num_frames)])
+        clip = torch.from_numpy((frames * 255).round().astype(np.uint8))
+        return clip[None].expand(self.in_chans, -1, -1, -1).contiguous(), label

@@ -1,7 +1,9 @@
 """Trainer hooks (detectron2's ``HookBase`` pattern): code that runs at fixed points of the loop without living in it.
 
 The trainer calls ``before_train``, ``after_step`` (after every optimizer step, with the micro-batch that completed
-it), ``after_epoch`` and ``after_train`` on each hook in order. Logging the metrics window is a hook; tasks add their
+it), ``after_epoch`` and ``after_train`` on each hook in order. A hook with state (a model EMA, the best validation
+score) returns it from ``state_dict``; checkpoints keep it and a resumed run gives it back through
+``load_state_dict`` before ``before_train``. Logging the metrics window is a hook; tasks add their
 own (the pretraining preview image; validation for fine-tuning).
 """
 
@@ -27,6 +29,13 @@ class Hook:
         pass
 
     def after_train(self, trainer: "Trainer") -> None:
+        pass
+
+    def state_dict(self) -> dict | None:
+        """What a checkpoint keeps of this hook (under its class name); None = nothing."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 
@@ -66,7 +75,8 @@ class LogMetrics(Hook):
         elapsed = time.perf_counter() - window.start
         values = window.means()
         values.update({
-            "lr": trainer.optimizer.param_groups[0]["lr"], "epoch": trainer.state.epoch,
+            "lr": max(group["lr"] for group in trainer.optimizer.param_groups),  # the unscaled lr under layer decay
+            "epoch": trainer.state.epoch,
             "skipped_steps": float(trainer.state.skipped_steps),
             "perf/clips_per_s": window.samples / elapsed, "perf/data_wait": window.data_time / elapsed,
             **trainer.data.scalars(),

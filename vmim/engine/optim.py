@@ -1,8 +1,17 @@
-"""AdamW with MAE's parameter groups, batch-scaled learning rates, and the per-step cosine schedule."""
+"""AdamW with MAE's parameter groups, layer-wise lr decay, batch-scaled learning rates, and the per-step cosine
+schedule.
+
+Layer ids follow MAE / VideoMAE (``util/lr_decay.py``): the backbone's stem (patch and position embedding, class and
+mask tokens) is layer 0, block i is layer i + 1, and everything else (the final norm, fc_norm, the head) is layer
+L + 1, so a parameter's lr is scaled by ``decay ** (L + 1 - id)``. The ids come from the backbone's timm-style
+``group_matcher()``; its ``(99999,)`` marker (timm puts the final norm in the last block's group) means "after the
+blocks" here, as in MAE.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -17,18 +26,59 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and everything 1-D (norms, biases) or listed by a module's ``no_weight_decay()``."""
+def find_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(prefix, module) of the first submodule (or ``model`` itself) with ``group_matcher`` and ``depth``."""
+    for prefix, module in model.named_modules():
+        if hasattr(module, "group_matcher") and hasattr(module, "depth"):
+            return prefix, module
+    return None
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> MAE layer id (0 stem, i + 1 block i, L + 1 the rest); every name L + 1 without a backbone."""
+    found = find_backbone(model)
+    names = [name for name, _ in model.named_parameters()]
+    if found is None:
+        return {name: 0 for name in names}
+    prefix, backbone = found
+    matcher, last = backbone.group_matcher(), backbone.depth + 1
+    blocks = matcher["blocks"] if isinstance(matcher["blocks"], (list, tuple)) else [(matcher["blocks"], None)]
+    ids = {}
+    for name in names:
+        ids[name] = last
+        if prefix and not name.startswith(prefix + "."):
+            continue
+        rel = name[len(prefix) + 1:] if prefix else name
+        if re.match(matcher["stem"], rel):
+            ids[name] = 0
+            continue
+        for pattern, marker in blocks:
+            match = re.match(pattern, rel)
+            if match:
+                ids[name] = int(match.group(1)) + 1 if marker is None and match.groups() else last
+                break
+    return ids
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Decayed weights and the rest (everything 1-D, i.e. norms and biases, or listed by a module's
+    ``no_weight_decay()``), each split by layer with ``lr_scale = layer_decay ** (L + 1 - id)`` when
+    ``layer_decay < 1``."""
     skip = no_weight_decay_names(model)
-    decay, no_decay = [], []
+    ids = layer_ids(model) if layer_decay < 1 else {}
+    top = max(ids.values(), default=0)
+    groups: dict[tuple[bool, int], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name in skip:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = param.ndim <= 1 or name in skip
+        layer = ids.get(name, top)
+        group = groups.setdefault((no_decay, layer), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": layer_decay ** (top - layer)})
+        group["params"].append(param)
+    if not groups:
+        return [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[1], k[0]))]
 
 
 def scaled_lr(lr_per_256: float, global_batch: int) -> float:
@@ -37,8 +87,9 @@ def scaled_lr(lr_per_256: float, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg, global_batch: int) -> torch.optim.AdamW:
-    """AdamW from a :class:`vmim.config.OptimConfig`; ``lr`` is set per step by :func:`cosine_lr`."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=scaled_lr(cfg.lr, global_batch),
+    """AdamW from a :class:`vmim.config.OptimConfig`; ``lr`` is set per step by :func:`set_lr`."""
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    return torch.optim.AdamW(groups, lr=scaled_lr(cfg.lr, global_batch),
                              betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -54,5 +105,6 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, final
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr: ``lr`` x its ``lr_scale`` (layer decay)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -131,6 +131,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state),
             "data": self.data.state_dict(), "step": self.state.step, "rng": rngs, "task": self.task.name,
             "config": config_to_yaml(self.cfg),
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict() is not None},
         }
 
     def save(self) -> None:
@@ -156,6 +157,9 @@ class Trainer:
         self.state = TrainState(**state["train_state"])
         if "data" in state:
             self.data.load_state_dict(state["data"])
+        for hook in self.hooks:
+            if type(hook).__name__ in state.get("hooks", {}):
+                hook.load_state_dict(state["hooks"][type(hook).__name__])
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         if state["config"] != config_to_yaml(self.cfg):

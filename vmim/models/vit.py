@@ -78,23 +78,34 @@ class VisionTransformer(nn.Module):
         pos_embed: sincos_3d, sincos_1d or learned (see :class:`~vmim.models.pos_embed.PositionEmbedding`).
         dense: encode every token, masked ones as a learned mask token (else only the visible ones).
         video_grid: the training clip's token grid (needed by a learned position table).
+        cls_token: prepend a learned class token (MAE, timm); its position embedding is folded into it.
+        global_pool: ``avg`` (mean of the grid tokens) or ``token`` (the class token) for :meth:`forward_features`.
+        fc_norm: normalize the pooled features instead of every token (VideoMAE / MAE fine-tuning); ``norm`` is then
+            an identity.
     """
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, mlp_ratio: float = 4.0, drop_path: float = 0.0, grad_checkpointing: bool = False,
-                 pos_embed: str = "sincos_3d", dense: bool = False, video_grid: tuple[int, int, int] | None = None):
+                 pos_embed: str = "sincos_3d", dense: bool = False, video_grid: tuple[int, int, int] | None = None,
+                 cls_token: bool = False, global_pool: str = "avg", fc_norm: bool = False):
         super().__init__()
-        self.embed_dim, self.depth, self.dense = embed_dim, depth, dense
+        if global_pool not in ("avg", "token") or (global_pool == "token" and not cls_token):
+            raise ValueError(f"global_pool must be avg, or token with cls_token=True; got {global_pool!r}")
+        self.embed_dim, self.depth, self.dense, self.global_pool = embed_dim, depth, dense, global_pool
+        self.num_prefix_tokens = int(cls_token)
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
         self.pos_embed = PositionEmbedding(pos_embed, embed_dim, video_grid)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dense else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if fc_norm else nn.Identity()
         self.grad_checkpointing = grad_checkpointing
         self.apply(init_weights)
-        if self.mask_token is not None:
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        for token in (self.mask_token, self.cls_token):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -104,27 +115,31 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.grid(shape)
 
     def no_weight_decay(self) -> set[str]:
-        """Position and mask tokens, where present (norms and biases are excluded by rank in the optimizer)."""
-        names = {"mask_token"} if self.mask_token is not None else set()
+        """Position, mask and class tokens, where present (norms and biases are excluded by rank in the optimizer)."""
+        names = {name for name in ("mask_token", "cls_token") if getattr(self, name) is not None}
         return names | ({"pos_embed.table"} if self.pos_embed.kind == "learned" else set())
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm-style groups: the stem is group 0, block i is group i + 1, and the final norm joins the last block's
-        group (timm's ``(99999,)`` marker)."""
-        return {"stem": r"^patch_embed|^pos_embed|^mask_token",
+        """timm-style groups: the stem is group 0, block i is group i + 1, and the final norm comes after the blocks
+        (timm's ``(99999,)`` marker; layer-wise lr decay gives it, like the unmatched fc_norm, the full lr as MAE)."""
+        return {"stem": r"^patch_embed|^pos_embed|^mask_token|^cls_token",
                 "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Patch + position embedding; visible-only: the visible tokens. Returns (tokens, present or None)."""
+        """Patch + position embedding; visible-only: the visible tokens; the class token first, if any. Returns (tokens
+        (B, prefix + N_present, D), present or None)."""
         grid = self.grid(x.shape)
         tokens = self.patch_embed(x)
         if self.dense and mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         tokens = tokens + self.pos_embed(grid, x.device).to(tokens.dtype)
-        if mask is None or self.dense:
-            return tokens, None
-        b, _, d = tokens.shape
-        return tokens[~mask].reshape(b, -1, d), ~mask
+        present = None
+        if mask is not None and not self.dense:
+            b, _, d = tokens.shape
+            tokens, present = tokens[~mask].reshape(b, -1, d), ~mask
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return tokens, present
 
     def _run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         block = self.blocks[index]
@@ -144,7 +159,7 @@ class VisionTransformer(nn.Module):
         tokens, present = self.embed(x, mask)
         for i in range(self.depth):
             tokens = self._run_block(i, tokens)
-        return EncoderOutput(self.norm(tokens), present, self.grid(x.shape))
+        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape))
 
     def forward_intermediates(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                               indices: int | list[int] | None = None, norm: bool = False
@@ -155,7 +170,7 @@ class VisionTransformer(nn.Module):
             indices: block indices (negative counts from the end), or an int n for the last n blocks; None = all.
             norm: apply the final norm to the intermediates too.
         Returns:
-            (final EncoderOutput, [(B, N_present, D) per chosen block, in block order]).
+            (final EncoderOutput, [(B, N_present, D) per chosen block, in block order]; no class token).
         """
         if indices is None:
             wanted = set(range(self.depth))
@@ -168,12 +183,19 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             tokens = self._run_block(i, tokens)
             if i in wanted:
-                outputs.append(self.norm(tokens) if norm else tokens)
-        return EncoderOutput(self.norm(tokens), present, self.grid(x.shape)), outputs
+                out = tokens[:, self.num_prefix_tokens:]
+                outputs.append(self.norm(out) if norm else out)
+        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape)), outputs
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, T, H, W) -> (B, N_present, D) encoder tokens."""
-        return self.forward(x, mask).tokens
+        """(B, C, T, H, W) -> (B, D) pooled features, as timm's ViT: the final norm on every token (unless fc_norm),
+        then the class token or the mean of the grid tokens, then fc_norm (if on)."""
+        tokens, _ = self.embed(x, mask)
+        for i in range(self.depth):
+            tokens = self._run_block(i, tokens)
+        tokens = self.norm(tokens)
+        pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        return self.fc_norm(pooled)
 
 
 def _vit(size: str, **kwargs) -> VisionTransformer:
