@@ -4,9 +4,11 @@ from . import vit  # noqa: F401  (registers the ViT backbones)
 from .base import EncoderOutput
 from .grid import token_grid
 from .heads import HEADS, DecoderHead, LinearHead, build_head
+from .loading import load_backbone, load_init
 from .normalize import InputNormalizer
 from .registry import BACKBONES, create_backbone, register_backbone
 from .vit import VIT_SIZES, VisionTransformer, image_to_clip
 
 __all__ = ["BACKBONES", "HEADS", "VIT_SIZES", "DecoderHead", "EncoderOutput", "InputNormalizer", "LinearHead",
-           "VisionTransformer", "build_head", "create_backbone", "image_to_clip", "register_backbone", "token_grid"]
+           "VisionTransformer", "build_head", "create_backbone", "image_to_clip", "load_backbone", "load_init",
+           "register_backbone", "token_grid"]

@@ -1,0 +1,184 @@
+"""Backbone weights from disk: a whole backbone (:func:`load_backbone`) or a fine-tuning start (:func:`load_init`).
+
+Three sources are read alike (:func:`read_weights`): a ``vmim convert`` file (``format: vmim-backbone``), one of our
+checkpoints (pretraining or fine-tuning: the keys under ``backbone.`` of its ``model``, the architecture from its
+resolved ``config``), or a run directory (its newest readable checkpoint, ``checkpoints/last.pt`` first, then the
+kept ``step_*.pt``, newest first; this mirrors ``vmim.engine.checkpoint.CheckpointManager``, which this package may
+not import: models sit below the engine). Reference checkpoints (VideoMAE, MAE, MVD, timm) are converted first.
+
+:func:`load_init` is strict about what changes a weight's shape or meaning and lenient, out loud, about what the
+fine-tuning recipes change on purpose:
+
+* refused, naming the config key and both values: ``model.backbone``, ``patch_size``, ``in_chans``, ``cls_token``,
+  ``pos_embed`` (kind), and a tubelet change other than 1 -> t;
+* adapted, as ``vmim convert`` does: a 2-D (tubelet 1) patch weight inflated to the model's tubelet (repeat over t,
+  divide by t: identical frames give the 2-D embedding), a learned position table resampled to the model's grid
+  (repeated over time when its slices are equal, else linearly interpolated; bicubic in space);
+* dropped, reported: ``norm.*`` when the model normalizes pooled features (``fc_norm``) and the weights have no
+  ``fc_norm`` (MAE and VideoMAE fine-tuning drop the pretrained norm and learn a fresh ``fc_norm``); a dense
+  ``mask_token`` the model does not have;
+* left fresh, reported: a missing ``fc_norm.*``; a ``mask_token`` the weights lack;
+* anything else missing, unexpected or mis-shaped: one ``ValueError`` listing every key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..config import FAMILIES, build_config, build_entry, video_grid
+from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight, resample_table
+from .registry import create_backbone
+
+Grid = tuple[int, int, int]
+ARCH_KEYS = ("backbone", "patch_size", "in_chans", "cls_token", "pos_embed")
+"""Config keys whose difference changes what the weights mean: never adapted."""
+
+
+@dataclass
+class BackboneWeights:
+    """A backbone's weights and the architecture they belong to.
+
+    Attributes:
+        config: the backbone's ViTConfig.
+        video_grid: the token grid (T', H', W') its learned position table (if any) is for.
+        state_dict: backbone keys (no ``backbone.`` prefix).
+        origin: where they came from, for messages.
+        data: img_size, num_frames, mean, std of the source.
+    """
+
+    config: Any
+    video_grid: Grid
+    state_dict: dict[str, torch.Tensor]
+    origin: str
+    data: dict
+
+
+def _checkpoint_files(run_dir: Path) -> list[Path]:
+    ckpt = run_dir / "checkpoints"
+    last = ckpt / "last.pt"
+    return ([last] if last.exists() else []) + sorted(ckpt.glob("step_*.pt"), reverse=True)
+
+
+def _load_file(path: Path) -> tuple[Any, Path]:
+    """(loaded object, file) for a file, or the newest readable checkpoint of a run directory."""
+    if path.is_dir():
+        files = _checkpoint_files(path)
+        if not files:
+            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} (neither last.pt nor step_*.pt)")
+        errors = []
+        for file in files:
+            try:
+                return torch.load(file, map_location="cpu", weights_only=False), file
+            except Exception as err:  # a file damaged outside our atomic writes: try the next one
+                errors.append(f"{file}: {err}")
+        raise ValueError(f"no readable checkpoint in {path / 'checkpoints'}: " + "; ".join(errors))
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file or run directory: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False), path
+
+
+def read_weights(path: str | Path) -> BackboneWeights:
+    """The backbone weights of a converted file, one of our checkpoints, or a run directory.
+
+    Raises:
+        FileNotFoundError: nothing at ``path`` (or no checkpoint in the run directory).
+        ValueError: anything else (a reference checkpoint not yet converted, a checkpoint without a backbone).
+    """
+    obj, file = _load_file(Path(path))
+    if isinstance(obj, dict) and obj.get("format") == FILE_FORMAT:
+        if obj.get("version") != FILE_VERSION:
+            raise ValueError(f"{file}: {FILE_FORMAT} version {obj.get('version')}, this vmim reads {FILE_VERSION}")
+        cfg = build_entry("model", obj["model"], FAMILIES["backbones"])
+        source = obj.get("source", {})
+        origin = f"converted {source.get('format', '?')} file {file}"
+        return BackboneWeights(cfg, tuple(obj["video_grid"]), dict(obj["state_dict"]), origin, dict(obj["data"]))
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), str):
+        cfg = build_config(yaml.safe_load(obj["config"]))
+        sd = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+        if not sd:
+            raise ValueError(f"{file}: its model has no 'backbone.*' keys")
+        origin = f"{obj.get('task', cfg.task)} checkpoint {file} (step {obj.get('step', '?')})"
+        data = {"img_size": cfg.data.img_size, "num_frames": cfg.data.num_frames, "mean": list(cfg.data.mean),
+                "std": list(cfg.data.std)}
+        return BackboneWeights(cfg.model, video_grid(cfg), sd, origin, data)
+    raise ValueError(f"{file} is neither a vmim checkpoint nor a '{FILE_FORMAT}' file; convert reference "
+                     f"checkpoints first: vmim convert --from {{{','.join(FORMATS)}}} SRC DST")
+
+
+def load_backbone(path: str | Path) -> nn.Module:
+    """The backbone recorded in a converted file, one of our checkpoints or a run directory, loaded strictly, in eval
+    mode. ``forward_features`` then gives the source's pooled ``(B, D)`` features."""
+    weights = read_weights(path)
+    model = create_backbone(weights.config, weights.video_grid)
+    check_and_load(model, weights.state_dict, weights.origin)
+    return model.eval()
+
+
+def load_init(backbone: nn.Module, init: str | Path, model_cfg: Any) -> list[str]:
+    """Load starting weights into a built backbone (rules in the module docstring).
+
+    Args:
+        backbone: built from ``model_cfg`` (and the fine-tuning run's video grid).
+        init: a run directory, one of our checkpoints, or a converted file.
+        model_cfg: the fine-tuning config's ViTConfig.
+    Returns:
+        report lines: what was loaded from where, what was adapted, dropped or left fresh.
+    Raises:
+        ValueError: an architecture mismatch (naming ``model.<key>`` and both values) or keys that do not fit.
+    """
+    weights = read_weights(init)
+    src = weights.config
+    for key in ARCH_KEYS:
+        ours, theirs = getattr(model_cfg, key), getattr(src, key)
+        if ours != theirs:
+            raise ValueError(f"model.{key}: the model has {ours!r}, the init weights ({weights.origin}) have "
+                             f"{theirs!r}")
+    sd = dict(weights.state_dict)
+    report = [f"init: {len(sd)} backbone tensors from {weights.origin}"]
+    if src.tubelet_size != model_cfg.tubelet_size:
+        if src.tubelet_size != 1:
+            raise ValueError(f"model.tubelet_size: the model has {model_cfg.tubelet_size}, the init weights "
+                             f"({weights.origin}) have {src.tubelet_size}; only 2-D weights (tubelet 1) are inflated")
+        sd["patch_embed.proj.weight"] = inflate_patch_weight(sd["patch_embed.proj.weight"], model_cfg.tubelet_size)
+        report.append(f"init: patch_embed.proj.weight inflated from tubelet 1 to {model_cfg.tubelet_size} "
+                      f"(repeated over t, divided by {model_cfg.tubelet_size})")
+    if model_cfg.pos_embed == "learned" and "pos_embed.table" in sd:
+        grid = tuple(backbone.pos_embed.video_grid)
+        if tuple(weights.video_grid) != grid:
+            sd["pos_embed.table"] = resample_table(sd["pos_embed.table"], tuple(weights.video_grid), grid)
+            report.append(f"init: learned position table resampled from the grid {tuple(weights.video_grid)} to "
+                          f"{grid}")
+    if model_cfg.fc_norm and not any(k.startswith("fc_norm.") for k in sd):
+        norm = sorted(k for k in sd if k.startswith("norm."))
+        for k in norm:
+            del sd[k]
+        if norm:
+            report.append(f"init: dropped {', '.join(norm)} (model.fc_norm: the pooled features get a fresh fc_norm, "
+                          "as in MAE / VideoMAE fine-tuning)")
+    own = backbone.state_dict()
+    if "mask_token" in sd and "mask_token" not in own:
+        del sd["mask_token"]
+        report.append("init: dropped mask_token (the weights are from a dense encoder, the model is not)")
+    fresh = sorted(k for k in own if k not in sd and (k.startswith("fc_norm.") or k == "mask_token"))
+    if fresh:
+        report.append(f"init: left fresh {', '.join(fresh)}")
+    try:
+        check_and_load(backbone, {**{k: own[k] for k in fresh}, **sd}, f"the init weights ({weights.origin})")
+    except ValueError as err:
+        if bool(src.fc_norm) != bool(model_cfg.fc_norm):
+            raise ValueError(f"{err} (model.fc_norm: the model has {model_cfg.fc_norm}, the init weights have "
+                             f"{src.fc_norm})") from None
+        raise
+    if src.global_pool != model_cfg.global_pool or src.fc_norm != model_cfg.fc_norm:
+        report.append(f"init: pooling {model_cfg.global_pool}{' + fc_norm' if model_cfg.fc_norm else ''} "
+                      f"(the weights' own: {src.global_pool}{' + fc_norm' if src.fc_norm else ''})")
+    return report
+
+
+__all__ = ["ARCH_KEYS", "BackboneWeights", "load_backbone", "load_init", "read_weights"]
