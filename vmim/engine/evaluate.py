@@ -1,0 +1,269 @@
+"""Multi-view evaluation: K temporal clips x C spatial crops per video, scores merged per video, gathered over ranks.
+
+Decisions:
+
+* **Softmax per view, then the mean over the views of a video**, as VideoMAE's ``merge`` does (SlowFast sums
+  softmaxes: the same ranking). Averaging logits instead lets one over-confident view outvote the others.
+  ``loss`` is the cross-entropy of that merged distribution, ``-log mean_v p_v(label)``, averaged over the
+  videos that loaded: well defined, unlike a cross-entropy of averaged logits.
+* **A video that fails to load is a miss**, not a skipped sample: it stays in the denominator of top-1 / top-5, is
+  named in :meth:`EvalResult.failed_line` and has its row (with the reason) in the predictions file. Dropping it would
+  report accuracy on an easier subset; replacing it (as pretraining does) would count another video twice.
+* **No padding, so no de-duplication.** Each rank evaluates indices ``rank, rank + world, ...``
+  (:func:`vmim.data.eval_views.shard`) and the per-video records, with their dataset index, are gathered with
+  ``all_gather_object``. VideoMAE pads the last batch through DistributedSampler and drops duplicates by the key
+  ``str(chunk_nb) + str(split_nb)``, which collides from 10 clips up ("1" + "11" == "11" + "1"). Here nothing is
+  dropped, and coverage is checked, not assumed: :func:`merge_records` raises unless the indices of loaded and
+  failed videos together are exactly 0..N-1, each once.
+* A loader batch names its failed files as ``(path, reason)`` without their index; the index is recovered from the
+  loader's order (in-order, no shuffle: a batch holds the next ``loaded + failed`` indices of the rank's shard, failed
+  ones in order), and each recovered index must describe to the reported path, or the evaluation stops.
+* Every rank gets the merged result (the decision to keep a checkpoint can be taken on any rank); only rank 0
+  writes the predictions file, through a temporary file renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed
+from torch.utils.data import DataLoader, Subset
+
+from ..data.eval_views import MultiViewDataset
+from .distributed import DistInfo
+from .precision import autocast
+
+TOP_K = 5
+PREDICTIONS_HEADER = ("path", "label", "top5", "scores", "correct", "error")
+MIN_PROB = torch.finfo(torch.float32).tiny  # floor of a merged probability in the loss: -log stays finite
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """What evaluation keeps of one video: ``top5`` class ids (min(5, K) of them, best first) and their merged
+    scores, ``label_score`` the merged probability of the label; a failed video has ``error`` and no prediction."""
+
+    index: int
+    path: str
+    label: int
+    top5: tuple[int, ...] = ()
+    scores: tuple[float, ...] = ()
+    label_score: float | None = None
+    error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.error is None
+
+    @property
+    def correct(self) -> bool:
+        """Top-1 hit (a failed video never is)."""
+        return bool(self.top5) and self.top5[0] == self.label
+
+    @property
+    def in_top5(self) -> bool:
+        return self.label in self.top5
+
+
+@dataclass
+class EvalResult:
+    """Merged evaluation of all N videos: records sorted by index; ``top1`` / ``top5`` are fractions of N (a failed
+    video is a miss); ``loss`` is the mean over loaded videos of ``-log`` (merged probability of the label)."""
+
+    records: list[VideoRecord]
+    top1: float
+    top5: float
+    loss: float
+    num_videos: int
+    num_failed: int
+    num_views: int
+    num_crops: int
+    rank: int = field(default=0, compare=False)  # only rank 0 writes files
+
+    @classmethod
+    def from_records(cls, records: Sequence[VideoRecord], num_views: int, num_crops: int,
+                     rank: int = 0) -> EvalResult:
+        records = sorted(records, key=lambda r: r.index)
+        n = len(records)
+        loaded = [r for r in records if r.loaded]
+        losses = [-math.log(max(r.label_score, MIN_PROB)) for r in loaded]
+        return cls(records=records,
+                   top1=sum(r.correct for r in records) / n if n else math.nan,
+                   top5=sum(r.in_top5 for r in records) / n if n else math.nan,
+                   loss=sum(losses) / len(losses) if losses else math.nan,
+                   num_videos=n, num_failed=n - len(loaded), num_views=num_views, num_crops=num_crops, rank=rank)
+
+    def summary_line(self) -> str:
+        """``top1 81.25% top5 100.00% (16 videos, 5 x 3 views)``."""
+        return (f"top1 {100 * self.top1:.2f}% top5 {100 * self.top5:.2f}% "
+                f"({self.num_videos} videos, {self.num_views} x {self.num_crops} views)")
+
+    def failed_line(self, limit: int = 20) -> str | None:
+        """``2 of 16 videos failed to load and count as misses: a.mp4 (reason); b.mp4 (reason)``, the first ``limit``
+        named; None when every video loaded."""
+        failed = [r for r in self.records if not r.loaded]
+        if not failed:
+            return None
+        named = "; ".join(f"{r.path} ({r.error})" for r in failed[:limit])
+        more = f"; and {len(failed) - limit} more (see the predictions file)" if len(failed) > limit else ""
+        return f"{len(failed)} of {self.num_videos} videos failed to load and count as misses: {named}{more}"
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars for logs: top1 / top5 (fractions), loss, failed (count)."""
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "failed": float(self.num_failed)}
+
+    def write_predictions(self, path: str | os.PathLike) -> Path | None:
+        """Write a TSV, one row per video in index order, on rank 0 (other ranks: no-op, None): ``path``, ``label``,
+        ``top5`` (comma-separated class ids, best first), ``scores`` (their merged probabilities), ``correct``
+        (top-1 hit, 1/0) and ``error`` (why a failed video did not load; its top5 and scores are empty).
+        Written to a temporary name, then renamed."""
+        if self.rank != 0:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(PREDICTIONS_HEADER)
+            for r in self.records:
+                writer.writerow([r.path, r.label, ",".join(map(str, r.top5)), ",".join(f"{s:.6f}" for s in r.scores),
+                                 int(r.correct), " ".join((r.error or "").split())])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def loader_shard(loader: DataLoader) -> tuple[MultiViewDataset, list[int]]:
+    """(the MultiViewDataset, the dataset indices this rank's loader yields, in order)."""
+    data = loader.dataset
+    indices = list(data.indices) if isinstance(data, Subset) else list(range(len(data)))
+    dataset = data.dataset if isinstance(data, Subset) else data
+    if not isinstance(dataset, MultiViewDataset):
+        raise TypeError(f"evaluate needs a loader over a MultiViewDataset (build_test_loader), got {type(dataset)}")
+    return dataset, indices
+
+
+def listed_label(source, index: int) -> int:
+    """The label a source lists for ``index`` without loading it (-1 when it cannot say)."""
+    entries = getattr(source, "entries", None)
+    return int(entries[index].label) if entries is not None else -1
+
+
+def failed_indices(chunk: Sequence[int], loaded: Sequence[int], failed: Sequence[tuple[str, str]],
+                   describe: Callable[[int], str]) -> list[int]:
+    """Indices of a batch's failed samples: the indices of ``chunk`` (what the batch was built from, in order) that
+    did not load. Raises RuntimeError when the batch does not fit the chunk or a path does not match its index."""
+    loaded_set = set(loaded)
+    rest = [i for i in chunk if i not in loaded_set]
+    if len(chunk) != len(loaded) + len(failed) or not loaded_set <= set(chunk) or len(rest) != len(failed):
+        raise RuntimeError(f"loader batch does not follow the shard's order: expected indices {list(chunk)}, got "
+                           f"{list(loaded)} loaded and {len(failed)} failed (evaluate needs an in-order loader)")
+    for index, (path, _) in zip(rest, failed):
+        if describe(index) != path:
+            raise RuntimeError(f"failed sample '{path}' is not index {index} ('{describe(index)}') of the shard")
+    return rest
+
+
+def merge_records(per_rank: Sequence[Sequence[VideoRecord]], num_videos: int) -> list[VideoRecord]:
+    """Records of every rank, sorted by index. Raises RuntimeError unless their indices are exactly
+    0..num_videos-1, each once: no video counted twice or dropped."""
+    records = sorted((r for part in per_rank for r in part), key=lambda r: r.index)
+    counts = Counter(r.index for r in records)
+    twice = sorted(i for i, c in counts.items() if c > 1)
+    outside = sorted(i for i in counts if not 0 <= i < num_videos)
+    missing = [i for i in range(num_videos) if i not in counts]
+    problems = []
+    if twice:
+        problems.append(f"{len(twice)} counted more than once (indices {_few(twice)})")
+    if missing:
+        problems.append(f"{len(missing)} never evaluated (indices {_few(missing)})")
+    if outside:
+        problems.append(f"{len(outside)} outside 0..{num_videos - 1} (indices {_few(outside)})")
+    if problems:
+        raise RuntimeError(f"evaluation over {len(per_rank)} rank(s) does not cover the {num_videos} videos exactly "
+                           f"once: " + "; ".join(problems))
+    return records
+
+
+def _few(indices: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, indices[:limit]))
+    return shown + (", ..." if len(indices) > limit else "")
+
+
+def gather_records(records: list[VideoRecord], dist: DistInfo | None) -> list[list[VideoRecord]]:
+    """Every rank's records, on every rank (``all_gather_object``); just ``[records]`` in a single process."""
+    if dist is None or dist.world_size == 1:
+        return [records]
+    if not torch.distributed.is_initialized():
+        raise RuntimeError(f"evaluate was given world_size={dist.world_size} but no process group is initialized")
+    per_rank: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(per_rank, records)
+    return per_rank
+
+
+def view_scores(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, num_classes: int,
+                device: torch.device, precision: str = "fp32", chunk_size: int | None = None) -> torch.Tensor:
+    """uint8 clips (B, V, C, T, S, S) -> merged scores float32 (B, K) on the CPU: the model on all B * V views (at most
+    ``chunk_size`` per call), softmax per view, mean over the V views of each video."""
+    b, v = clips.shape[:2]
+    flat = clips.flatten(0, 1)
+    step = chunk_size or len(flat)
+    probs = []
+    for start in range(0, len(flat), step):
+        x = flat[start:start + step].to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+        if tuple(logits.shape) != (len(x), num_classes):
+            raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for {len(x)} views, "
+                             f"expected ({len(x)}, {num_classes}) (num_classes)")
+        probs.append(logits.float().softmax(dim=-1).cpu())
+    return torch.cat(probs).view(b, v, num_classes).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, num_classes: int,
+             device: torch.device | str, precision: str = "fp32", dist: DistInfo | None = None,
+             chunk_size: int | None = None) -> EvalResult:
+    """Evaluate ``model`` (uint8 clips (N, C, T, S, S) on ``device`` -> logits (N, num_classes); it normalizes its
+    input itself) on every video of ``loader`` (:func:`vmim.data.eval_views.build_test_loader`, this rank's shard),
+    merge the views of each video, gather all ranks' records (``dist.world_size`` > 1: every rank must call) and
+    check that each of the N videos was counted exactly once. ``chunk_size`` caps the views per model call.
+    A ``torch.nn.Module`` runs in eval mode and gets its previous mode back."""
+    device = torch.device(device)
+    dataset, order = loader_shard(loader)
+    source = dataset.source
+    was_training = model.training if isinstance(model, torch.nn.Module) else None
+    if was_training is not None:
+        model.eval()
+    records: list[VideoRecord] = []
+    cursor = 0
+    try:
+        for batch in loader:
+            loaded, failed = batch["index"].tolist(), batch["failed"]
+            chunk = order[cursor:cursor + len(loaded) + len(failed)]
+            cursor += len(chunk)
+            for index, (path, reason) in zip(failed_indices(chunk, loaded, failed, source.describe), failed):
+                records.append(VideoRecord(index, path, listed_label(source, index), error=reason))
+            if not loaded:
+                continue
+            scores = view_scores(model, batch["clips"], num_classes, device, precision, chunk_size)
+            top_scores, top_ids = scores.topk(min(TOP_K, num_classes), dim=-1)
+            for row, (index, label) in enumerate(zip(loaded, batch["label"].tolist())):
+                if not 0 <= label < num_classes:
+                    raise ValueError(f"{source.describe(index)}: label {label} is outside 0..{num_classes - 1} "
+                                     f"(num_classes={num_classes}); evaluation needs labeled videos")
+                records.append(VideoRecord(index, source.describe(index), label, tuple(top_ids[row].tolist()),
+                                           tuple(top_scores[row].tolist()), float(scores[row, label])))
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+    merged = merge_records(gather_records(records, dist), len(dataset))
+    return EvalResult.from_records(merged, dataset.num_views, dataset.num_crops, dist.rank if dist else 0)
