@@ -66,6 +66,12 @@ def test_every_shipped_config_loads_and_validates(path):
     # configs/methods/ are method recipes without data: they run once a dataset is added
     extra = ["data.datasets.digits_images.weight=1"] if path.parent.name == "methods" else []
     cfg = load_config(path, extra)
+    for name, ds in cfg.data.datasets.items():
+        assert type(ds) is config.DATASETS[ds.kind], name
+    assert type(cfg.model) is config.BACKBONES[cfg.model.backbone]
+    if cfg.task == "finetune":  # a supervised recipe: labeled eval data, no targets or masks
+        assert path.parent.name == "methods" or cfg.eval.datasets, "a recipe names its evaluation data"
+        return
     for name, target in cfg.targets.items():  # each entry is its kind's dataclass
         assert type(target) is config.TARGETS[target.kind], name
         assert type(target.head) is config.HEADS[target.head.kind]

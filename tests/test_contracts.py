@@ -635,16 +635,33 @@ def test_token_set_contract(name):
 # Shipped configs
 # ----------------------------------------------------------------------------------------------------
 
-CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
-
-
 def load_shipped(path: Path):
     # configs/methods/ are method recipes without data: they run once a dataset is added
     return load_config(path, ["data.datasets.digits_images.weight=1"] if path.parent.name == "methods" else [])
 
 
+ALL_CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIG_FILES = [p for p in ALL_CONFIG_FILES if load_shipped(p).task == "pretrain"]
+FINETUNE_CONFIG_FILES = [p for p in ALL_CONFIG_FILES if p not in CONFIG_FILES]
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_finetune_config_builds_its_classifier(path):
+    from vmim.models.classifier import build_classifier
+
+    cfg = load_shipped(path)
+    with torch.device("meta"):
+        model = build_classifier(cfg, cfg.head.num_classes or 10)
+    m, bb = cfg.model, model.backbone
+    assert tuple(bb.patch_size) == (m.tubelet_size, m.patch_size, m.patch_size) and bb.global_pool == m.global_pool
+    layer_norm = torch.nn.LayerNorm
+    assert isinstance(bb.fc_norm, layer_norm) == m.fc_norm and isinstance(bb.norm, layer_norm) != m.fc_norm
+    assert model.head.in_features == bb.embed_dim and model.dropout.p == cfg.head.dropout
+    assert not cfg.eval.datasets or all(ds.kind in config.DATASETS for ds in cfg.eval.datasets.values())
+
+
 def test_configs_found():
-    assert len(CONFIG_FILES) >= 5
+    assert len(CONFIG_FILES) >= 5 and len(FINETUNE_CONFIG_FILES) >= 5
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))

@@ -220,13 +220,16 @@ def test_resume_never_refuses_to_overwrite_a_run(tmp_path):
 
 
 def test_probe_reports_both_accuracies(tmp_path):
-    from vmim.engine.probe import probe_checkpoint
+    from vmim.engine.probe import probe, probe_config_for_pretraining_run
 
     cfg = tiny_cfg(tmp_path, "train.epochs=1", "log.image_every_steps=0")
     engine.pretrain(cfg)
-    acc = probe_checkpoint(cfg, load(tmp_path / "checkpoints" / "last.pt"))
-    assert set(acc) == {"pretrained", "random_init"}
-    assert all(0.2 < a <= 1.0 for a in acc.values()), acc  # 10 classes: far above chance either way
+    result = probe(probe_config_for_pretraining_run(cfg, str(tmp_path / "checkpoints" / "last.pt")))
+    assert set(result.accuracy) == {"pretrained", "random_init"} and (result.fit, result.test) == (1438, 359)
+    accs = [a["linear"] for a in result.accuracy.values()]
+    assert all(0.2 < a <= 1.0 for a in accs), accs  # 10 classes: far above chance either way
+    assert result.accuracy["pretrained"] != result.accuracy["random_init"]  # the checkpoint's weights were loaded
+    assert result.lines()[-1].startswith("probe top1 ")
 
 
 def test_flat_image_folder_pretrains_unlabeled(tmp_path):

@@ -1,5 +1,5 @@
-"""Command line: ``vmim pretrain --config FILE [key=value ...]``, ``vmim submit``, ``vmim probe RUN_DIR``,
-``vmim list``.
+"""Command line: ``vmim pretrain``, ``vmim finetune``, ``vmim eval``, ``vmim probe``, ``vmim convert``,
+``vmim submit``, ``vmim list``.
 
 The config is loaded and validated before torch is imported, so a typo fails in well under a second.
 """
@@ -14,21 +14,41 @@ from .config import ConfigError, config_to_yaml, load_config
 from .preflight import check_data_paths
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+def _train(args: argparse.Namespace, task: str) -> int:
+    """``vmim pretrain`` / ``vmim finetune``: validate, check paths, train (or resume)."""
+    cfg = load_config(args.config, args.overrides, task=task)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
     check_data_paths(cfg)  # a missing list / folder stops here, naming its key: before torch and the run folder
     import signal
 
-    from .engine.pretrain import StopRequested, pretrain
+    from .engine.trainer import StopRequested
+    if task == "pretrain":
+        from .engine.pretrain import pretrain as run
+    else:
+        from .engine.finetune import finetune as run
 
     try:
-        pretrain(cfg)
+        run(cfg)
     except StopRequested as stop:
         print(f"vmim: {stop}", file=sys.stderr)
         return 128 + signal.Signals[stop.signal_name].value if stop.signal_name in signal.Signals.__members__ else 1
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    return _train(args, "pretrain")
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    return _train(args, "finetune")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .engine.eval_run import run_eval
+
+    run_eval(args.target, args.checkpoint, args.overrides, args.output)
     return 0
 
 
@@ -43,9 +63,18 @@ def _submit(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.profile, flags)
     from .launch.submit import submit
 
-    submitted = submit(args.config, args.overrides, cluster, args.sweep or [])
-    for job, cfg in submitted:
-        print(f"submitted job {job.job_id} ({cluster.executor}): run dir {cfg.output_dir}", flush=True)
+    if args.eval:
+        from .launch.submit import submit_eval
+
+        submitted = submit_eval(args.eval, args.checkpoint, args.overrides, cluster)
+        print(f"submitted job {submitted[0][0].job_id} ({cluster.executor}): eval of {args.eval}", flush=True)
+    else:
+        if not args.config:
+            print("vmim submit: give --config FILE (training) or --eval RUN_DIR", file=sys.stderr)
+            return 2
+        submitted = submit(args.config, args.overrides, cluster, args.sweep or [])
+        for job, cfg in submitted:
+            print(f"submitted job {job.job_id} ({cluster.executor}): run dir {cfg.output_dir}", flush=True)
     if not args.wait:
         return 0
     failed = 0
@@ -60,18 +89,43 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    cfg = load_config(run_dir / "config.yaml", args.overrides)
-    from .engine.checkpoint import CheckpointManager, load
-    from .engine.probe import probe_checkpoint
+    """``vmim probe --config FILE`` (a fine-tuning config) or ``vmim probe RUN_DIR`` (a pretraining run, on digits)."""
+    if args.config:  # argparse hands the first override to the optional RUN_DIR
+        overrides = ([args.run_dir] if args.run_dir else []) + list(args.overrides)
+        cfg = load_config(args.config, overrides, task="finetune")
+        check_data_paths(cfg)
+        what = f"init {cfg.init or '(random)'}"
+    else:
+        if not args.run_dir:
+            print("vmim probe: give a pretraining RUN_DIR or --config FILE", file=sys.stderr)
+            return 2
+        run_dir = Path(args.run_dir)
+        run_cfg = load_config(run_dir / "config.yaml", task="pretrain")
+        from .engine.checkpoint import CheckpointManager
+        from .engine.probe import probe_config_for_pretraining_run
 
-    state = load(args.checkpoint) if args.checkpoint else CheckpointManager(run_dir).load_latest()
-    if state is None:
-        print(f"vmim probe: no checkpoint in {run_dir / 'checkpoints'}", file=sys.stderr)
-        return 2
-    acc = probe_checkpoint(cfg, state)
-    print(f"linear probe on held-out digits (step {state['step']}): "
-          f"pretrained {acc['pretrained']:.1%} | random init {acc['random_init']:.1%}")
+        init = args.checkpoint or str(CheckpointManager(run_dir).last)
+        if not Path(init).exists():
+            print(f"vmim probe: no checkpoint in {run_dir / 'checkpoints'}", file=sys.stderr)
+            return 2
+        cfg = probe_config_for_pretraining_run(run_cfg, init, args.overrides)
+        what = f"held-out digits, {init}"
+    from .engine.probe import probe
+
+    result = probe(cfg)
+    print(f"probe on {', '.join(cfg.eval.datasets)} ({what}):")
+    for line in result.lines(cfg.probe.labels_per_class):
+        print(line)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``vmim convert --from FORMAT SRC DST``: a reference checkpoint -> a vmim backbone file."""
+    from .models.convert import convert_file
+
+    report = convert_file(args.source_format, args.src, args.dst, num_frames=args.num_frames,
+                          img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone)
+    print(report if isinstance(report, str) else "\n".join(report))
     return 0
 
 
@@ -91,8 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
     p.set_defaults(func=_pretrain)
-    p = sub.add_parser("submit", help="submit pretraining to Slurm (or run it as local processes) via submitit")
-    p.add_argument("--config", required=True, help="YAML config, as for pretrain")
+    p = sub.add_parser("finetune", help="fine-tune (or resume) a classifier: a config with task: finetune")
+    p.add_argument("--config", required=True, help="YAML config (task: finetune; see configs/finetune)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
+    p.set_defaults(func=_finetune)
+    p = sub.add_parser("eval", help="multi-view test of a fine-tuned run: eval.num_views x eval.num_crops views per "
+                                    "video, softmax averaged, predictions file, top-1 / top-5")
+    p.add_argument("target", help="fine-tuning run directory, or a checkpoint file")
+    p.add_argument("--checkpoint", help="best, last, or a file (default: best.pt if kept, else last.pt)")
+    p.add_argument("--output", help="folder for <dataset>.predictions.tsv (default: <run>/eval)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config (eval.num_views=...)")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("submit", help="submit pretraining or fine-tuning (the config's task) to Slurm, or run it as "
+                                      "local processes, via submitit")
+    p.add_argument("--config", help="YAML config, as for pretrain / finetune")
+    p.add_argument("--eval", metavar="RUN_DIR", help="instead of training: vmim eval of this fine-tuned run")
+    p.add_argument("--checkpoint", help="with --eval: best, last or a file")
     p.add_argument("--profile", help="cluster profile YAML with defaults for the options below (see slurm/)")
     p.add_argument("--local", action="store_true", help="run as local processes (same as --executor local)")
     p.add_argument("--executor", choices=("slurm", "local", "debug"))
@@ -115,11 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the jobs and report their results")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for pretrain")
     p.set_defaults(func=_submit)
-    p = sub.add_parser("probe", help="linear probe on held-out digits: checkpoint vs random init")
-    p.add_argument("run_dir")
-    p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config")
+    p = sub.add_parser("probe", help="linear / k-NN probes on frozen features: weights vs random init")
+    p.add_argument("run_dir", nargs="?", help="a pretraining run: probe on the built-in digits")
+    p.add_argument("--config", help="fine-tuning config: fit on data.datasets, score on eval.datasets, weights = init")
+    p.add_argument("--checkpoint", help="with RUN_DIR: checkpoint file (default: the run's newest)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the probe config")
     p.set_defaults(func=_probe)
+    p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT) as a vmim "
+                                       "backbone file, for model.init / init= and vmim.models.load_backbone")
+    p.add_argument("--from", dest="source_format", required=True, choices=("videomae", "mae", "mvd", "timm"))
+    p.add_argument("src", help="the reference checkpoint (.pth / .pt / .bin)")
+    p.add_argument("dst", help="where to write the vmim backbone file (.pt)")
+    p.add_argument("--num-frames", type=int, default=16, help="frames per clip of the video grid (default 16)")
+    p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's own)")
+    p.add_argument("--tubelet-size", type=int, help="frames per token; 2-D weights are inflated (default 2)")
+    p.add_argument("--backbone", help="registered backbone name (default: inferred from the weights' shapes)")
+    p.set_defaults(func=_convert)
     p = sub.add_parser("list", help="print every registry: backbones (with parameter counts), maskings, targets, "
                                     "heads, "
                                     "losses, token sets, dataset kinds, index formats, decoders")
@@ -136,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmim: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, RuntimeError, ValueError) as err:
-        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError")
+        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError", "ConversionError")
         if type(err).__name__ not in known:
             raise
         print(f"vmim: {type(err).__name__}: {err}", file=sys.stderr)  # the run's own words; no traceback needed

@@ -456,6 +456,10 @@ class VideoDatasetConfig(FileDatasetConfig):
     frame in each of num_frames equal segments of the whole video (TSN / SSv2 fine-tuning style)."""
     overflow: str = "loop"
     """A window longer than the video: loop it, or pad with the last frame."""
+    split_number: int = 1
+    """hmdb51: which official split (1-3) of the folder of split files (UCF101 picks it by its list file)."""
+    partition: str = "train"
+    """hmdb51: the split's train or test videos."""
 
     def check(self, key: str, cfg: "Config") -> None:
         super().check(key, cfg)
@@ -464,6 +468,8 @@ class VideoDatasetConfig(FileDatasetConfig):
         _check(self.target_fps >= 0, f"{key}.target_fps", f"{self.target_fps} must be >= 0")
         _choice(f"{key}.sampling", self.sampling, ("window", "segments"))
         _choice(f"{key}.overflow", self.overflow, ("loop", "pad"))
+        _check(self.split_number in (1, 2, 3), f"{key}.split_number", f"{self.split_number} must be 1, 2 or 3")
+        _choice(f"{key}.partition", self.partition, ("train", "test"))
         if self.format in ("ssv2", "ucf101"):
             _check(bool(self.labels), f"{key}.labels", f"format {self.format} needs its labels file")
 
@@ -666,8 +672,17 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
 
     The file's ``task`` key (default pretrain) picks the schema; ``task`` given here must match it (a fine-tuning
     command refuses a pretraining file, naming the key)."""
-    raw = _load_yaml_tree(Path(path)) if path is not None else {}
-    sets, deletes = _split_overrides(overrides or [])
+    raw = apply_overrides(_load_yaml_tree(Path(path)) if path is not None else {}, overrides or [])
+    if task is not None:
+        found = raw.get("task", "pretrain")
+        _check(found == task, "task", f"this command takes a '{task}' config, and this one is '{found}'"
+               + (f" ({path})" if path is not None else "") + f"; set task: {task}")
+    return build_config(raw)
+
+
+def apply_overrides(raw: dict, overrides: List[str]) -> dict:
+    """``raw`` with ``key.sub=value`` overrides merged in and ``~key.sub`` entries deleted."""
+    sets, deletes = _split_overrides(overrides)
     for key in deletes:
         _delete_key(raw, key)
     if sets:
@@ -676,11 +691,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         except OmegaConfBaseException as err:
             raise ConfigError(getattr(err, "full_key", None) or "?", str(err).splitlines()[0]) from None
         raw = _deep_merge(raw, dotlist)
-    if task is not None:
-        found = raw.get("task", "pretrain")
-        _check(found == task, "task", f"this command takes a '{task}' config, and this one is '{found}'"
-               + (f" ({path})" if path is not None else "") + f"; set task: {task}")
-    return build_config(raw)
+    return raw
 
 
 def build_config(raw: dict) -> Any:

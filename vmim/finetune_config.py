@@ -15,7 +15,7 @@ Like :mod:`vmim.config`, this module imports no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .config import (
     CheckpointConfig, ConfigError, DataConfig, LogConfig, OptimConfig, TrainConfig, _check, _choice,
@@ -116,10 +116,11 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"
     resume: str = "auto"
     """auto: continue from output_dir's newest checkpoint if any; never; or a checkpoint path."""
-    init: str = ""
+    init: Optional[str] = ""
     """Starting weights of the backbone: a vmim pretraining run directory or checkpoint (its encoder), a fine-tuning
-    checkpoint, or a ``vmim convert`` file (VideoMAE, MAE, MVD, timm); empty = random init. Decoders and targets are
-    dropped; a key the model lacks, or a model key it lacks (other than the fresh head and fc_norm), stops the run."""
+    checkpoint, or a ``vmim convert`` file (VideoMAE, MAE, MVD, timm); empty (``init=``) = random init. Decoders and
+    targets are dropped; a key the model lacks, or a model key it lacks (other than the fresh head and fc_norm), stops
+    the run."""
     model: Any = None
     """The backbone, as in pretraining (``global_pool``, ``fc_norm``: the classifier's pooling)."""
     head: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -143,6 +144,7 @@ class FinetuneConfig:
 def validate_finetune(cfg: FinetuneConfig) -> None:
     """Semantic checks of a supervised config. Raises ConfigError naming the key."""
     _check(cfg.task == "finetune", "task", f"'{cfg.task}' is not a fine-tuning run")
+    cfg.init = cfg.init or ""
     cfg.model.check("model", cfg)
     validate_common(cfg)
     h, a, e = cfg.head, cfg.augment, cfg.eval

@@ -13,9 +13,8 @@ from .pretrain_dataset import ClipSource, MaskedClipDataset, collate
 from .sampler import MixedBatchSampler
 
 __all__ = ["DATASET_KINDS", "DigitClips", "DigitImages", "DigitMotion", "ClipSource", "MaskedClipDataset",
-           "MixedBatchSampler", "BadFileMonitor",
-           "Failure", "TooManyBadFiles", "PretrainData", "build_loader", "build_source", "build_pretrain_data",
-           "collate"]
+           "MixedBatchSampler", "BadFileMonitor", "Failure", "TooManyBadFiles", "PretrainData", "build_loader",
+           "build_source", "build_sources", "build_train_data", "build_pretrain_data", "collate"]
 
 log = logging.getLogger("vmim")
 
@@ -29,6 +28,8 @@ def _read_entries(name: str, ds_cfg):
         entries = indexes.read_ssv2(ds_cfg.path, ds_cfg.labels, root)
     elif ds_cfg.format == "ucf101":
         entries = indexes.read_ucf101_split(ds_cfg.path, ds_cfg.labels, root)
+    elif ds_cfg.format == "hmdb51":
+        entries = indexes.read_hmdb51_split(ds_cfg.path, ds_cfg.split_number, ds_cfg.partition == "train", root)
     elif ds_cfg.format == "image_folder":
         entries = indexes.read_image_folder(ds_cfg.path)
     else:
@@ -98,21 +99,33 @@ def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
     return source, listed, missing
 
 
-def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0) -> PretrainData:
-    """This rank's data over the configured mix; call ``set_epoch(epoch, start_batch)`` before iterating."""
-    names = list(cfg.data.datasets)
-    built = [build_source(n, cfg.data.datasets[n], cfg.data, cfg.model.in_chans) for n in names]
-    sources = [b[0] for b in built]
+def build_sources(datasets: dict, data_cfg, in_chans: int) -> list[tuple[str, ClipSource, int, int]]:
+    """(name, source, files listed, files missing) of every entry of a ``datasets`` mapping, in order."""
+    return [(name, *build_source(name, ds_cfg, data_cfg, in_chans)) for name, ds_cfg in datasets.items()]
+
+
+def build_train_data(cfg, built: list[tuple[str, ClipSource, int, int]], patch_size: tuple[int, int, int],
+                     world_size: int, rank: int, masks: dict, clip_transform: Callable | None = None) -> PretrainData:
+    """This rank's training data over ``built`` sources (weights from ``cfg.data.datasets``), with ``masks`` drawn per
+    sample and ``clip_transform`` applied to each clip; call ``set_epoch(epoch, start_batch)`` before iterating."""
+    names = [b[0] for b in built]
+    sources = [b[1] for b in built]
     steps = cfg.train.steps_per_epoch * cfg.optim.accum_steps or None
     sampler = MixedBatchSampler([len(s) for s in sources], [cfg.data.datasets[n].weight for n in names],
                                 cfg.data.batch_size, world_size, rank, cfg.train.seed, steps)
-    masks = build_mask_generators(cfg)  # {"encoder": ..., "decoder": ... when decoder_masking is set}
     dataset = MaskedClipDataset(sources, masks, patch_size, cfg.data.decode_timeout_s,
-                                cfg.data.repeat, isolate=cfg.data.decode_isolation)
+                                cfg.data.repeat, isolate=cfg.data.decode_isolation, clip_transform=clip_transform)
     loader = build_loader(dataset, sampler, cfg.data.num_workers, cfg.data.pin_memory)
-    monitor = BadFileMonitor(names, [b[1] for b in built], [b[2] for b in built], cfg.data.max_bad_fraction)
+    monitor = BadFileMonitor(names, [b[2] for b in built], [b[3] for b in built], cfg.data.max_bad_fraction)
     for i, name in enumerate(names):
         if monitor.fraction(i) > cfg.data.max_bad_fraction:
-            raise RuntimeError(f"dataset '{name}': {built[i][2]} of {built[i][1]} listed files are missing, more than "
+            raise RuntimeError(f"dataset '{name}': {built[i][3]} of {built[i][2]} listed files are missing, more than "
                                f"data.max_bad_fraction={cfg.data.max_bad_fraction:g}")
     return PretrainData(loader, sampler, names, monitor)
+
+
+def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0) -> PretrainData:
+    """This rank's data over the configured mix; call ``set_epoch(epoch, start_batch)`` before iterating."""
+    built = build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
+    masks = build_mask_generators(cfg)  # {"encoder": ..., "decoder": ... when decoder_masking is set}
+    return build_train_data(cfg, built, patch_size, world_size, rank, masks)

@@ -3,7 +3,7 @@
 * ``DigitImages``: each 8x8 digit upscaled to 3/4 of the canvas and placed at a random offset (training)
   or centred (test), as a one-frame clip.
 * ``DigitClips``: the same digit moving in a straight line, bouncing off the canvas borders.
-* ``DigitMotion``: a digit moving on a torus (wrapping around the borders) in one of four directions from a uniformly
+* ``DigitMotion``: a digit stepping on a torus (wrapping around the borders) in one of four directions from a uniformly
   random start; the label is the direction. Every frame's position is uniform whatever the direction and the digit is
   independent of it, so one frame alone carries no label information by construction: only motion does.
 
@@ -139,11 +139,20 @@ MOTION_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
 
 
 class DigitMotion(_DigitsBase):
-    """Clips of a digit moving ``speed`` pixels per frame in one of four directions (the label), wrapping around the
-    canvas, from a uniformly random start. Labels are a fixed balanced draw per split, independent of the digit."""
+    """Clips of a digit stepping ``speed`` pixels in one of four directions (the label) every ``hold`` frames, wrapping
+    around the canvas, from a uniformly random start. Labels are a fixed balanced draw per split, independent of the
+    digit.
+
+    Every frame's position is uniform whatever the label, so one frame is at chance by construction. The digit holds
+    still for ``hold`` frames (one tubelet of the demo's backbone) and moves between them, so no single token sees
+    motion: the direction shows only by relating tokens across time, which is what masked video pretraining has to
+    learn (a random-init backbone's pooled features are at chance on it, where a within-tubelet motion would be read
+    off by the patch embedding alone).
+    """
 
     modality = "video"
-    speed = 2
+    speed = 3
+    hold = 2
 
     def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 8, in_chans: int = 3):
         super().__init__(split, img_size, num_frames, in_chans)
@@ -158,6 +167,7 @@ class DigitMotion(_DigitsBase):
         glyph[:g, :g] = _glyphs(self.split, g)[index]
         start = rng.integers(0, self.img_size, size=2)
         step = np.array(MOTION_DIRECTIONS[label]) * self.speed
-        frames = np.stack([np.roll(glyph, tuple(start + t * step), axis=(0, 1)) for t in range(self.num_frames)])
+        frames = np.stack([np.roll(glyph, tuple(start + (t // self.hold) * step), axis=(0, 1))
+                           for t in range(self.num_frames)])
         clip = torch.from_numpy((frames * 255).round().astype(np.uint8))
         return clip[None].expand(self.in_chans, -1, -1, -1).contiguous(), label

@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PathLike = str | os.PathLike
 
@@ -47,12 +47,19 @@ _INT = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One listed sample: absolute file path, 0-based label (-1 = unlabeled), optional time span in seconds."""
+    """One listed sample: absolute file path, 0-based label (-1 = unlabeled), optional time span in seconds, and where
+    it was listed (``list_file``, 1-based ``line`` or JSON item; 0 = not from a line) for messages about its label."""
 
     path: str
     label: int
     start_sec: float | None = None
     end_sec: float | None = None
+    list_file: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+    def where(self) -> str:
+        """``list.txt line 12`` (or the path when the entry has no line)."""
+        return f"{self.list_file} line {self.line}" if self.line else self.path
 
 
 class IndexFormatError(ValueError):
@@ -177,7 +184,7 @@ def read_space_list(list_path: PathLike, root: PathLike | None = None) -> list[E
     entries = []
     for number, text in _lines(list_path):
         path, label = _space_line(list_path, number, text)
-        entries.append(Entry(_resolve(base, path), label))
+        entries.append(Entry(_resolve(base, path), label, list_file=str(list_path), line=number))
     return entries
 
 
@@ -194,7 +201,7 @@ def read_csv_list(list_path: PathLike, root: PathLike | None = None) -> list[Ent
             continue  # header row
         if label is None or not path:
             raise IndexFormatError(list_path, number, "expected 'path,label' with an integer label", ",".join(fields))
-        entries.append(Entry(_resolve(base, path), label))
+        entries.append(Entry(_resolve(base, path), label, list_file=str(list_path), line=number))
     return entries
 
 
@@ -285,7 +292,8 @@ def read_kinetics_csv(csv_path: PathLike, root: PathLike | None = None,
             if name is not None:
                 path = directory + name
                 break
-        entries.append(Entry(path or default_dir + stem + VIDEO_EXTENSIONS[0], label_index, start, end))
+        entries.append(Entry(path or default_dir + stem + VIDEO_EXTENSIONS[0], label_index, start, end,
+                             str(csv_path), number))
     return entries
 
 
@@ -327,7 +335,7 @@ def read_ssv2(annotation_json: PathLike, labels_json: PathLike, root: PathLike |
             label = classes.get(template.replace("[", "").replace("]", ""), None)
             if label is None:
                 raise IndexFormatError(annotation_json, number, f"template not in {labels_json}", template, "item")
-        entries.append(Entry(_resolve(base, f"{item['id']}{ext}"), label))
+        entries.append(Entry(_resolve(base, f"{item['id']}{ext}"), label, list_file=str(annotation_json), line=number))
     return entries
 
 
@@ -362,7 +370,7 @@ def read_ucf101_split(split_file: PathLike, class_ind_file: PathLike, root: Path
         if label is None or (from_folder is not None and label != from_folder):
             raise IndexFormatError(split_file, number, f"class folder and label disagree with {class_ind_file}",
                                    text)
-        entries.append(Entry(_resolve(base, fields[0]), label))
+        entries.append(Entry(_resolve(base, fields[0]), label, list_file=str(split_file), line=number))
     return entries
 
 
@@ -388,7 +396,7 @@ def read_hmdb51_split(split_dir: PathLike, split: int = 1, train: bool = True,
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise IndexFormatError(path, number, "expected 'video.avi 0|1|2'", text)
             if fields[1] == wanted:
-                entries.append(Entry(_resolve(base, os.path.join(name, fields[0])), index))
+                entries.append(Entry(_resolve(base, os.path.join(name, fields[0])), index, list_file=path, line=number))
     return entries
 
 

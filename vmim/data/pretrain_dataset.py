@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ class MaskedClipDataset:
     """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "masks": {name: bool (N,)}, "label", "dataset", "bad"}.
 
     ``mask_generators`` names each mask the method needs (``encoder``, and e.g. ``decoder`` for VideoMAE V2's
-    dual masking); masks are drawn in that order. The same seed drives augmentation and the masks, so a sample is
+    dual masking; none for fine-tuning); masks are drawn in that order, after ``clip_transform`` (fine-tuning's
+    RandAugment) if given. The same seed drives augmentation and the masks, so a sample is
     a pure function of its key. A sample
     that fails to load (corrupt file, decoder error, timeout) is replaced by another index of the same
     dataset drawn from the same seed (:func:`attempt_rng`); the failures travel with the sample in ``"bad"`` as
@@ -73,8 +74,10 @@ class MaskedClipDataset:
 
     def __init__(self, sources: Sequence[ClipSource], mask_generators: dict[str, MaskGenerator],
                  patch_size: tuple[int, int, int],
-                 decode_timeout_s: float = 0.0, repeat: int = 1, isolate: bool = False):
+                 decode_timeout_s: float = 0.0, repeat: int = 1, isolate: bool = False,
+                 clip_transform: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None):
         self.sources = list(sources)
+        self.clip_transform = clip_transform
         self.repeat = repeat
         self.mask_generators = dict(mask_generators)
         self.patch_size = patch_size
@@ -140,6 +143,8 @@ class MaskedClipDataset:
     def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None) -> dict:
         dataset, index, seed = key
         clips, failures, rng = self._load(dataset, index, seed, rng, ticket)
+        if self.clip_transform is not None:  # e.g. fine-tuning's RandAugment, from the same per-sample generator
+            clips = [(self.clip_transform(clip, rng), label) for clip, label in clips]
         grid = token_grid(clips[0][0].shape, self.patch_size)
         masks = [{name: torch.from_numpy(make(grid, rng)) for name, make in self.mask_generators.items()}
                  for _ in clips]

@@ -167,8 +167,12 @@ class ImageSource(FileSource):
     def test_views(self, index: int, num_views: int = 1, num_crops: int = 1, short_side: int = 0
                    ) -> tuple[torch.Tensor, int]:
         """uint8 (num_crops, C, 1, size, size) and the label. ``short_side`` 0 = ``round(size / 0.875)`` (256 for
-        224: ImageNet's resize-256 / centre-224); ``num_views`` must be 1."""
+        224: ImageNet's resize-256 / centre-224), except for an image whose short side is at most ``size``: it is
+        resized to ``size`` and kept whole (a 28-px digit for a 28-px model is not zoomed to 32 and cut back to 28);
+        ``num_views`` must be 1."""
         if num_views != 1:
             raise ValueError(f"images have one temporal view, got num_views={num_views}")
-        short_side = short_side or round(self.size / 0.875)
-        return test_crops(self.pixels(index, short_side), short_side, self.size, num_crops), self.entries[index].label
+        pixels = self.pixels(index, short_side or round(self.size / 0.875))
+        if not short_side:
+            short_side = self.size if min(pixels.shape[1:3]) <= self.size else round(self.size / 0.875)
+        return test_crops(pixels, short_side, self.size, num_crops), self.entries[index].label

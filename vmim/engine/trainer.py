@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -81,7 +83,11 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.raw_model = task.build_model().to(self.device)
-        torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)  # per-rank stochastic depth
+        # per-rank stochastic depth (torch) and batch-level augmentation such as timm's Mixup (numpy, python): every
+        # generator the main process draws from is seeded here and saved in checkpoints, so runs repeat and resume
+        torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
+        np.random.seed(cfg.train.seed + 1000 * self.dist.rank)
+        random.seed(cfg.train.seed + 1000 * self.dist.rank)
         self.data = task.build_data(self.raw_model, self.dist)
         accum = cfg.optim.accum_steps
         self.global_batch = cfg.data.batch_size * cfg.data.repeat * self.dist.world_size * accum

@@ -1,9 +1,11 @@
-"""What runs inside a submitted job, on every task: distributed set-up, pretraining, requeue on preemption.
+"""What runs inside a submitted job, on every task: distributed set-up, training (pretraining or fine-tuning, by the
+config's ``task``) or evaluation, requeue on preemption.
 
 submitit pickles a :class:`PretrainJob` and calls it in each task. The task exports torch.distributed's env://
 variables from submitit's job environment (rank, world size, local rank, master = first node, port derived from
-the job id), then runs :func:`vmim.engine.pretrain.pretrain`, which picks gloo or NCCL and the local GPU and
-resumes from the run's newest complete checkpoint (``resume=auto``).
+the job id), then runs :func:`vmim.engine.pretrain.pretrain` or :func:`vmim.engine.finetune.finetune`, which pick
+gloo or NCCL and the local GPU and resume from the run's newest complete checkpoint (``resume=auto``), or
+:func:`vmim.engine.eval_run.run_eval` for ``vmim submit --eval``.
 
 Signals are the trainer's own (:mod:`vmim.engine.preemption`), replacing submitit's: they checkpoint at a step
 boundary on every rank instead of inside a signal handler. After a SIGUSR2 stop, rank 0 runs ``scontrol requeue``
@@ -47,10 +49,10 @@ def requeue(job_id: str, max_requeues: int) -> None:
         log.warning(f"scontrol requeue {job_id}: {result.stderr.strip() or result.returncode}")
 
 
-class PretrainJob(Checkpointable):
-    """Picklable callable: one pretraining run (a sweep point is one of these per array task). As a submitit
-    Checkpointable, a signal that arrives before the trainer installs its handlers requeues the same job, which
-    resumes from the newest checkpoint."""
+class TrainJob(Checkpointable):
+    """Picklable callable: one training run, pretraining or fine-tuning by ``cfg.task`` (a sweep point is one of these
+    per array task). As a submitit Checkpointable, a signal that arrives before the trainer installs its handlers
+    requeues the same job, which resumes from the newest checkpoint."""
 
     def __init__(self, cfg: Config, max_requeues: int = 100):
         self.cfg, self.max_requeues = cfg, max_requeues
@@ -58,13 +60,17 @@ class PretrainJob(Checkpointable):
     def __call__(self) -> dict:
         import submitit
 
-        from ..engine.pretrain import StopRequested, pretrain
+        from ..engine.trainer import StopRequested
+        if self.cfg.task == "finetune":
+            from ..engine.finetune import finetune as train
+        else:
+            from ..engine.pretrain import pretrain as train
 
         in_slurm = "SLURM_JOB_ID" in os.environ
         job_id = submitit.JobEnvironment().job_id if "SUBMITIT_FOLDER" in os.environ else None
         rank = export_distributed_env() if job_id is not None else 0
         try:
-            state = pretrain(self.cfg)
+            state = train(self.cfg)
         except StopRequested as stop:
             ignore_stop_signals()
             if stop.request == "requeue" and in_slurm and rank == 0:
@@ -75,3 +81,26 @@ class PretrainJob(Checkpointable):
         ignore_stop_signals()
         return {"step": state.step, "epoch": state.epoch, "skipped_steps": state.skipped_steps,
                 "run_dir": self.cfg.output_dir}
+
+
+PretrainJob = TrainJob  # the name of earlier releases
+
+
+class EvalJob(Checkpointable):
+    """Picklable callable: ``vmim eval`` of a fine-tuned run, sharded over the job's tasks; returns rank 0's top-1 /
+    top-5 per dataset. Evaluation keeps no state, so a requeued job simply runs again."""
+
+    def __init__(self, target: str, checkpoint: str | None = None, overrides: list[str] = ()):
+        self.target, self.checkpoint, self.overrides = target, checkpoint, list(overrides)
+
+    def __call__(self) -> dict:
+        import submitit
+
+        from ..engine.eval_run import run_eval
+
+        if "SUBMITIT_FOLDER" in os.environ and submitit.JobEnvironment().job_id is not None:
+            export_distributed_env()
+        results = run_eval(self.target, self.checkpoint, self.overrides)
+        ignore_stop_signals()
+        return {name: {"top1": r.top1, "top5": r.top5, "videos": r.num_videos, "summary": r.summary_line()}
+                for name, r in results.items()}

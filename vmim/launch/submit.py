@@ -1,4 +1,5 @@
-"""``vmim submit``: the run config of ``vmim pretrain`` plus cluster options, submitted through submitit.
+"""``vmim submit``: the run config of ``vmim pretrain`` / ``vmim finetune`` (its ``task`` says which) plus cluster
+options, submitted through submitit; ``--eval RUN_DIR`` submits ``vmim eval`` of a fine-tuned run.
 
 One run is one job; a sweep (``--sweep key=v1,v2`` flags, crossed) is one job array with one run directory per
 point, named after its values. Every run directory gets ``config.yaml`` (resolved, validated before anything is
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, config_to_yaml, load_config
 from .cluster import ClusterConfig
-from .job import PretrainJob
+from .job import EvalJob, TrainJob
 
 
 def expand_sweep(sweeps: list[str]) -> list[dict[str, str]]:
@@ -103,7 +104,7 @@ def submit(config: str, overrides: list[str], cluster: ClusterConfig, sweeps: li
     executor = build_executor(cluster, root / "submitit", name=root.name)
     for cfg, _ in runs:
         write_config(cfg)  # before the job can start
-    tasks = [PretrainJob(cfg, cluster.max_requeues) for cfg, _ in runs]
+    tasks = [TrainJob(cfg, cluster.max_requeues) for cfg, _ in runs]
     if len(tasks) == 1:
         jobs = [executor.submit(tasks[0])]
     else:
@@ -113,3 +114,16 @@ def submit(config: str, overrides: list[str], cluster: ClusterConfig, sweeps: li
     for (cfg, point), job in zip(runs, jobs):
         record_submission(cfg, cluster, command, str(job.job_id), point)
     return [(job, cfg) for job, (cfg, _) in zip(jobs, runs)]
+
+
+def submit_eval(target: str, checkpoint: str | None, overrides: list[str], cluster: ClusterConfig,
+                command: list[str] | None = None) -> list[tuple]:
+    """Queue ``vmim eval`` of a fine-tuned run (its config is checked here first); returns [(job, config)]."""
+    from ..engine.eval_run import resolve_target
+
+    path, config = resolve_target(target, checkpoint)
+    cfg = load_config(config, overrides, task="finetune") if config is not None else None
+    run_dir = Path(target) if Path(target).is_dir() else path.parent
+    executor = build_executor(cluster, run_dir / "submitit-eval", name=f"eval-{run_dir.name}")
+    job = executor.submit(EvalJob(str(target), checkpoint, overrides))
+    return [(job, cfg)]

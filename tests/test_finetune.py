@@ -1,0 +1,253 @@
+"""Fine-tuning end to end on the shared trainer: exact resume after SIGKILL with every augmentation on, validation and
+best checkpoint, ``vmim eval`` / ``vmim probe`` last lines, label checks naming the file and line, the motion task."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vmim.config import ConfigError, load_config
+from vmim.engine.checkpoint import load
+from vmim.engine.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_FT = [
+    "task=finetune", "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "model.drop_path=0.1",
+    "model.fc_norm=true", "data.img_size=16", "data.num_frames=4", "data.batch_size=8", "data.num_workers=1",
+    "data.datasets.motion.kind=digits_motion", "data.datasets.motion.fraction=0.2",
+    "~eval.datasets.motion_test", "eval.datasets.test.kind=digits_motion", "eval.datasets.test.split=test",
+    "eval.every_epochs=2", "eval.batch_size=32", "augment.rand_augment=rand-m9-n2-mstd0.5-inc1",
+    "augment.random_erasing=0.5",
+    "augment.mixup=0.8", "augment.cutmix=1.0", "optim.lr=5e-3", "optim.warmup_epochs=0.5", "ema.decay=0.9",
+    "train.steps_per_epoch=6", "train.epochs=4", "train.precision=fp32", "log.every_steps=1",
+    "log.progress_bar=false", "checkpoint.every_steps=3",
+]
+
+
+def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vmim.cli", "finetune", "--config",
+                             str(REPO / "configs/demo/motion_finetune.yaml"), f"output_dir={run_dir}", "init=",
+                             *TINY_FT, *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step training loss; each step logged once, in order, also across a resume (validation records are apart)."""
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), steps
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run: 4 epochs x 6 steps, validated after epochs 2 and 4."""
+    run_dir = tmp_path_factory.mktemp("ft_reference")
+    proc = launch(run_dir)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    return run_dir
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference):
+    proc = launch(tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "metrics.jsonl").exists() and any(s >= 10 for s in losses(tmp_path)):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert load(tmp_path / "checkpoints" / "last.pt")["step"] == 9  # mid-epoch 2 (every 3 steps)
+    resumed = launch(tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+    expected, got = losses(reference), losses(tmp_path)
+    assert sorted(got) == sorted(expected) == list(range(1, 25))
+    for step, value in expected.items():
+        assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-7), f"step {step}"
+    a, b = load(reference / "checkpoints" / "last.pt"), load(tmp_path / "checkpoints" / "last.pt")
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    for name, tensor in a["hooks"]["ModelEMA"]["model"].items():  # the EMA rode along in the checkpoint
+        torch.testing.assert_close(b["hooks"]["ModelEMA"]["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_validation_logs_and_keeps_the_best_checkpoint(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(reference / "tb"), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
+    for prefix in ("val", "val_ema"):
+        for metric in ("top1", "top5", "loss"):
+            assert f"{prefix}/test/{metric}" in scalars
+    events = EventAccumulator(str(reference / "tb"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("val/test/top1")] == [12, 24]
+    best = load(reference / "checkpoints" / "best.pt")
+    state = load(reference / "checkpoints" / "last.pt")
+    tops = [e.value for name in ("val/test/top1", "val_ema/test/top1") for e in events.Scalars(name)]
+    assert best["top1"] == pytest.approx(max(tops)) and best["task"] == "finetune"
+    assert state["hooks"]["Validation"]["best"] == pytest.approx(best["top1"])
+
+
+def test_vmim_eval_prints_the_protocol_line_and_writes_predictions(reference, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "eval", str(reference), "eval.num_views=2",
+                           "eval.num_crops=3", "data.num_workers=0", "--output", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"top1 (\d+\.\d\d)% top5 (\d+\.\d\d)% \(359 videos, 2 x 3 views\)", last)
+    assert match, last
+    rows = (tmp_path / "test.predictions.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 359
+    correct = sum(int(row.split("\t")[4]) for row in rows[1:])
+    assert float(match.group(1)) == pytest.approx(100 * correct / 359, abs=0.006)
+
+
+def test_probe_on_a_finetune_config_prints_the_last_line(reference, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "probe", "--config",
+                           str(REPO / "configs/demo/motion_finetune.yaml"), *TINY_FT,
+                           f"init={reference / 'checkpoints' / 'last.pt'}", "probe.labels_per_class=5",
+                           "probe.seeds=2", "data.num_workers=0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"knn probe top1 \d+\.\d\d% \(random init \d+\.\d\d%; 20 fit, 359 test, 5 labels per class\)",
+                        lines[-2]), lines
+    assert re.match(r"probe top1 \d+\.\d\d% \(random init", lines[-1]), lines
+
+
+def test_label_outside_the_head_names_file_and_line(tmp_path):
+    from vmim.engine.finetune import FinetuneTask
+
+    listing = tmp_path / "train.txt"
+    listing.write_text("a.mp4 0\nb.mp4 1\n# comment\nc.mp4 7\n")
+    for name in "abc":
+        (tmp_path / f"{name}.mp4").write_bytes(b"")
+    cfg = load_config(REPO / "configs/demo/motion_finetune.yaml", [
+        *[o for o in TINY_FT if not o.startswith("data.datasets.")], "init=", "head.num_classes=4",
+        "~data.datasets.motion",
+        "data.datasets.clips.kind=video", f"data.datasets.clips.path={listing}"])
+    with pytest.raises(ConfigError, match=rf"data\.datasets\.clips.*{re.escape(str(listing))} line 4 has label 7, "
+                                          r"outside 0\.\.3 \(head\.num_classes=4\)"):
+        FinetuneTask(cfg)
+
+
+def test_declared_class_count_must_match_the_head(tmp_path):
+    from vmim.engine.finetune import FinetuneTask
+
+    (tmp_path / "classInd.txt").write_text("1 Run\n2 Jump\n3 Swim\n")
+    (tmp_path / "trainlist01.txt").write_text("Run/v_Run_g01_c01.avi 1\n")
+    (tmp_path / "Run").mkdir()
+    (tmp_path / "Run" / "v_Run_g01_c01.avi").write_bytes(b"")
+    cfg = load_config(REPO / "configs/demo/motion_finetune.yaml", [
+        *[o for o in TINY_FT if not o.startswith(("data.datasets.", "eval.", "~eval."))], "init=", "head.num_classes=5",
+        "~data.datasets.motion", "~eval.datasets.motion_test",
+        "data.datasets.ucf.kind=video", "data.datasets.ucf.format=ucf101",
+        f"data.datasets.ucf.path={tmp_path / 'trainlist01.txt'}",
+        f"data.datasets.ucf.labels={tmp_path / 'classInd.txt'}"])
+    with pytest.raises(ConfigError, match=r"classInd\.txt declares 3 classes, and the head has 5"):
+        FinetuneTask(cfg)
+
+
+def test_finetune_command_refuses_a_pretraining_config():
+    command = [sys.executable, "-m", "vmim.cli", "finetune", "--config", str(REPO / "configs/demo/digits.yaml")]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "config key 'task'" in proc.stderr and "set task: finetune" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# The motion task: the label is in the motion only
+# ----------------------------------------------------------------------------------------------------
+
+
+def motion_clips(split: str, n: int | None = None, frames: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    from vmim.data import DigitMotion
+
+    source = DigitMotion(split, 16, frames, 1)
+    idx = range(len(source) if n is None else n)
+    clips, labels = zip(*(source.load(i, np.random.default_rng(i)) for i in idx))
+    return np.stack([c[0].numpy() for c in clips]).astype(np.float32) / 255, np.array(labels)
+
+
+def test_motion_task_single_frames_are_at_chance():
+    from sklearn.linear_model import LogisticRegression
+
+    x_train, y_train = motion_clips("train")
+    x_test, y_test = motion_clips("test")
+    assert np.bincount(y_train).min() >= len(y_train) // 4 - 1  # balanced: chance is 25 %
+    for t in (0, x_train.shape[1] - 1):
+        clf = LogisticRegression(max_iter=500).fit(x_train[:, t].reshape(len(x_train), -1), y_train)
+        acc = clf.score(x_test[:, t].reshape(len(x_test), -1), y_test)
+        assert abs(acc - 0.25) < 3 * np.sqrt(0.25 * 0.75 / len(y_test)), f"frame {t}: {acc:.3f}"
+
+
+def test_motion_task_label_is_the_displacement_between_frames():
+    """The label follows from the first and last frames alone: the torus shift that maps one onto the other."""
+    from vmim.data.digits import MOTION_DIRECTIONS
+
+    clips, labels = motion_clips("test", 100)
+    for clip, label in zip(clips, labels):
+        first, last = np.fft.fft2(clip[0]), np.fft.fft2(clip[-1])
+        corr = np.real(np.fft.ifft2(last * np.conj(first)))
+        dy, dx = np.unravel_index(np.argmax(corr), corr.shape)
+        shift = ((dy + 8) % 16 - 8, (dx + 8) % 16 - 8)
+        step = np.sign(shift)
+        assert tuple(step) == MOTION_DIRECTIONS[label], (shift, label)
+
+
+def test_metrics_jsonl_records_are_json(reference):
+    for line in (reference / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_evaluation_transform_keeps_small_images_whole(tmp_path):
+    """A 28-px image for a 28-px model comes back pixel for pixel (no zoom to 32 and crop back to 28); a large one is
+    resized to size / 0.875 and centre-cropped."""
+    from PIL import Image
+
+    from vmim.data.indexes import Entry
+    from vmim.data.sources import ImageSource
+
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "small.png")
+    big = np.zeros((64, 64, 3), dtype=np.uint8)
+    big[:4] = 255  # a top band that the 0.875 centre crop cuts away
+    Image.fromarray(big).save(tmp_path / "big.png")
+    source = ImageSource([Entry(str(tmp_path / "small.png"), 0), Entry(str(tmp_path / "big.png"), 1)], 28)
+    clips, _ = source.test_views(0)
+    assert torch.equal(clips[0, :, 0].permute(1, 2, 0), torch.from_numpy(pixels))
+    clips, _ = source.test_views(1)
+    assert clips.shape == (1, 3, 1, 28, 28) and int(clips.max()) == 0
+
+
+@pytest.mark.slow
+def test_submit_local_two_ranks_finetunes_then_evaluates(tmp_path):
+    """`vmim submit --local --tasks-per-node 2` for a fine-tuning config (DDP over gloo, validation sharded over the
+    two ranks), then `vmim submit --local --eval RUN_DIR` (the multi-view test sharded the same way)."""
+    run = tmp_path / "run"
+    common = ["--local", "--tasks-per-node", "2", "--cpus-per-task", "1", "--wait"]
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--config",
+                           str(REPO / "configs/demo/motion_finetune.yaml"), *common, f"output_dir={run}", "init=",
+                           *TINY_FT, "train.epochs=2", "data.batch_size=4", "ema.decay=0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "finished: {'step': 12" in proc.stdout
+    log = (run / "log.txt").read_text()
+    assert "device cpu x 2" in log
+    assert re.search(r"val test epoch 2: top1 \d+\.\d\d% .*\(359 videos, 1 x 1 views\)", log)
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--eval", str(run), *common,
+                           "eval.num_views=2", "eval.num_crops=1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert re.search(r"'summary': 'top1 \d+\.\d\d% top5 \d+\.\d\d% \(359 videos, 2 x 1 views\)'", proc.stdout), \
+        proc.stdout[-2000:]
+    rows = (run / "eval" / "test.predictions.tsv").read_text().splitlines()
+    assert len(rows) == 360 and len({row.split("\t")[0] for row in rows[1:]}) == 359  # each video once
