@@ -21,7 +21,7 @@ from torch import nn
 from vmim.config import ViTConfig, config_to_yaml, load_config
 from vmim.models import create_backbone, load_backbone, load_init
 from vmim.models.convert import (
-    build_convert_parser, convert_checkpoint, convert_file, convert_state_dict, resample_table,
+    convert_checkpoint, convert_file, convert_state_dict, resample_table,
 )
 from vmim.models.pos_embed import sincos_3d, sincos_flat
 
@@ -61,10 +61,10 @@ def ours(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_convert_cli(argv: list[str], capsys) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="vmim")
-    build_convert_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["convert", *argv])
-    rc = args.func(args)
+    """``vmim convert ...`` through the real command line parser."""
+    from vmim.cli import main
+
+    rc = main(["convert", *argv])
     captured = capsys.readouterr()
     return rc, captured.out + captured.err
 

@@ -228,3 +228,25 @@ def test_sweep_is_one_array_with_a_run_dir_per_point(tmp_path):
         cfg = load_config(tmp_path / name / "config.yaml")
         assert (cfg.optim.lr, cfg.train.seed) == (float(name[3:7]), int(name[-1]))
         assert (tmp_path / name / "checkpoints/last.pt").exists()
+
+
+def test_finetune_then_eval_jobs(tmp_path):
+    """A fine-tuning config submitted like a pretraining one (2 tasks, DDP), then `vmim submit --eval` of its run."""
+    from tests.test_finetune import TINY_FT
+
+    run = tmp_path / "ft"
+    config = str(REPO / "configs/demo/motion_finetune.yaml")
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--config", config, "--profile", PROFILE,
+                           "--tasks-per-node", "2", f"output_dir={run}", "init=", *TINY_FT, "train.epochs=2",
+                           "data.batch_size=4", "ema.decay=0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    wait_done(re.search(r"submitted job (\S+)", proc.stdout).group(1), run)
+    assert "device cpu x 2" in (run / "log.txt").read_text() and (run / "checkpoints" / "best.pt").exists()
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--eval", str(run), "--profile", PROFILE,
+                           "--tasks-per-node", "2", "eval.num_views=2", "eval.num_crops=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    job = re.search(r"submitted job (\S+)", proc.stdout).group(1)
+    wait_done(job, run)
+    rows = (run / "eval" / "test.predictions.tsv").read_text().splitlines()
+    assert len(rows) == 360 and len({row.split("\t")[0] for row in rows[1:]}) == 359

@@ -121,12 +121,9 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """``vmim convert --from FORMAT SRC DST``: a reference checkpoint -> a vmim backbone file."""
-    from .models.convert import convert_file
+    from .models.convert import convert_command
 
-    report = convert_file(args.source_format, args.src, args.dst, num_frames=args.num_frames,
-                          img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone)
-    print(report if isinstance(report, str) else "\n".join(report))
-    return 0
+    return convert_command(args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -191,14 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the probe config")
     p.set_defaults(func=_probe)
     p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT) as a vmim "
-                                       "backbone file, for model.init / init= and vmim.models.load_backbone")
-    p.add_argument("--from", dest="source_format", required=True, choices=("videomae", "mae", "mvd", "timm"))
-    p.add_argument("src", help="the reference checkpoint (.pth / .pt / .bin)")
-    p.add_argument("dst", help="where to write the vmim backbone file (.pt)")
-    p.add_argument("--num-frames", type=int, default=16, help="frames per clip of the video grid (default 16)")
-    p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's own)")
-    p.add_argument("--tubelet-size", type=int, help="frames per token; 2-D weights are inflated (default 2)")
-    p.add_argument("--backbone", help="registered backbone name (default: inferred from the weights' shapes)")
+                                       "backbone file, for init= and vmim.models.load_backbone")
+    p.add_argument("--from", dest="source_format", required=True, choices=("videomae", "mae", "mvd", "timm"),
+                   help="the source's layout")
+    p.add_argument("src", help="reference checkpoint (.pth / .pt)")
+    p.add_argument("dst", help="output file (for fine-tuning init= or load_backbone)")
+    p.add_argument("--num-frames", type=int, default=16,
+                   help="clip frames of the result (the grid of a learned position table; for a saved 3-D table, "
+                        "the frames it was made for); default 16")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="crop side; default: the position table's, else 224; a learned table is interpolated")
+    p.add_argument("--tubelet-size", type=int, default=None,
+                   help="frames per token; default: the source's, or 2 for 2-D weights (inflated: repeated over t, "
+                        "divided by t)")
+    p.add_argument("--backbone", default=None, help="expected registered size (vit_base, ...)")
     p.set_defaults(func=_convert)
     p = sub.add_parser("list", help="print every registry: backbones (with parameter counts), maskings, targets, "
                                     "heads, "

@@ -127,14 +127,15 @@ def probe(cfg) -> ProbeResult:
     test_sources = build_sources(cfg.eval.datasets, cfg.data, cfg.model.in_chans)
     if not test_sources:
         raise ValueError("probe: eval.datasets names no dataset to score on")
-    torch.manual_seed(cfg.train.seed)
-    models = {"pretrained": build_classifier(cfg, 1)}
-    if cfg.probe.compare_random_init:
+    models = {}
+    if cfg.probe.compare_random_init:  # the backbone is the first draw after seeding: the same weights for a seed
+        torch.manual_seed(cfg.train.seed)
         models["random_init"] = build_classifier(cfg, 1)
+    models["pretrained"] = build_classifier(cfg, 1)
     if cfg.init:
         load_init(models["pretrained"].backbone, cfg.init, cfg.model)
     accuracy, counts = {}, (0, 0)
-    for key, model in models.items():
+    for key, model in sorted(models.items()):  # "pretrained" first
         fit, test = (_features_of(model, built, cfg) for built in (fit_sources, test_sources))
         budget = cfg.probe.labels_per_class
         counts = (len(per_class_subset(fit[1], budget, 0)) if budget else len(fit[1]), len(test[1]))

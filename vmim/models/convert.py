@@ -413,7 +413,9 @@ def summary_line(converted: dict, dst: str | Path) -> str:
             f"dropped {len(converted['source']['dropped'])} keys -> {dst}")
 
 
-def _convert_command(args: argparse.Namespace) -> int:
+def convert_command(args: argparse.Namespace) -> int:
+    """``vmim convert`` (the arguments are defined in :mod:`vmim.cli`): convert, print one summary line; 2 on a bad
+    checkpoint, with the reason."""
     try:
         converted = convert_file(args.source_format, args.src, args.dst, num_frames=args.num_frames,
                                  img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone)
@@ -424,27 +426,6 @@ def _convert_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``vmim convert --from FORMAT SRC DST [--num-frames N] [--img-size S] [--tubelet-size T]
-    [--backbone NAME]`` to an argparse subparsers object; returns the subparser."""
-    p = subparsers.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT) as a "
-                                              "vmim backbone file")
-    p.add_argument("--from", dest="source_format", required=True, choices=FORMATS, help="the source's layout")
-    p.add_argument("src", help="reference checkpoint (.pth / .pt)")
-    p.add_argument("dst", help="output file (for fine-tuning 'init:' or load_backbone)")
-    p.add_argument("--num-frames", type=int, default=16,
-                   help="clip frames of the result (the grid of a learned position table; for a saved 3-D table, "
-                        "the frames it was made for); default 16")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="crop side; default: the position table's, else 224; a learned table is interpolated")
-    p.add_argument("--tubelet-size", type=int, default=None,
-                   help=f"frames per token; default: the source's, or {DEFAULT_2D_TUBELET} for 2-D weights "
-                        "(inflated: repeated over t, divided by t)")
-    p.add_argument("--backbone", default=None, choices=sorted(VIT_SIZES), help="expected registered size")
-    p.set_defaults(func=_convert_command)
-    return p
-
-
-__all__ = ["FORMATS", "build_convert_parser", "check_and_load", "convert_checkpoint", "convert_file",
+__all__ = ["FORMATS", "convert_command", "check_and_load", "convert_checkpoint", "convert_file",
            "convert_state_dict", "inflate_patch_weight", "infer_backbone", "match_fixed_table", "read_state_dict",
            "resample_table", "save_converted"]
