@@ -470,3 +470,30 @@ def test_load_init_from_finetuning_checkpoint_keeps_fc_norm(tmp_path):
     with pytest.raises(ValueError, match="convert reference checkpoints first"):
         torch.save({"model": trained.state_dict()}, tmp_path / "raw.pth")
         load_init(backbone, tmp_path / "raw.pth", cfg.model)
+
+
+def test_reference_files_load_without_running_pickled_code(tmp_path):
+    """VideoMAE / MAE files pickle their argparse args (allowed); any other object is refused before it can run."""
+    import argparse
+
+    from vmim.models.convert import load_reference
+
+    sd = {"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1e-3)}
+    torch.save(sd, tmp_path / "ok.pth")
+    assert load_reference(tmp_path / "ok.pth")["args"].lr == 1e-3
+    torch.save({"model": {"w": torch.zeros(2)}, "hook": Exploit(tmp_path / "pwned")}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="refused for safety"):
+        load_reference(tmp_path / "bad.pth")
+    assert not (tmp_path / "pwned").exists()
+
+
+class Exploit:
+    """Unpickling runs ``touch <target>``."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))

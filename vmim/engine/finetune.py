@@ -5,7 +5,9 @@ signals, bad files, logs) is the trainer's, exactly as for pretraining; this mod
 are, and what one micro-batch's loss is:
 
 * data: the pretraining loader without masks; RandAugment runs per clip in the loader workers, drawn from the
-  sample's own seed (one set of ops for every frame), after the dataset's crop and flip;
+  sample's own seed (one set of ops for every frame), after the dataset's crop and flip (VideoMAE runs it on the
+  full decoded frames before cropping; on the 224² crop it costs a fraction, and its geometric ops' fill corners are
+  no longer partly cropped away: a small, deliberate difference);
 * on the device: uint8 -> [0, 1] pixels, random erasing (one box on every frame), mixup / cutmix with label
   smoothing, then the classifier (which normalizes) and soft-target cross-entropy;
 * hooks: model EMA (optional) and per-epoch validation on ``eval.datasets`` (top-1 / top-5 / loss to TensorBoard,

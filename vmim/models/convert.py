@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -372,6 +373,26 @@ def convert_state_dict(source_format: str, sd: dict[str, torch.Tensor], *, num_f
     }
 
 
+SAFE_GLOBALS = (argparse.Namespace,)
+"""Non-tensor objects reference checkpoints pickle (VideoMAE / MAE save their ``args``), allowed when loading."""
+
+
+def load_reference(path: str | Path) -> Any:
+    """``torch.load`` of a downloaded checkpoint with ``weights_only=True``: tensors, containers and
+    :data:`SAFE_GLOBALS` only, so a tampered file cannot run code on unpickling.
+
+    Raises:
+        ValueError: the file pickles other objects (named by torch); re-save its state dict with ``torch.save``.
+    """
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds pickled objects beyond tensors, refused for safety ({str(err)[:300]}); "
+                         "load it in a trusted session and re-save the state dict with torch.save(state_dict, ...)"
+                         ) from None
+
+
 def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: int = 16,
                        img_size: int | None = None, tubelet_size: int | None = None,
                        backbone: str | None = None) -> dict:
@@ -381,7 +402,7 @@ def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: 
         ``{"format": "vmim-backbone", "version": 1, "model": ViTConfig as a dict, "data": {img_size, num_frames,
         mean, std}, "video_grid": [t, h, w], "state_dict": ours, "source": {format, path, dropped, notes}}``.
     """
-    obj = torch.load(src_path, map_location="cpu", weights_only=False)  # reference files pickle argparse args
+    obj = load_reference(src_path)
     out = convert_state_dict(source_format, read_state_dict(obj), num_frames=num_frames, img_size=img_size,
                              tubelet_size=tubelet_size, backbone=backbone)
     out["source"]["path"] = str(src_path)
