@@ -219,7 +219,7 @@ def test_decode_timeout_counts_as_failed():
     dataset = MultiViewDataset(fake_source(IndexDecoder(50, delay_s=2.0)), 1, 1, decode_timeout_s=0.1)
     start = time.monotonic()
     assert dataset[0] == {"failed": ("/v/a.mp4", "DecodeTimeout: decoding took longer than 0.1 s "
-                                                 "(data.decode_timeout_s)")}
+                                                 "(data.decode_timeout_s)"), "index": 0}
     assert time.monotonic() - start < 1.5
 
 
@@ -232,7 +232,8 @@ def test_settings_that_fail_every_sample_raise_up_front(tmp_path):
             MultiViewDataset(source, views, crops, short)
     with pytest.raises(ValueError, match="rank"):
         build_test_loader(video, 1, 1, 0, batch_size=2, world_size=2, rank=2)
-    assert collate_views([{"failed": ("x", "bad")}])["clips"].shape == (0,)
+    batch = collate_views([{"failed": ("x", "bad"), "index": 3}])
+    assert batch["clips"].shape == (0,) and batch["failed_index"].tolist() == [3]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

@@ -21,7 +21,7 @@ from vmim.data.eval_views import build_test_loader
 from vmim.data.indexes import Entry
 from vmim.data.sources import VideoSource
 from vmim.engine.distributed import DistInfo
-from vmim.engine.evaluate import EvalResult, VideoRecord, evaluate, failed_indices, merge_records
+from vmim.engine.evaluate import EvalResult, VideoRecord, evaluate, merge_records
 
 NUM_CLASSES = 7
 TRUE_CLASSES = [0, 1, 2, 0, 1, 2]  # dominant colour channel of colour video i
@@ -176,12 +176,6 @@ def test_merge_refuses_a_video_counted_twice_or_dropped():
         merge_records([[record(0)], [record(2)]], 3)
     with pytest.raises(RuntimeError, match="outside 0..2"):
         merge_records([[record(0), record(1), record(2), record(3)]], 3)
-    # a failed sample's index comes from the loader's order, and must describe to the reported path
-    assert failed_indices([4, 6, 8], [4, 8], [("f6", "bad")], lambda i: f"f{i}") == [6]
-    with pytest.raises(RuntimeError, match="is not index 6"):
-        failed_indices([4, 6, 8], [4, 8], [("f5", "bad")], lambda i: f"f{i}")
-    with pytest.raises(RuntimeError, match="order"):
-        failed_indices([4, 6], [4, 8], [("f6", "bad")], lambda i: f"f{i}")
 
 
 # ---- two processes (gloo) -------------------------------------------------------------------------------------

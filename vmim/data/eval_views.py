@@ -1,6 +1,7 @@
 """Evaluation data: every sample of a video or image source as V = views x crops fixed clips, sharded over ranks.
 
-A file that fails to load is skipped and reported (``"failed": [(path, reason)]`` in its batch), never replaced by
+A file that fails to load is skipped and reported (``"failed": [(path, reason)]`` and ``"failed_index"`` in its
+batch), never replaced by
 another sample as in pretraining: a substitute would bias accuracy. Each sample is seen exactly once over all ranks
 (rank r takes indices r, r + world_size, ...; no padding), so per-video predictions can be gathered and counted.
 
@@ -30,7 +31,8 @@ CHANNELS = 3  # video and image sources decode RGB
 
 class MultiViewDataset(Dataset):
     """Map-style over source indices: ``{"clips": uint8 (V, C, T, S, S), "label": int, "index": i}``, V =
-    ``num_views * num_crops`` view-major, or ``{"failed": (path, reason)}`` when loading raises (or times out)."""
+    ``num_views * num_crops`` view-major, or ``{"failed": (path, reason), "index": i}`` when loading raises (or times
+    out)."""
 
     def __init__(self, source, num_views: int, num_crops: int, short_side: int = 0, decode_timeout_s: float = 0.0,
                  isolate: bool = False):
@@ -62,7 +64,7 @@ class MultiViewDataset(Dataset):
         try:
             clips, label = self._load(index)
         except Exception as err:  # one bad file must not stop the evaluation: it is skipped and counted instead
-            return {"failed": (self.source.describe(index), failure_reason(err))}
+            return {"failed": (self.source.describe(index), failure_reason(err)), "index": index}
         return {"clips": clips, "label": label, "index": index}
 
 
@@ -88,7 +90,8 @@ def collate_views(samples: Sequence[dict], clip_shape: Sequence[int] | None = No
     return {"clips": clips,
             "label": torch.tensor([s["label"] for s in loaded], dtype=torch.int64),
             "index": torch.tensor([s["index"] for s in loaded], dtype=torch.int64),
-            "failed": [s["failed"] for s in samples if "failed" in s]}
+            "failed": [s["failed"] for s in samples if "failed" in s],
+            "failed_index": torch.tensor([s["index"] for s in samples if "failed" in s], dtype=torch.int64)}
 
 
 def shard(num_samples: int, world_size: int, rank: int) -> range:

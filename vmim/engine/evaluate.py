@@ -15,9 +15,8 @@ Decisions:
   ``str(chunk_nb) + str(split_nb)``, which collides from 10 clips up ("1" + "11" == "11" + "1"). Here nothing is
   dropped, and coverage is checked, not assumed: :func:`merge_records` raises unless the indices of loaded and
   failed videos together are exactly 0..N-1, each once.
-* A loader batch names its failed files as ``(path, reason)`` without their index; the index is recovered from the
-  loader's order (in-order, no shuffle: a batch holds the next ``loaded + failed`` indices of the rank's shard, failed
-  ones in order), and each recovered index must describe to the reported path, or the evaluation stops.
+* A loader batch names its failed files with their dataset index (``failed_index``), so a failed video is recorded
+  under its own index whatever order the loader yields.
 * Every rank gets the merged result (the decision to keep a checkpoint can be taken on any rank); only rank 0
   writes the predictions file, through a temporary file renamed into place.
 """
@@ -157,21 +156,6 @@ def listed_label(source, index: int) -> int:
     return int(entries[index].label) if entries is not None else -1
 
 
-def failed_indices(chunk: Sequence[int], loaded: Sequence[int], failed: Sequence[tuple[str, str]],
-                   describe: Callable[[int], str]) -> list[int]:
-    """Indices of a batch's failed samples: the indices of ``chunk`` (what the batch was built from, in order) that
-    did not load. Raises RuntimeError when the batch does not fit the chunk or a path does not match its index."""
-    loaded_set = set(loaded)
-    rest = [i for i in chunk if i not in loaded_set]
-    if len(chunk) != len(loaded) + len(failed) or not loaded_set <= set(chunk) or len(rest) != len(failed):
-        raise RuntimeError(f"loader batch does not follow the shard's order: expected indices {list(chunk)}, got "
-                           f"{list(loaded)} loaded and {len(failed)} failed (evaluate needs an in-order loader)")
-    for index, (path, _) in zip(rest, failed):
-        if describe(index) != path:
-            raise RuntimeError(f"failed sample '{path}' is not index {index} ('{describe(index)}') of the shard")
-    return rest
-
-
 def merge_records(per_rank: Sequence[Sequence[VideoRecord]], num_videos: int) -> list[VideoRecord]:
     """Records of every rank, sorted by index. Raises RuntimeError unless their indices are exactly
     0..num_videos-1, each once: no video counted twice or dropped."""
@@ -238,19 +222,16 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     check that each of the N videos was counted exactly once. ``chunk_size`` caps the views per model call.
     A ``torch.nn.Module`` runs in eval mode and gets its previous mode back."""
     device = torch.device(device)
-    dataset, order = loader_shard(loader)
+    dataset, _ = loader_shard(loader)
     source = dataset.source
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     if was_training is not None:
         model.eval()
     records: list[VideoRecord] = []
-    cursor = 0
     try:
         for batch in loader:
-            loaded, failed = batch["index"].tolist(), batch["failed"]
-            chunk = order[cursor:cursor + len(loaded) + len(failed)]
-            cursor += len(chunk)
-            for index, (path, reason) in zip(failed_indices(chunk, loaded, failed, source.describe), failed):
+            loaded = batch["index"].tolist()
+            for index, (path, reason) in zip(batch["failed_index"].tolist(), batch["failed"]):
                 records.append(VideoRecord(index, path, listed_label(source, index), error=reason))
             if not loaded:
                 continue
