@@ -251,3 +251,38 @@ def test_submit_local_two_ranks_finetunes_then_evaluates(tmp_path):
         proc.stdout[-2000:]
     rows = (run / "eval" / "test.predictions.tsv").read_text().splitlines()
     assert len(rows) == 360 and len({row.split("\t")[0] for row in rows[1:]}) == 359  # each video once
+
+
+def test_finetune_on_real_videos_skips_and_counts_a_corrupt_file(tmp_path):
+    """Real H.264 files through the whole fine-tuning path (decode in the isolated child, crop, RandAugment, erasing,
+    mixup): a corrupt training file is replaced, logged and counted; a corrupt validation file is a reported miss."""
+    from tests.video_fixtures import encode_frames
+    from vmim.engine.finetune import finetune
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):  # class = which colour channel is bright
+        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
+        frames[..., i % 3] = 200
+        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
+        lines.append(f"{encode_frames(str(tmp_path / f'v{i}.mp4'), frames)} {i % 3}")
+    (tmp_path / "broken.mp4").write_bytes(os.urandom(4096))
+    (tmp_path / "train.txt").write_text("\n".join(lines + ["broken.mp4 1"]) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(lines[:3] + ["broken.mp4 0"]) + "\n")
+    overrides = [o for o in TINY_FT if not o.startswith(("data.datasets.", "eval.datasets.", "~eval."))]
+    cfg = load_config(REPO / "configs/demo/motion_finetune.yaml", [
+        *overrides, f"output_dir={tmp_path / 'run'}", "init=", "~data.datasets.motion", "~eval.datasets.motion_test",
+        "data.datasets.clips.kind=video", f"data.datasets.clips.path={tmp_path / 'train.txt'}",
+        "data.datasets.clips.stride=2", "data.datasets.clips.crop=random_resized", "data.datasets.clips.flip=true",
+        "eval.datasets.val.kind=video", f"eval.datasets.val.path={tmp_path / 'val.txt'}", "eval.datasets.val.stride=2",
+        "data.max_bad_fraction=0.5", "data.batch_size=4", "train.steps_per_epoch=4", "train.epochs=2",
+        "head.num_classes=3"])
+    state = finetune(cfg)
+    assert state.step == 8 and state.skipped_steps == 0
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "broken.mp4" in log
+    # 3 classes: every loaded video is in its top 5, the broken one counts as a miss
+    assert re.search(r"val val epoch 2: top1 \d+\.\d\d% top5 75\.00% \(4 videos, 1 x 1 views\)", log)
+    assert re.search(r"val val: 1 of 4 videos failed to load and count as misses: \S*broken\.mp4", log)
+    bad = [r["data/bad_files"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "data/bad_files" in r]
+    assert bad and bad[-1] == 1  # counted once: a known bad file is not opened again

@@ -144,6 +144,8 @@ class Validation(Hook):
                 trainer.metrics.scalars(trainer.state.step, {f"{prefix}/{name}/top1": result.top1,
                                                              f"{prefix}/{name}/top5": result.top5,
                                                              f"{prefix}/{name}/loss": result.loss})
+                if result.failed_line():
+                    trainer.log.warning(f"{prefix} {name}: {result.failed_line()}")
                 trainer.log.info(f"{prefix} {name} epoch {trainer.state.epoch}: {result.summary_line()}")
                 self.last[f"{prefix}/{name}"] = result
             scores[prefix] = next(iter(results.values())).top1
