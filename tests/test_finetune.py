@@ -286,3 +286,12 @@ def test_finetune_on_real_videos_skips_and_counts_a_corrupt_file(tmp_path):
     assert re.search(r"val val: 1 of 4 videos failed to load and count as misses: \S*broken\.mp4", log)
     bad = [r["data/bad_files"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "data/bad_files" in r]
     assert bad and bad[-1] == 1  # counted once: a known bad file is not opened again
+
+
+def test_eval_of_a_pretraining_checkpoint_is_refused_in_one_line(tmp_path):
+    torch.save({"task": "pretrain", "model": {}, "config": ""}, tmp_path / "last.pt")
+    for target, words in ((tmp_path / "last.pt", "is a 'pretrain' checkpoint"),
+                          (tmp_path / "nothing", "is neither a run directory nor a checkpoint file")):
+        proc = subprocess.run([sys.executable, "-m", "vmim.cli", "eval", str(target)], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmim: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, RuntimeError, ValueError) as err:
-        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError", "ConversionError")
+        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError", "EvalTargetError")
         if type(err).__name__ not in known:
             raise
         print(f"vmim: {type(err).__name__}: {err}", file=sys.stderr)  # the run's own words; no traceback needed

@@ -13,8 +13,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import apply_overrides, build_config, load_config
+from ..config import ConfigError, apply_overrides, build_config, load_config
 from .checkpoint import load
+
+
+class EvalTargetError(ValueError):
+    """What ``vmim eval`` was pointed at is not a fine-tuned run or checkpoint (said in one line, no traceback)."""
 
 
 def resolve_target(target: str | Path, checkpoint: str | None = None) -> tuple[Path, Path | None]:
@@ -28,10 +32,10 @@ def resolve_target(target: str | Path, checkpoint: str | None = None) -> tuple[P
             best = target / "checkpoints" / "best.pt"
             path = best if best.exists() else target / "checkpoints" / "last.pt"
         if not path.exists():
-            raise FileNotFoundError(f"no checkpoint {path} in the run {target}")
+            raise EvalTargetError(f"no checkpoint {path} in the run {target}")
         return path, config
     if not target.exists():
-        raise FileNotFoundError(f"{target} is neither a run directory nor a checkpoint file")
+        raise EvalTargetError(f"{target} is neither a run directory nor a checkpoint file")
     return target, None
 
 
@@ -42,8 +46,8 @@ def load_finetuned(target: str | Path, checkpoint: str | None = None, overrides:
     path, config = resolve_target(target, checkpoint)
     state = load(path)
     if state.get("task") != "finetune":
-        raise ValueError(f"{path} is a '{state.get('task')}' checkpoint; vmim eval scores fine-tuned classifiers "
-                         "(vmim probe measures pretrained features)")
+        raise EvalTargetError(f"{path} is a '{state.get('task')}' checkpoint; vmim eval scores fine-tuned classifiers "
+                              "(vmim probe measures pretrained features)")
     if config is not None:
         cfg = load_config(config, list(overrides), task="finetune")
     else:
@@ -64,7 +68,7 @@ def run_eval(target: str | Path, checkpoint: str | None = None, overrides: list[
 
     cfg, model, path = load_finetuned(target, checkpoint, overrides)
     if not cfg.eval.datasets:
-        raise ValueError("eval.datasets names no dataset to score (add eval.datasets.<name>.* overrides)")
+        raise ConfigError("eval.datasets", "names no dataset to score (add eval.datasets.<name>.* overrides)")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     dist = init_distributed(device.type)

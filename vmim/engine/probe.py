@@ -126,7 +126,9 @@ def probe(cfg) -> ProbeResult:
     fit_sources = build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
     test_sources = build_sources(cfg.eval.datasets, cfg.data, cfg.model.in_chans)
     if not test_sources:
-        raise ValueError("probe: eval.datasets names no dataset to score on")
+        from ..config import ConfigError
+
+        raise ConfigError("eval.datasets", "names no dataset for the probe to score on")
     models = {}
     if cfg.probe.compare_random_init:  # the backbone is the first draw after seeding: the same weights for a seed
         torch.manual_seed(cfg.train.seed)
