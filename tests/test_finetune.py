@@ -295,3 +295,11 @@ def test_eval_of_a_pretraining_checkpoint_is_refused_in_one_line(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "vmim.cli", "eval", str(target)], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_missing_init_stops_before_the_run_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "finetune", "--config",
+                           str(REPO / "configs/demo/motion_finetune.yaml"), f"init={tmp_path / 'nope'}",
+                           f"output_dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "config key 'init'" in proc.stderr and "does not exist" in proc.stderr
+    assert not (tmp_path / "run").exists()

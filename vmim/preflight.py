@@ -79,3 +79,6 @@ def check_data_paths(cfg: Config) -> None:
         check_dataset_paths(f"data.datasets.{name}", ds)
     for name, ds in getattr(getattr(cfg, "eval", None), "datasets", {}).items():  # a fine-tuning config's
         check_dataset_paths(f"eval.datasets.{name}", ds)
+    init = getattr(cfg, "init", "")
+    if init and not os.path.exists(os.path.expanduser(init)):
+        _fail("init", f"{init} does not exist (a vmim run directory, a checkpoint, or a `vmim convert` file)")
