@@ -1,0 +1,161 @@
+"""MViTv2 backbone: published parameter counts, exact parity with timm's 2-D MViTv2 on images, dense masking,
+grids and the contract helpers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import timm
+import torch
+
+from vmim.models import mvit as M
+
+# (factory, classifier classes, published / recounted params in M: finetune-mvit-teachers.md §1.2)
+PUBLISHED = {
+    "mvitv2_s_16x4": (400, 34.54),
+    "mvitv2_b_32x3": (400, 51.23),
+    "mvitv2_l_40x3": (400, 213.40),
+    "maskfeat_mvitv2_s_16x4": (400, 36.48),
+    "mvitv2_t": (1000, 24.17),
+    "mvitv2_s": (1000, 34.87),
+    "mvitv2_b": (1000, 51.47),
+}
+KERNELS_2D = dict(stem_kernel=(1, 7, 7), stem_padding=(0, 3, 3), pool_kernel=(1, 3, 3))
+
+
+def _count(model: M.MViT, num_classes: int) -> int:
+    """Backbone parameters (the mask token is MaskFeat-only) plus a Linear classifier."""
+    backbone = sum(p.numel() for n, p in model.named_parameters() if n != "mask_token")
+    return backbone + num_classes * (model.embed_dim + 1)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_published(name):
+    num_classes, published = PUBLISHED[name]
+    with torch.device("meta"):
+        model = getattr(M, name)()
+    assert _count(model, num_classes) / 1e6 == pytest.approx(published, rel=5e-3)
+
+
+def test_parameter_count_equals_timm_with_2d_kernels():
+    for ours, theirs in (("mvitv2_t", "mvitv2_tiny"), ("mvitv2_b", "mvitv2_base")):
+        with torch.device("meta"):
+            model = getattr(M, ours)(**KERNELS_2D)
+            ref = timm.create_model(theirs, pretrained=False)
+        assert _count(model, 1000) == sum(p.numel() for p in ref.parameters())
+
+
+def _randomize_vectors(model: torch.nn.Module) -> None:
+    """Non-trivial norms and biases, so that parity cannot rest on the init."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + float(name.endswith("norm1.weight")
+                                                                          or name.endswith("norm2.weight")))
+
+
+@pytest.mark.parametrize("ours,theirs", [("mvitv2_t", "mvitv2_tiny"), ("mvitv2_s", "mvitv2_small")])
+def test_exact_parity_with_timm_on_images(ours, theirs):
+    torch.manual_seed(0)
+    ref = timm.create_model(theirs, pretrained=False).eval()
+    _randomize_vectors(ref)
+    model = getattr(M, ours)().eval()
+    missing, unexpected = model.load_state_dict(M.from_timm_mvitv2(ref.state_dict()), strict=False)
+    assert missing == ["mask_token"] and unexpected == []
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref_tokens = ref.forward_features(x)
+        ref_pooled = ref.forward_head(ref_tokens, pre_logits=True)
+        out = model(x.unsqueeze(2))
+        pooled = model.forward_features(x.unsqueeze(2))
+    assert out.grid == (1, 7, 7)
+    torch.testing.assert_close(out.tokens, ref_tokens, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=1e-4, atol=1e-4)
+
+
+def _small(**kwargs) -> M.MViT:
+    """Three q-pools (output 2x32x32 pixels per token), cls token and absolute positions: every optional path."""
+    cfg = dict(depth=4, embed_dim=16, num_heads=1, q_pool_blocks=(1, 2, 3), input_size=(4, 64, 64),
+               kv_stride_adaptive=(1, 4, 4), cls_token=True, abs_pos=True)
+    cfg.update(kwargs)
+    return M.MViT(**cfg)
+
+
+def test_masked_unit_interiors_do_not_reach_the_output():
+    torch.manual_seed(0)
+    model = _small().eval()
+    assert model.patch_size == (2, 32, 32)
+    x = torch.randn(2, 3, 4, 64, 64)
+    assert model.stem_grid(x.shape) == (2, 16, 16) and model.grid(x.shape) == (2, 2, 2)
+    units = torch.tensor([[1, 0, 0, 1, 0, 1, 1, 0], [0, 1, 1, 0, 1, 0, 0, 1]], dtype=torch.bool).view(2, 2, 2, 2)
+    mask = units.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3).flatten(1)  # (B, 2*16*16) stem tokens
+    with torch.no_grad():
+        base = model(x, mask).tokens
+        hidden, shown = x.clone(), x.clone()
+        for b, t, h, w in units.nonzero().tolist():  # frame 2t, 4-pixel margin: only unit (t, h, w) stem tokens see it
+            hidden[b, :, 2 * t, 32 * h + 4:32 * h + 28, 32 * w + 4:32 * w + 28] += 5.0
+        for b, t, h, w in (~units).nonzero().tolist():
+            shown[b, :, 2 * t, 32 * h + 4:32 * h + 28, 32 * w + 4:32 * w + 28] += 5.0
+        assert torch.equal(model(hidden, mask).tokens, base)
+        changed = (model(shown, mask).tokens - base).abs().amax(dim=-1)
+    assert bool((changed > 1e-4).all())  # every output token sees some visible unit
+    assert not torch.equal(model(x).tokens, base)  # the mask token does replace the masked stem tokens
+
+
+def test_shapes_grids_and_intermediates():
+    with torch.device("meta"):
+        video_s = M.mvitv2_s_16x4()
+    assert video_s.patch_size == (2, 32, 32)
+    assert video_s.stem_grid((1, 3, 16, 224, 224)) == (8, 56, 56)
+    assert video_s.grid((1, 3, 16, 224, 224)) == (8, 7, 7) and video_s.grid((1, 3, 1, 224, 224)) == (1, 7, 7)
+    assert video_s.embed_dim == 768 and video_s.depth == 16 and video_s.dense
+    torch.manual_seed(0)
+    model = _small(abs_pos=False).eval()
+    x = torch.randn(2, 3, 8, 64, 64)  # longer than configured: the temporal table is interpolated
+    with torch.no_grad():
+        out, inter = model.forward_intermediates(x, indices=None)
+        _, last = model.forward_intermediates(x, indices=2, norm=True)
+        pooled = model.forward_features(x)
+    assert out.grid == model.grid(x.shape) == (4, 2, 2) and out.present is None
+    assert out.tokens.shape == (2, 16, 128) and pooled.shape == (2, 128)
+    assert [t.shape[1:] for t in inter] == [(4 * 16 * 16, 16), (4 * 8 * 8, 32), (4 * 4 * 4, 64), (4 * 2 * 2, 128)]
+    torch.testing.assert_close(last[-1], out.tokens)
+    torch.testing.assert_close(pooled, model.norm(inter[-1].mean(dim=1)))
+
+
+def test_image_through_video_weights_uses_only_the_centre_temporal_slice():
+    torch.manual_seed(0)
+    model = _small(abs_pos=False).eval()
+    x = torch.randn(1, 3, 1, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        model.patch_embed.proj.weight[:, :, [0, 2]] = 0
+        for block in model.blocks:
+            for pool in (block.attn.pool_q, block.attn.pool_k, block.attn.pool_v):
+                pool.weight[:, :, [0, 2]] = 0
+        torch.testing.assert_close(model(x).tokens, out.tokens)
+    assert out.grid == (1, 2, 2)
+
+
+def test_checkpointing_drop_path_and_optimizer_helpers():
+    torch.manual_seed(0)
+    model = _small(drop_path=0.3)
+    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in model.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    model = _small()
+    x = torch.randn(1, 3, 4, 64, 64)
+    model(x).tokens.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.grad_checkpointing = True
+    model(x).tokens.sum().backward()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n])
+    nwd = model.no_weight_decay()
+    assert {"mask_token", "cls_token", "pos_embed", "blocks.0.attn.rel_pos_t"} <= nwd
+    assert all(re.search(r"rel_pos|token|pos_embed", n) for n in nwd)
+    groups = model.group_matcher()
+    for name, _ in model.named_parameters():
+        assert re.match(groups["stem"], name) or any(re.match(p, name) for p, _ in groups["blocks"]), name
