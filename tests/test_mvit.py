@@ -102,6 +102,10 @@ def test_masked_unit_interiors_do_not_reach_the_output():
         changed = (model(shown, mask).tokens - base).abs().amax(dim=-1)
     assert bool((changed > 1e-4).all())  # every output token sees some visible unit
     assert not torch.equal(model(x).tokens, base)  # the mask token does replace the masked stem tokens
+    with torch.no_grad():  # the contract's mask: over the output grid (what mask generators draw), one unit a token
+        torch.testing.assert_close(model(x, units.flatten(1)).tokens, base, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fits neither"):
+        model(x, torch.zeros(2, 7, dtype=torch.bool))
 
 
 def test_shapes_grids_and_intermediates():

@@ -314,10 +314,25 @@ class MViT(nn.Module):
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> Triple:
         """Output (last-stage) token grid for an input of shape (..., T, H, W)."""
-        thw = self.stem_grid(shape)
+        return self._output_grid(self.stem_grid(shape))
+
+    def _output_grid(self, thw: Triple) -> Triple:
         for stride in self.q_strides:
             thw = self._pooled(thw, stride)
         return thw
+
+    def stem_mask(self, mask: torch.Tensor, stem: Triple) -> torch.Tensor:
+        """A bool mask over the output grid (B, N_out) -- the contract's, what mask generators draw on ``grid`` --
+        or over the stem grid (B, N_stem) -> (B, N_stem): each output token's mask unit covers the stem tokens it
+        pools (nearest upsampling; MaskFeat's 2x32x32 units are 1x8x8 stem tokens of MViT-S)."""
+        if mask.shape[1] == math.prod(stem):
+            return mask
+        out = self._output_grid(stem)
+        if mask.shape[1] != math.prod(out):
+            raise ValueError(f"mask of {mask.shape[1]} tokens fits neither the output grid {out} nor the stem grid "
+                             f"{stem}")
+        up = F.interpolate(mask.view(-1, 1, *out).float(), size=stem, mode="nearest")
+        return up.flatten(1) > 0.5
 
     @property
     def patch_size(self) -> Triple:
@@ -335,11 +350,13 @@ class MViT(nn.Module):
                 "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, Triple]:
-        """(B, C, T, H, W) -> ((B, prefix + N_stem, D), stem grid); masked stem tokens become ``mask_token``."""
+        """(B, C, T, H, W), mask over the output or stem grid -> ((B, prefix + N_stem, D), stem grid); masked stem
+        tokens become ``mask_token``."""
         tokens = self.patch_embed.proj(x)
         thw = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)
         if mask is not None:
+            mask = self.stem_mask(mask, thw)
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
