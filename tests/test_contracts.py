@@ -83,10 +83,29 @@ REAL = [n for n in BACKBONE_NAMES if default_param_count(n) < REAL_FORWARD_PARAM
 META = [n for n in BACKBONE_NAMES if n not in REAL]
 
 
+def config_keys(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(config.BACKBONES[name])}
+
+
+VISIBLE = [n for n in BACKBONE_NAMES if "dense" in config_keys(n)]
+"""Backbones that can encode the visible tokens only (their config has a ``dense`` switch); the others are dense."""
+POSITIONAL = [n for n in BACKBONE_NAMES if "pos_embed" in config_keys(n)]
+"""Backbones whose config picks one of our position embeddings (``pos_embed``)."""
+
+
+def dense_options(name: str) -> tuple[bool, ...]:
+    return (False, True) if name in VISIBLE else (True,)
+
+
+def pos_options(name: str) -> list:
+    return POS_EMBEDS if name in POSITIONAL else [None]
+
+
 @functools.lru_cache(maxsize=None)
-def backbone(name: str, dense: bool = False, pos_embed: str = "sincos_3d"):
+def backbone(name: str, dense: bool = False, pos_embed: str | None = "sincos_3d"):
     """Backbone ``name`` in eval mode: on the CPU with 8 px patches and 2-frame tubelets when it is small, else on the
-    meta device at its config's patch sizes. ``video_grid`` (for a learned table) is :data:`GRID`."""
+    meta device at its config's patch sizes. ``video_grid`` (for a learned table) is :data:`GRID`. Switches its config
+    lacks (``dense``, ``pos_embed``, patch sizes of a multiscale backbone) are left at the backbone's own."""
     changes = {"dense": dense, "pos_embed": pos_embed}
     real = name in REAL
     if real:
@@ -127,11 +146,17 @@ def test_small_backbones_run_real_forwards():
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_backbone_declares_its_contract(name):
     model = backbone(name)
-    for attr in ("grid", "forward_intermediates", "no_weight_decay", "group_matcher", "pos_embed"):
+    for attr in ("grid", "forward_intermediates", "no_weight_decay", "group_matcher", "decoder_pos_embed",
+                 "stem_overlap"):
         assert hasattr(model, attr), f"{name} lacks {attr}"
-    assert model.dense is False and backbone(name, dense=True).dense is True
-    assert model.pos_embed.kind == "sincos_3d"
+    assert model.dense is (name not in VISIBLE) and backbone(name, dense=True).dense is True
+    assert model.decoder_pos_embed in config.POS_EMBEDS
+    if name in POSITIONAL:
+        assert model.pos_embed.kind == model.decoder_pos_embed == "sincos_3d"
     assert len(model.patch_size) == 3 and model.embed_dim > 0 and model.depth > 0
+    cfg = backbone_config(name)  # what masks, targets and data checks read from the config is the model's
+    if name not in REAL or "patch_size" not in config_keys(name):  # (small ViTs are built with 8 px patches here)
+        assert (cfg.tubelet_size, cfg.patch_size, cfg.patch_size) == tuple(model.patch_size)
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
@@ -151,7 +176,7 @@ def test_backbone_grid_agrees_with_token_grid(name):
 FORWARD_CASES = [
     pytest.param(name, dense, masked, image, id=f"{name}-{'dense' if dense else 'visible'}-"
                  f"{'mask' if masked else 'nomask'}-{'image' if image else 'clip'}")
-    for name in BACKBONE_NAMES for dense in (False, True) for masked in (False, True) for image in (False, True)
+    for name in BACKBONE_NAMES for dense in dense_options(name) for masked in (False, True) for image in (False, True)
     # on meta (a forward of a big ViT costs ~0.3 s even there): one visible-only and one dense case; meta tensors
     # cannot gather a data-dependent number of tokens, so the visible-only one is unmasked
     if name in REAL or (dense, masked, image) in ((False, False, False), (True, True, True))
@@ -169,7 +194,7 @@ def test_backbone_forward(name, dense, masked, image):
         out = model(x, mask)
     assert isinstance(out, EncoderOutput)
     assert tuple(out.grid) == tuple(model.grid(x.shape)) == grid
-    visible_only = masked and not dense
+    visible_only = masked and not model.dense
     assert out.tokens.shape == (B, n - n * 3 // 4 if visible_only else n, model.embed_dim)
     assert out.tokens.dtype == torch.float32
     if visible_only:
@@ -180,7 +205,8 @@ def test_backbone_forward(name, dense, masked, image):
     if x.device.type == "meta":
         return
     assert torch.isfinite(out.tokens).all()
-    if masked:  # what a masked token's pixels hold never reaches the output
+    if masked and model.stem_overlap == 0:  # what a masked token's pixels hold never reaches the output (an
+        # overlapping stem reads into masked cells' borders: each such backbone tests its interiors, test_mvit.py)
         noisy = torch.where(pixel_mask(mask, model, x), torch.randn_like(x) * 5, x)
         with torch.no_grad():
             torch.testing.assert_close(model(noisy, mask).tokens, out.tokens)
@@ -204,9 +230,12 @@ def test_backbone_forward_intermediates(name, indices):
     with torch.no_grad():
         final, outputs = model.forward_intermediates(x, mask, indices=indices, norm=True)
     assert len(outputs) == len(want)
-    n_present = N - N_MASKED if mask is not None else N
-    for out in outputs:
-        assert out.shape == (B, n_present, model.embed_dim)
+    n_present = N - N_MASKED if mask is not None and not model.dense else N
+    widths = getattr(model, "dims", [model.embed_dim] * depth)  # a multiscale backbone widens stage by stage
+    for out, block in zip(outputs, want):
+        assert out.ndim == 3 and out.shape[0] == B and out.shape[-1] == widths[block]
+        if not hasattr(model, "dims"):
+            assert out.shape[1] == n_present
     assert final.tokens.shape == (B, n_present, model.embed_dim)
     if not real:
         return
@@ -215,7 +244,8 @@ def test_backbone_forward_intermediates(name, indices):
         reference = model(x, mask)
         _, every = model.forward_intermediates(x, mask, indices=None, norm=True)
     torch.testing.assert_close(final.tokens, reference.tokens)
-    assert torch.equal(final.present, reference.present)
+    assert (final.present is None) == (reference.present is None)
+    assert final.present is None or torch.equal(final.present, reference.present)
     for out, block in zip(outputs, want):  # the chosen blocks, in block order
         torch.testing.assert_close(out, every[block])
     if want[-1] == depth - 1:  # the last block, normed, is the final output
@@ -224,7 +254,8 @@ def test_backbone_forward_intermediates(name, indices):
 
 
 POS_EMBEDS = list(config.POS_EMBEDS)
-FEATURE_CASES = [(name, dense, pos) for name in BACKBONE_NAMES for dense in (False, True) for pos in POS_EMBEDS]
+FEATURE_CASES = [(name, dense, pos) for name in BACKBONE_NAMES for dense in dense_options(name)
+                 for pos in pos_options(name)]
 
 
 @pytest.mark.parametrize("name,dense,pos_embed", FEATURE_CASES)
@@ -232,6 +263,9 @@ def test_backbone_no_weight_decay_names_exist(name, dense, pos_embed):
     model = backbone(name, dense=dense, pos_embed=pos_embed)
     params = dict(model.named_parameters())
     names = set(model.no_weight_decay())
+    if pos_embed is None:  # a backbone with its own position scheme: every name exists, the mask token included
+        assert names <= set(params) and "mask_token" in names & set(params)
+        return
     off = set()  # features switched off: their parameters do not exist
     if not dense:
         off.add("mask_token")
@@ -256,7 +290,8 @@ def matcher_regexes(matcher: dict) -> list[re.Pattern]:
 
 
 @pytest.mark.parametrize("name,dense,pos_embed", [c for c in FEATURE_CASES if c[2] == "learned"] +
-                         [c for c in FEATURE_CASES if c[1] is False and c[2] == "sincos_3d"])
+                         [c for c in FEATURE_CASES if c[1] is False and c[2] == "sincos_3d"] +
+                         [c for c in FEATURE_CASES if c[2] is None])
 def test_backbone_group_matcher_covers_every_parameter_in_block_order(name, dense, pos_embed):
     model = backbone(name, dense=dense, pos_embed=pos_embed)
     matcher = model.group_matcher()
@@ -284,7 +319,7 @@ def test_backbone_group_matcher_covers_every_parameter_in_block_order(name, dens
             assert group_of[n] >= ids[-1], f"head-side parameter {n} comes before the last block"
 
 
-@pytest.mark.parametrize("name,pos_embed", [(n, p) for n in BACKBONE_NAMES for p in POS_EMBEDS])
+@pytest.mark.parametrize("name,pos_embed", [(n, p) for n in POSITIONAL for p in POS_EMBEDS])
 def test_backbone_position_embedding_kinds(name, pos_embed):
     model = backbone(name, pos_embed=pos_embed)
     assert model.pos_embed.kind == pos_embed
@@ -672,7 +707,7 @@ def test_shipped_config_builds_its_method(path):
     assert all(p.is_meta for p in method.parameters())
     bb, m = method.backbone, cfg.model
     assert tuple(bb.patch_size) == (m.tubelet_size, m.patch_size, m.patch_size)
-    assert bb.dense == m.dense and bb.pos_embed.kind == m.pos_embed
+    assert bb.dense == m.dense and bb.decoder_pos_embed == m.pos_embed
     assert tuple(bb.grid((1, m.in_chans, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size))) == video_grid(cfg)
     assert set(method.targets) == set(method.heads) == set(cfg.targets)
     assert method.token_sets == {n: t.token_set for n, t in cfg.targets.items()}

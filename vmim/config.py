@@ -131,7 +131,67 @@ class ViTConfig(Entry):
 
 
 VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
-BACKBONES: dict[str, type] = {name: ViTConfig for name in VIT_NAMES}
+
+MVIT_PATCH_SIZES: dict[str, tuple[int, int, int]] = {
+    "mvitv2_test": (2, 16, 16), "mvitv2_s_16x4": (2, 32, 32), "mvitv2_b_32x3": (2, 32, 32),
+    "mvitv2_l_40x3": (2, 32, 32), "maskfeat_mvitv2_s_16x4": (2, 32, 32), "mvitv2_t": (2, 32, 32),
+    "mvitv2_s": (2, 32, 32), "mvitv2_b": (2, 32, 32)}
+"""Input pixels (t, h, w) per output token of each MViTv2 size: the stem stride times the q strides (the contract
+tests check each against its model)."""
+
+
+@dataclass
+class MViTConfig(Entry):
+    """MViTv2 (``mvitv2_*``; SlowFast layout): multiscale, dense only (masked tokens become a mask token after the
+    stem; pooling attention needs every token). Masks, targets and heads live on its output grid: one token per
+    ``patch_size`` unit (2 x 32 x 32 pixels for MViT-S), MaskFeat's mask unit."""
+
+    backbone: str = "mvitv2_s_16x4"
+    in_chans: int = 3
+    drop_path: float = 0.0
+    """Stochastic depth rate at the last block (linearly increasing from 0; MViT-S 0.1, B 0.3 in SlowFast)."""
+    grad_checkpointing: bool = False
+    cls_token: Optional[bool] = None
+    """Prepend a class token; None = the size's own (the video sizes have one, the image sizes none)."""
+    global_pool: Optional[str] = None
+    """avg (mean of the last stage, then its norm: MaskFeat fine-tuning), norm_avg (norm, then mean: timm / SlowFast
+    images) or token; None = the size's own."""
+    dim_mul_in_att: Optional[bool] = None
+    """Double the width inside the q-pool block's attention (supervised MViTv2) or in the MLP before it (MaskFeat's
+    MViT); None = the size's own."""
+
+    @property
+    def patch_size(self) -> int:
+        """Spatial pixels per output token (what masks, targets and data checks use)."""
+        return MVIT_PATCH_SIZES[self.backbone][1]
+
+    @property
+    def tubelet_size(self) -> int:
+        return MVIT_PATCH_SIZES[self.backbone][0]
+
+    @property
+    def dense(self) -> bool:
+        return True
+
+    @property
+    def pos_embed(self) -> str:
+        """The kind of a decoder head's position table over the output grid."""
+        return "sincos_3d"
+
+    def check(self, key: str, cfg: "Config") -> None:
+        d = cfg.data
+        _check(d.img_size % self.patch_size == 0, "data.img_size",
+               f"{d.img_size} is not a multiple of {self.backbone}'s {self.patch_size}-pixel output tokens")
+        _check(d.num_frames == 1 or d.num_frames % self.tubelet_size == 0, "data.num_frames",
+               f"{d.num_frames} is not a multiple of {self.backbone}'s {self.tubelet_size}-frame output tokens")
+        _check(self.in_chans > 0, f"{key}.in_chans", f"{self.in_chans} must be positive")
+        _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"{self.drop_path} is outside [0, 1)")
+        if self.global_pool is not None:
+            _choice(f"{key}.global_pool", self.global_pool, ("avg", "norm_avg", "token"))
+
+
+BACKBONES: dict[str, type] = {**{name: ViTConfig for name in VIT_NAMES},
+                              **{name: MViTConfig for name in MVIT_PATCH_SIZES}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -811,12 +871,20 @@ def _deep_merge(base: dict, new: dict) -> dict:
             value = {k: v for k, v in value.items() if k != "_replace_"}
             out[key] = value if replace else _deep_merge(out.get(key) or {}, value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            old_kind, new_kind = out[key].get("kind"), value.get("kind")
-            changed = isinstance(old_kind, str) and isinstance(new_kind, str) and old_kind != new_kind
-            out[key] = dict(value) if changed else _deep_merge(out[key], value)
+            out[key] = dict(value) if _kind_changed(out[key], value) else _deep_merge(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def _kind_changed(old: dict, new: dict) -> bool:
+    """Whether ``new`` gives an entry another kind (``kind``), or a backbone of another family (``backbone``: a ViT
+    size for an MViT one): its keys then start afresh instead of merging into the old kind's."""
+    old_kind, new_kind = old.get("kind"), new.get("kind")
+    if isinstance(old_kind, str) and isinstance(new_kind, str) and old_kind != new_kind:
+        return True
+    old_bb, new_bb = old.get("backbone"), new.get("backbone")
+    return isinstance(old_bb, str) and isinstance(new_bb, str) and BACKBONES.get(old_bb) is not BACKBONES.get(new_bb)
 
 
 def _split_overrides(overrides: List[str]) -> tuple[List[str], List[str]]:

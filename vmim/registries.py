@@ -51,8 +51,11 @@ def backbone_rows() -> list[str]:
         with torch.device("meta"):
             model = BACKBONES[name]()
         params = sum(p.numel() for p in model.parameters())
-        rows.append(f"  {name:<14} {params / 1e6:8.1f}M params  dim {model.embed_dim}, depth {model.depth}"
-                    f"  (16x16 patches, 2-frame tubelets, 3 channels)")
+        t, h, w = model.patch_size
+        kind = "dense only, multiscale" if not hasattr(model, "pos_embed") or not hasattr(model.pos_embed, "kind") \
+            else "visible-only or dense"
+        rows.append(f"  {name:<22} {params / 1e6:8.1f}M params  dim {model.embed_dim}, depth {model.depth}"
+                    f"  ({t}x{h}x{w} px per output token, {kind})")
     return rows
 
 

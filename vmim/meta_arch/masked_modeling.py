@@ -53,7 +53,7 @@ class MaskedModeling(nn.Module):
         targets, heads = {}, {}
         for name, t in cfg.targets.items():
             targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
-            heads[name] = build_head(t.head, backbone.embed_dim, targets[name].dim, backbone.pos_embed.kind)
+            heads[name] = build_head(t.head, backbone.embed_dim, targets[name].dim, backbone.decoder_pos_embed)
         return cls(backbone, normalizer, targets, heads,
                    losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
                    token_sets={n: t.token_set for n, t in cfg.targets.items()},

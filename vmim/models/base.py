@@ -6,7 +6,11 @@ A backbone maps a normalized clip ``(B, C, T, H, W)`` (``T = 1``: an image) and 
 * ``grid(shape) -> (T', H', W')``: its token grid (through :func:`vmim.models.grid.token_grid`);
 * ``patch_size``, ``embed_dim``, ``depth`` and ``dense``: a visible-only backbone (``dense = False``) encodes only
   the visible tokens (MAE); a dense one encodes all of them, masked ones as a mask token (MaskFeat, SimMIM);
-* ``pos_embed`` (a :class:`~vmim.models.pos_embed.PositionEmbedding`) and its ``kind``;
+* ``decoder_pos_embed``: the position-embedding kind a decoder head over its grid should use (a ViT: its own
+  ``pos_embed.kind``; MViT: ``sincos_3d``);
+* ``dense`` True for a backbone that only encodes densely (MViT: pooling needs every token), and ``stem_overlap``:
+  pixels by which its patch embedding reads into a neighbouring token's patch (0 for a ViT's non-overlapping
+  tubelets; a masked token's pixels can then reach the output through its neighbours' edges);
 * ``forward_intermediates(x, mask, indices)``: the outputs of chosen blocks (feature targets, probing);
 * ``no_weight_decay()``: parameter names (relative to the module) the optimizer never decays;
 * ``group_matcher()``: timm's block-id regexes, for layer-wise lr decay.

@@ -40,6 +40,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import EncoderOutput
+from .grid import token_grid
+from .registry import register_backbone
 
 Triple = tuple[int, int, int]
 
@@ -240,6 +242,16 @@ class MViT(nn.Module):
     """
 
     dense = True
+    """Pooling attention needs every token: masked ones are mask tokens (MaskMViT), never dropped."""
+    decoder_pos_embed = "sincos_3d"
+    """A decoder head over MViT's output grid uses the space-time sin-cos table."""
+
+    @property
+    def stem_overlap(self) -> int:
+        """Pixels a stem token reads beyond its own stride cell (3 for the 7x7, stride-4, padding-3 stem: into the
+        previous cell); in time the (3, 2, 1) stem reads one frame of the next cell (see ``tests/test_mvit.py``)."""
+        k, st, pad = self.stem_kernel[1], self.stem_stride[1], self.stem_padding[1]
+        return max(pad, k - st - pad)
 
     def __init__(self, depth: int, embed_dim: int, num_heads: int, q_pool_blocks: tuple[int, ...],
                  input_size: Triple = (16, 224, 224), kv_stride_adaptive: Triple = (1, 8, 8), in_chans: int = 3,
@@ -313,8 +325,12 @@ class MViT(nn.Module):
                      zip(shape[-3:], self.stem_kernel, self.stem_stride, self.stem_padding))
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> Triple:
-        """Output (last-stage) token grid for an input of shape (..., T, H, W)."""
-        return self._output_grid(self.stem_grid(shape))
+        """Output (last-stage) token grid for an input of shape (..., T, H, W), which must be a whole number of
+        :attr:`patch_size` units (T = 1: an image), as for every backbone (:func:`vmim.models.grid.token_grid`)."""
+        out = self._output_grid(self.stem_grid(shape))
+        if out != token_grid(shape, self.patch_size):
+            raise ValueError(f"input {tuple(shape[-3:])} is not a whole number of {self.patch_size} units")
+        return out
 
     def _output_grid(self, thw: Triple) -> Triple:
         for stride in self.q_strides:
@@ -425,48 +441,56 @@ def _mvit(size: str, **kwargs) -> MViT:
     cfg = dict(depth=s.depth, embed_dim=s.embed_dim, num_heads=s.num_heads, q_pool_blocks=s.q_pool_blocks,
                input_size=s.input_size, kv_stride_adaptive=s.kv_stride_adaptive, cls_token=s.cls_token,
                rel_pos_temporal=s.rel_pos_temporal, dim_mul_in_att=s.dim_mul_in_att)
-    cfg.update(kwargs)
+    cfg.update({k: v for k, v in kwargs.items() if v is not None})  # None: the size's own (config defaults)
     return MViT(**cfg)
 
 
+@register_backbone
 def mvitv2_test(**kwargs) -> MViT:
     """32 wide, 3 blocks, 4x64x64: for tests."""
     return _mvit("mvitv2_test", **kwargs)
 
 
+@register_backbone
 def mvitv2_s_16x4(**kwargs) -> MViT:
     """MViTv2-S, K400 16x4 @224 (34.5 M with a 400-class head)."""
     return _mvit("mvitv2_s_16x4", **kwargs)
 
 
+@register_backbone
 def mvitv2_b_32x3(**kwargs) -> MViT:
     """MViTv2-B, K400 32x3 @224 (51.2 M with a 400-class head)."""
     return _mvit("mvitv2_b_32x3", **kwargs)
 
 
+@register_backbone
 def mvitv2_l_40x3(**kwargs) -> MViT:
     """MViTv2-L, K400 40x3 @312 (213.4 M by the config; the README says 217.6 M)."""
     return _mvit("mvitv2_l_40x3", **kwargs)
 
 
+@register_backbone
 def maskfeat_mvitv2_s_16x4(**kwargs) -> MViT:
     """MaskFeat MViT-S 16x4 (``dim_mul_in_att=False``; 36 M with a 400-class head)."""
-    return _mvit("maskfeat_mvitv2_s_16x4", global_pool="avg", **kwargs)
+    return _mvit("maskfeat_mvitv2_s_16x4", **kwargs)
 
 
+@register_backbone
 def mvitv2_t(**kwargs) -> MViT:
     """MViTv2-T image model @224, 3-D kernels (24.2 M with a 1000-class head and 2-D kernels)."""
-    return _mvit("mvitv2_t", global_pool="norm_avg", **kwargs)
+    return _mvit("mvitv2_t", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})
 
 
+@register_backbone
 def mvitv2_s(**kwargs) -> MViT:
     """MViTv2-S image model @224."""
-    return _mvit("mvitv2_s", global_pool="norm_avg", **kwargs)
+    return _mvit("mvitv2_s", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})
 
 
+@register_backbone
 def mvitv2_b(**kwargs) -> MViT:
     """MViTv2-B image model @224."""
-    return _mvit("mvitv2_b", global_pool="norm_avg", **kwargs)
+    return _mvit("mvitv2_b", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})
 
 
 def _to_3d(w: torch.Tensor, kt: int) -> torch.Tensor:

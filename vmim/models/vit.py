@@ -107,9 +107,17 @@ class VisionTransformer(nn.Module):
             if token is not None:
                 nn.init.trunc_normal_(token, std=0.02)
 
+    stem_overlap = 0
+    """Tubelets do not overlap: a masked token's pixels reach nothing."""
+
     @property
     def patch_size(self) -> tuple[int, int, int]:
         return self.patch_embed.patch_size
+
+    @property
+    def decoder_pos_embed(self) -> str:
+        """Decoder heads use the encoder's own position-embedding kind."""
+        return self.pos_embed.kind
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
         return self.patch_embed.grid(shape)
