@@ -7,6 +7,7 @@ weights, and a resume in the middle of an epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -28,10 +29,13 @@ STEPS_PER_EPOCH = 200  # the preempt / requeue tests act at step 40: ~13 s of ma
 EPOCHS = 2
 LONG = [*TINY, "data.batch_size=16", "data.num_workers=1", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
         f"train.epochs={EPOCHS}", "checkpoint.every_steps=25", "log.every_steps=1"]  # 400 steps; every loss logged
-# Slurm sends the time-limit USR2 at its first check after start (observed 4-30 s in): the job must not be able
-# to finish before that even on a fast, idle machine (~28 steps/s here), so it runs 1200 steps and is requeued
-# at each limit, several times.
-LONGER_EPOCHS = 6
+# Slurm sends the time-limit USR2 at its first periodic check after it is due (checks are up to 30 s apart): the job
+# must not be able to finish before that on any machine. The time-limit test asks for the signal 55 s before its
+# 1-minute limit (due 5 s in; observed 10-20 s in, at most ~35 s), and this run needs well over that: 3000 steps, at
+# most ~40 steps/s on an idle machine (steps this small cost overhead, not compute: a bigger batch is no slower), so
+# >= ~75 s. (1200 steps once finished in 22 s, before a signal due 30 s in.) Each allocation is stopped and requeued,
+# several times.
+LONGER_EPOCHS = 15
 LONGER = [*LONG, f"train.epochs={LONGER_EPOCHS}"]
 
 
@@ -98,7 +102,8 @@ def reference_run(tmp_path_factory, name: str, overrides: list[str]) -> Path:
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp().parent
-    run_dir = root / name
+    run_dir = root / f"{name}-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:10]}"  # no stale run of other
+    # overrides from an earlier session: the folder outlives it
     with FileLock(str(root / f"{name}.lock")):
         if not (run_dir / "done").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -146,7 +151,7 @@ def assert_resumed_where_stopped_and_identical(run_dir: Path, reference: Path, m
 
 def test_time_limit_checkpoints_requeues_and_resumes(tmp_path, request):
     run = tmp_path / "run"
-    job = submit(run, "--time-min", "1", "--signal-delay-s", "30",  # USR2 30 s (Slurm: up to 60 s) before the limit
+    job = submit(run, "--time-min", "1", "--signal-delay-s", "55",  # USR2 due 5 s in; sent at Slurm's next check
                  "--sbatch", "nodelist=n2", overrides=LONGER)  # n1: the preemption test's exclusive job
     reference = request.getfixturevalue("long_reference")  # made (or waited for) while the job runs
     wait_done(job, run, timeout=900)
