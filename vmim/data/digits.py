@@ -157,7 +157,6 @@ class DigitMotion(_DigitsBase):
     def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 8, in_chans: int = 3):
         super().__init__(split, img_size, num_frames, in_chans)
         n = len(self.labels)
-        self.digits = self.labels
         self.labels = np.random.default_rng((SPLIT_SEED, n)).permutation(np.arange(n) % len(MOTION_DIRECTIONS))
 
     def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:

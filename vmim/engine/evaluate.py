@@ -140,14 +140,13 @@ class EvalResult:
         return path
 
 
-def loader_shard(loader: DataLoader) -> tuple[MultiViewDataset, list[int]]:
-    """(the MultiViewDataset, the dataset indices this rank's loader yields, in order)."""
+def eval_dataset(loader: DataLoader) -> MultiViewDataset:
+    """The MultiViewDataset under this rank's loader (a Subset of it when sharded)."""
     data = loader.dataset
-    indices = list(data.indices) if isinstance(data, Subset) else list(range(len(data)))
     dataset = data.dataset if isinstance(data, Subset) else data
     if not isinstance(dataset, MultiViewDataset):
         raise TypeError(f"evaluate needs a loader over a MultiViewDataset (build_test_loader), got {type(dataset)}")
-    return dataset, indices
+    return dataset
 
 
 def listed_label(source, index: int) -> int:
@@ -222,7 +221,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     check that each of the N videos was counted exactly once. ``chunk_size`` caps the views per model call.
     A ``torch.nn.Module`` runs in eval mode and gets its previous mode back."""
     device = torch.device(device)
-    dataset, _ = loader_shard(loader)
+    dataset = eval_dataset(loader)
     source = dataset.source
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     if was_training is not None:

@@ -166,25 +166,18 @@ class Validation(Hook):
         self.best, self.best_step = state["best"], state["best_step"]
 
 
-def validate(trainer: Trainer, model: nn.Module, sources: dict, views: int | None = None,
-             crops: int | None = None) -> dict:
+def validate(trainer: Trainer, model: nn.Module, sources: dict) -> dict:
     """{name: EvalResult} of ``model`` on each source (this rank's shard, merged over ranks)."""
     from ..data.eval_views import build_test_loader
     from .evaluate import evaluate
 
     cfg, e = trainer.cfg, trainer.cfg.eval
-    was_training = model.training
-    model.eval()
     results = {}
-    try:
-        for name, source in sources.items():
-            loader = build_test_loader(source, views or e.val_views, crops or e.val_crops, e.short_side, e.batch_size,
-                                       cfg.data.num_workers, trainer.dist.world_size, trainer.dist.rank,
-                                       cfg.data.decode_timeout_s, cfg.data.decode_isolation)
-            results[name] = evaluate(model, loader, model.num_classes, trainer.device, trainer.precision,
-                                     trainer.dist)
-    finally:
-        model.train(was_training)
+    for name, source in sources.items():  # evaluate() runs the model in eval mode and gives its mode back
+        loader = build_test_loader(source, e.val_views, e.val_crops, e.short_side, e.batch_size,
+                                   cfg.data.num_workers, trainer.dist.world_size, trainer.dist.rank,
+                                   cfg.data.decode_timeout_s, cfg.data.decode_isolation)
+        results[name] = evaluate(model, loader, model.num_classes, trainer.device, trainer.precision, trainer.dist)
     return results
 
 
