@@ -24,6 +24,18 @@ PUBLISHED = {
 KERNELS_2D = dict(stem_kernel=(1, 7, 7), stem_padding=(0, 3, 3), pool_kernel=(1, 3, 3))
 
 
+# Multiply-adds per view recounted in finetune-mvit-teachers.md §1.2 / §6 (G; linear, conv, attention products), input
+MACS = {
+    "mvitv2_s_16x4": (63.2, (16, 224, 224)),
+    "mvitv2_b_32x3": (222.4, (32, 224, 224)),
+    "mvitv2_l_40x3": (2811.9, (40, 312, 312)),
+    "maskfeat_mvitv2_s_16x4": (71.2, (16, 224, 224)),
+    "mvitv2_t": (4.55, (1, 224, 224)),
+    "mvitv2_s": (6.83, (1, 224, 224)),
+    "mvitv2_b": (9.97, (1, 224, 224)),
+}
+
+
 def _count(model: M.MViT, num_classes: int) -> int:
     """Backbone parameters (the mask token is MaskFeat-only) plus a Linear classifier."""
     backbone = sum(p.numel() for n, p in model.named_parameters() if n != "mask_token")
@@ -36,6 +48,54 @@ def test_parameter_count_matches_published(name):
     with torch.device("meta"):
         model = getattr(M, name)()
     assert _count(model, num_classes) / 1e6 == pytest.approx(published, rel=5e-3)
+
+
+@pytest.mark.parametrize("name", sorted(MACS))
+def test_multiply_adds_per_view_match_the_recount(name):
+    """Counted on the meta device; images (T = 1) run the 3-D stem and pooling convs as their centre slices, so they
+    cost what the 2-D models of the recount do."""
+    from vmim.models.flops import count_macs
+
+    recount, shape = MACS[name]
+    with torch.device("meta"):
+        model = getattr(M, name)().eval()
+        x = torch.empty(1, 3, *shape)
+    assert count_macs(model.forward_features, x) / 1e9 == pytest.approx(recount, rel=0.03)
+
+
+def test_count_macs_known_answer():
+    """A Linear (B*N x D_in x D_out multiply-adds) and a conv (output voxels x C_out x C_in x kernel), by hand."""
+    from vmim.models.flops import count_macs
+
+    linear, conv = torch.nn.Linear(8, 5), torch.nn.Conv3d(3, 4, (1, 2, 2), stride=(1, 2, 2))
+    assert count_macs(linear, torch.zeros(2, 7, 8)) == 2 * 7 * 8 * 5
+    assert count_macs(conv, torch.zeros(1, 3, 2, 6, 6)) == (2 * 3 * 3) * 4 * (3 * 1 * 2 * 2)
+
+
+def test_maskfeat_pretraining_layout_keeps_widths_and_predicts_at_16_px():
+    """SlowFast's MaskFeat pre-training MViT-S (POOL_Q_STRIDE [14, 1, 1, 1]): no q pooling at the last stage, width
+    and heads still doubled there, KV still strided; an 8x14x14 output grid for 16x224x224; every weight has the
+    fine-tuning layout's shape except the last block's spatial relative-position tables (27 rows vs 13)."""
+    from vmim.config import load_config
+
+    with torch.device("meta"):
+        pre = M.maskfeat_mvitv2_s_16x4(q_pool_blocks=[1, 3])
+        fine = M.maskfeat_mvitv2_s_16x4()
+    assert pre.grid((1, 3, 16, 224, 224)) == (8, 14, 14) and pre.patch_size == (2, 16, 16)
+    assert fine.grid((1, 3, 16, 224, 224)) == (8, 7, 7) and pre.dims == fine.dims and pre.embed_dim == 768
+    assert pre.blocks[14].attn.pool_q.stride == (1, 1, 1) and pre.blocks[14].attn.pool_k.stride == (1, 2, 2)
+    assert pre.blocks[15].attn.num_heads == fine.blocks[15].attn.num_heads == 8
+    a, b = pre.state_dict(), fine.state_dict()
+    assert a.keys() == b.keys()
+    differ = {k: (tuple(a[k].shape), tuple(b[k].shape)) for k in a if a[k].shape != b[k].shape}
+    assert differ == {f"blocks.15.attn.rel_pos_{x}": ((27, 96), (13, 96)) for x in "hw"}
+    cfg = load_config("configs/methods/maskfeat_mvit_s.yaml", ["data.datasets.digits_clips.weight=1"])
+    assert (cfg.model.tubelet_size, cfg.model.patch_size) == (2, 16) and cfg.model.q_pool_blocks == [1, 3]
+    with pytest.raises(ValueError, match=r"model\.q_pool_blocks.*\[1, 3, 14\]"):
+        load_config("configs/methods/maskfeat_mvit_s.yaml", ["data.datasets.digits_clips.weight=1",
+                                                            "model.q_pool_blocks=[2]"])
+    with pytest.raises(ValueError, match="stage transitions"):
+        M.mvitv2_test(q_pool_blocks=(0,))
 
 
 def test_parameter_count_equals_timm_with_2d_kernels():
@@ -77,7 +137,7 @@ def test_exact_parity_with_timm_on_images(ours, theirs):
 
 def _small(**kwargs) -> M.MViT:
     """Three q-pools (output 2x32x32 pixels per token), cls token and absolute positions: every optional path."""
-    cfg = dict(depth=4, embed_dim=16, num_heads=1, q_pool_blocks=(1, 2, 3), input_size=(4, 64, 64),
+    cfg = dict(depth=4, embed_dim=16, num_heads=1, stage_blocks=(1, 2, 3), input_size=(4, 64, 64),
                kv_stride_adaptive=(1, 4, 4), cls_token=True, abs_pos=True)
     cfg.update(kwargs)
     return M.MViT(**cfg)
@@ -185,3 +245,12 @@ def test_maskfeat_mvit_pretrains_on_builtin_images_and_clips(tmp_path):
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     assert {"loss_by_dataset/digits_images", "loss_by_dataset/digits_clips"} <= {k for r in records for k in r}
     assert any(k.startswith("backbone.blocks.") for k in load(tmp_path / "checkpoints" / "last.pt")["model"])
+
+
+def test_config_knows_every_size_stage_blocks():
+    """vmim.config (no torch import) keeps a copy of the sizes' stage starts: it must match the models."""
+    from vmim.config import MVIT_STAGE_BLOCKS, MVIT_STEM_STRIDE
+
+    assert MVIT_STAGE_BLOCKS == {name: size.stage_blocks for name, size in M.MVIT_SIZES.items()}
+    with torch.device("meta"):
+        assert all(getattr(M, name)().stem_stride == MVIT_STEM_STRIDE for name in M.MVIT_SIZES)

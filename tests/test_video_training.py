@@ -97,3 +97,26 @@ def test_segment_sampling_and_pad_overflow_train(tmp_path, video_list):
                     "data.datasets.clips.overflow=pad", "data.num_frames=8", "train.steps_per_epoch=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 2/2" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("method,model", [
+    ("maskfeat_mvit_s", ["model.backbone=mvitv2_test", "model.q_pool_blocks=[1]"]),
+    ("maskfeat_vit_b", ["model.backbone=vit_test", "model.patch_size=8"]),
+])
+def test_maskfeat_pretrains_on_a_video_list(tmp_path, video_list, method, model):
+    """The MaskFeat method configs, shrunk, on real decoded clips: MViT in its pre-training layout (one q pool fewer:
+    8 px output tokens) and the dense ViT, cube masks on 1x2x2-token units, HOG targets, finite losses."""
+    from vmim.engine.metrics import read_metrics
+
+    overrides = [
+        f"output_dir={tmp_path}", *model, "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}",
+        "data.datasets.clips.missing=drop", "data.datasets.clips.stride=2", "data.max_bad_fraction=0.5",
+        "data.img_size=32", "data.num_frames=4", "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=4",
+        "train.epochs=1", "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false",
+        "log.image_every_steps=0"]
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
+                           str(REPO / f"configs/methods/{method}.yaml"), *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [r["loss/hog"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss/hog" in r]
+    assert len(losses) == 4 and all(0 < x < 10 for x in losses), losses

@@ -132,12 +132,13 @@ class ViTConfig(Entry):
 
 VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
 
-MVIT_PATCH_SIZES: dict[str, tuple[int, int, int]] = {
-    "mvitv2_test": (2, 16, 16), "mvitv2_s_16x4": (2, 32, 32), "mvitv2_b_32x3": (2, 32, 32),
-    "mvitv2_l_40x3": (2, 32, 32), "maskfeat_mvitv2_s_16x4": (2, 32, 32), "mvitv2_t": (2, 32, 32),
-    "mvitv2_s": (2, 32, 32), "mvitv2_b": (2, 32, 32)}
-"""Input pixels (t, h, w) per output token of each MViTv2 size: the stem stride times the q strides (the contract
-tests check each against its model)."""
+MVIT_STAGE_BLOCKS: dict[str, tuple[int, ...]] = {
+    "mvitv2_test": (1, 2), "mvitv2_demo": (1, 3), "mvitv2_s_16x4": (1, 3, 14), "mvitv2_b_32x3": (2, 5, 21),
+    "mvitv2_l_40x3": (2, 8, 44), "maskfeat_mvitv2_s_16x4": (1, 3, 14), "mvitv2_t": (1, 3, 8), "mvitv2_s": (1, 3, 14),
+    "mvitv2_b": (2, 5, 21)}
+"""Where each MViTv2 size's stages begin (q pooled 2x in space there unless ``model.q_pool_blocks`` drops some): a
+copy of ``vmim.models.mvit.MVIT_SIZES`` that the contract tests check against the models."""
+MVIT_STEM_STRIDE = (2, 4, 4)
 
 
 @dataclass
@@ -159,15 +160,23 @@ class MViTConfig(Entry):
     dim_mul_in_att: Optional[bool] = None
     """Double the width inside the q-pool block's attention (supervised MViTv2) or in the MLP before it (MaskFeat's
     MViT); None = the size's own."""
+    q_pool_blocks: Optional[list[int]] = None
+    """Blocks whose q is pooled 2x in space; None = every stage start. MaskFeat pre-training drops the last stage's
+    (MViT-S: [1, 3]), keeping its width: 16 px output tokens (14x14 at 224) instead of 32 px; fine-tuning from it
+    restores the pooling (the relative-position tables are resampled)."""
+
+    @property
+    def q_pools(self) -> tuple[int, ...]:
+        return tuple(MVIT_STAGE_BLOCKS[self.backbone] if self.q_pool_blocks is None else self.q_pool_blocks)
 
     @property
     def patch_size(self) -> int:
         """Spatial pixels per output token (what masks, targets and data checks use)."""
-        return MVIT_PATCH_SIZES[self.backbone][1]
+        return MVIT_STEM_STRIDE[1] * 2 ** len(self.q_pools)
 
     @property
     def tubelet_size(self) -> int:
-        return MVIT_PATCH_SIZES[self.backbone][0]
+        return MVIT_STEM_STRIDE[0]
 
     @property
     def dense(self) -> bool:
@@ -180,6 +189,11 @@ class MViTConfig(Entry):
 
     def check(self, key: str, cfg: "Config") -> None:
         d = cfg.data
+        stages = MVIT_STAGE_BLOCKS[self.backbone]
+        if self.q_pool_blocks is not None:
+            _check(set(self.q_pool_blocks) <= set(stages) and len(set(self.q_pool_blocks)) == len(self.q_pool_blocks),
+                   f"{key}.q_pool_blocks", f"{self.q_pool_blocks} must be distinct stage starts of {self.backbone}: "
+                   f"{list(stages)}")
         _check(d.img_size % self.patch_size == 0, "data.img_size",
                f"{d.img_size} is not a multiple of {self.backbone}'s {self.patch_size}-pixel output tokens")
         _check(d.num_frames == 1 or d.num_frames % self.tubelet_size == 0, "data.num_frames",
@@ -191,7 +205,7 @@ class MViTConfig(Entry):
 
 
 BACKBONES: dict[str, type] = {**{name: ViTConfig for name in VIT_NAMES},
-                              **{name: MViTConfig for name in MVIT_PATCH_SIZES}}
+                              **{name: MViTConfig for name in MVIT_STAGE_BLOCKS}}
 
 
 # ----------------------------------------------------------------------------------------------------

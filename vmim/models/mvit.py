@@ -5,7 +5,10 @@ Decisions:
 * One 3-D model. An image is a one-frame clip ``(B, C, 1, H, W)`` through the same weights: the stem is a Conv3d with
   kernel (3, 7, 7), stride (2, 4, 4), padding (1, 3, 3), so on T = 1 only the centre temporal slice of the kernel
   touches the frame (the two outer slices see zero padding) and the stem grid has one frame; the (3, 3, 3) pooling
-  convs likewise use only their centre temporal slice. 2-D weights therefore embed exactly as the centre slice with
+  convs likewise use only their centre temporal slice, so on T = 1 they run as (1, k, k) convs of that slice
+  (:func:`conv3d_frames`: exact, and an image costs what a 2-D MViT's does). Temporal relative positions are
+  a single (t = 0) entry on one frame: the same learned offset for every pair, a per-row constant that softmax
+  ignores, so they have no effect on images. 2-D weights therefore embed exactly as the centre slice with
   zeros elsewhere (:func:`from_timm_mvitv2`).
 * Pooling attention as SlowFast (``MODE conv``, ``POOL_FIRST False``): depthwise Conv3d pooling of q, k and v (one
   kernel per head channel, shared across heads), each followed by a LayerNorm over the head dim; q stride at the
@@ -64,6 +67,17 @@ def _rel_index(q: int, k: int, device: torch.device) -> torch.Tensor:
     return (dist + (k - 1) * k_ratio).long()
 
 
+def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for x (B, C, T, H, W). On one frame (T = 1) with a centred temporal kernel (k = 2 p + 1) only the
+    centre slice meets the frame, the rest sees zero padding: the same result from a (1, kh, kw) conv, k times
+    cheaper (images through the 3-D stem and pooling convs)."""
+    kt, pt = conv.kernel_size[0], conv.padding[0]
+    if x.shape[2] != 1 or kt == 1 or kt != 2 * pt + 1:
+        return conv(x)
+    return F.conv3d(x, conv.weight[:, :, pt:pt + 1], conv.bias, conv.stride, (0, *conv.padding[1:]), conv.dilation,
+                    conv.groups)
+
+
 def _pool(x: torch.Tensor, pool: nn.Module | None, thw: Triple, prefix: int,
           norm: nn.Module | None = None) -> tuple[torch.Tensor, Triple]:
     """Pool the grid tokens of (B, [heads,] prefix + N, C) on the (T, H, W) grid; prefix tokens pass through.
@@ -75,7 +89,8 @@ def _pool(x: torch.Tensor, pool: nn.Module | None, thw: Triple, prefix: int,
         x = x.unsqueeze(1)
     cls, x = x[:, :, :prefix], x[:, :, prefix:]
     b, h, _, c = x.shape
-    x = pool(x.reshape(b * h, *thw, c).permute(0, 4, 1, 2, 3))
+    x = x.reshape(b * h, *thw, c).permute(0, 4, 1, 2, 3)
+    x = conv3d_frames(pool, x) if isinstance(pool, nn.Conv3d) else pool(x)
     thw = tuple(x.shape[2:])
     x = torch.cat([cls, x.reshape(b, h, c, -1).transpose(2, 3)], dim=2)
     if norm is not None:
@@ -195,12 +210,13 @@ class MultiScaleBlock(nn.Module):
 
 @dataclass(frozen=True)
 class MViTSize:
-    """Architecture of a registered size: widths and heads double at each ``q_pool_blocks`` entry."""
+    """Architecture of a registered size: widths and heads double at each ``stage_blocks`` entry, where q is also
+    pooled unless the model is built with fewer ``q_pool_blocks`` (MaskFeat pre-training)."""
 
     depth: int
     embed_dim: int
     num_heads: int
-    q_pool_blocks: tuple[int, ...]
+    stage_blocks: tuple[int, ...]
     input_size: Triple  # (T, H, W) pixels the relative-position tables are sized for
     kv_stride_adaptive: Triple
     cls_token: bool
@@ -210,6 +226,7 @@ class MViTSize:
 
 MVIT_SIZES = {
     "mvitv2_test": MViTSize(3, 32, 1, (1, 2), (4, 64, 64), (1, 4, 4), False),
+    "mvitv2_demo": MViTSize(6, 48, 1, (1, 3), (4, 32, 32), (1, 2, 2), False),
     "mvitv2_s_16x4": MViTSize(16, 96, 1, (1, 3, 14), (16, 224, 224), (1, 8, 8), True),
     "mvitv2_b_32x3": MViTSize(24, 96, 1, (2, 5, 21), (32, 224, 224), (1, 8, 8), True),
     "mvitv2_l_40x3": MViTSize(48, 144, 2, (2, 8, 44), (40, 312, 312), (1, 8, 8), True),
@@ -225,8 +242,14 @@ class MViT(nn.Module):
     """MViTv2 encoder over clips (images: T = 1); keeps the contract of :mod:`vmim.models.base` (dense masking).
 
     Args:
-        depth, embed_dim, num_heads: size; width and heads double at each of ``q_pool_blocks``.
-        q_pool_blocks: blocks with q stride (1, 2, 2) (the first block of stages 2-4).
+        depth, embed_dim, num_heads: size; width and heads double at each of ``stage_blocks`` (the first block of
+            stages 2-4).
+        stage_blocks: where stages begin.
+        q_pool_blocks: blocks with q stride (1, 2, 2); None = every ``stage_blocks`` entry. MaskFeat pre-training
+            drops the last (SlowFast ``POOL_Q_STRIDE [14, 1, 1, 1]`` for MViT-S): the last stage keeps its doubled
+            width and heads and a stride-1 q pooling conv, KV stays strided, and the output grid is 2x finer (14x14
+            at 16 px for 224 input). The weights have the fine-tuning layout's shapes except the last stage's
+            ``rel_pos_h/w`` tables (27 instead of 13 rows), which :func:`vmim.models.loading.load_init` resamples.
         input_size: (T, H, W) pixels of the configured input; sizes the relative-position tables (other inputs
             interpolate them) and the absolute position table.
         kv_stride_adaptive: KV stride of block 0, divided by every q stride met.
@@ -253,8 +276,9 @@ class MViT(nn.Module):
         k, st, pad = self.stem_kernel[1], self.stem_stride[1], self.stem_padding[1]
         return max(pad, k - st - pad)
 
-    def __init__(self, depth: int, embed_dim: int, num_heads: int, q_pool_blocks: tuple[int, ...],
-                 input_size: Triple = (16, 224, 224), kv_stride_adaptive: Triple = (1, 8, 8), in_chans: int = 3,
+    def __init__(self, depth: int, embed_dim: int, num_heads: int, stage_blocks: tuple[int, ...],
+                 q_pool_blocks: tuple[int, ...] | None = None, input_size: Triple = (16, 224, 224),
+                 kv_stride_adaptive: Triple = (1, 8, 8), in_chans: int = 3,
                  stem_kernel: Triple = (3, 7, 7), stem_stride: Triple = (2, 4, 4), stem_padding: Triple = (1, 3, 3),
                  pool_kernel: Triple = (3, 3, 3), mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  cls_token: bool = False, abs_pos: bool = False, rel_pos_spatial: bool = True,
@@ -269,6 +293,10 @@ class MViT(nn.Module):
         self.num_prefix_tokens = int(cls_token)
         self.stem_kernel, self.stem_stride, self.stem_padding = stem_kernel, stem_stride, stem_padding
         self.pool_kernel = pool_kernel
+        q_pool_blocks = tuple(stage_blocks if q_pool_blocks is None else q_pool_blocks)
+        if not set(q_pool_blocks) <= set(stage_blocks):
+            raise ValueError(f"q_pool_blocks {list(q_pool_blocks)} must be stage transitions {list(stage_blocks)}")
+        self.stage_blocks, self.q_pool_blocks = tuple(stage_blocks), q_pool_blocks
         self.q_strides = [(1, 2, 2) if i in q_pool_blocks else (1, 1, 1) for i in range(depth)]
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(in_chans, embed_dim, stem_kernel, stem_stride, stem_padding)
@@ -282,10 +310,10 @@ class MViT(nn.Module):
         self.dims = []
         for i in range(depth):
             sq = self.q_strides[i]
-            if i in q_pool_blocks:
+            if i in stage_blocks:
                 heads *= 2
                 kv_stride = tuple(max(s // q, 1) for s, q in zip(kv_stride, sq))
-            grows = (i in q_pool_blocks) if dim_mul_in_att else (i + 1 in q_pool_blocks)
+            grows = (i in stage_blocks) if dim_mul_in_att else (i + 1 in stage_blocks)
             dim_out = dim * 2 if grows else dim
             self.blocks.append(MultiScaleBlock(
                 dim, dim_out, heads, grid, pool_kernel, sq, kv_stride, self.num_prefix_tokens, mlp_ratio,
@@ -368,7 +396,7 @@ class MViT(nn.Module):
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, Triple]:
         """(B, C, T, H, W), mask over the output or stem grid -> ((B, prefix + N_stem, D), stem grid); masked stem
         tokens become ``mask_token``."""
-        tokens = self.patch_embed.proj(x)
+        tokens = conv3d_frames(self.patch_embed.proj, x)
         thw = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)
         if mask is not None:
@@ -438,7 +466,7 @@ class MViT(nn.Module):
 
 def _mvit(size: str, **kwargs) -> MViT:
     s = MVIT_SIZES[size]
-    cfg = dict(depth=s.depth, embed_dim=s.embed_dim, num_heads=s.num_heads, q_pool_blocks=s.q_pool_blocks,
+    cfg = dict(depth=s.depth, embed_dim=s.embed_dim, num_heads=s.num_heads, stage_blocks=s.stage_blocks,
                input_size=s.input_size, kv_stride_adaptive=s.kv_stride_adaptive, cls_token=s.cls_token,
                rel_pos_temporal=s.rel_pos_temporal, dim_mul_in_att=s.dim_mul_in_att)
     cfg.update({k: v for k, v in kwargs.items() if v is not None})  # None: the size's own (config defaults)
@@ -449,6 +477,12 @@ def _mvit(size: str, **kwargs) -> MViT:
 def mvitv2_test(**kwargs) -> MViT:
     """32 wide, 3 blocks, 4x64x64: for tests."""
     return _mvit("mvitv2_test", **kwargs)
+
+
+@register_backbone
+def mvitv2_demo(**kwargs) -> MViT:
+    """48 wide, 6 blocks, stages [1, 2, 3], 4x32x32: the built-in MaskFeat demo's (``make demo-maskfeat``)."""
+    return _mvit("mvitv2_demo", **kwargs)
 
 
 @register_backbone
