@@ -253,6 +253,30 @@ def test_backbone_forward_intermediates(name, indices):
     assert not torch.allclose(raw[-1], outputs[-1])  # norm=False returns the blocks' raw outputs
 
 
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_backbone_forward_returns_requested_blocks(name):
+    """``forward(x, mask, blocks)`` keeps the raw outputs of the asked blocks under the asked keys (heads reading an
+    inner block), equal to ``forward_intermediates``; ``dims`` gives every block's width."""
+    model = backbone(name)
+    assert len(model.dims) == model.depth and model.dims[-1] == model.embed_dim
+    x = inputs(model)
+    real = x.device.type != "meta"
+    mask = make_mask(B, N, N_MASKED, seed=3) if real else None
+    with torch.no_grad():
+        out = model(x, mask, blocks=[0, -1])
+        _, raw = model.forward_intermediates(x, mask, indices=[0, -1], norm=False)
+    assert sorted(out.blocks) == [-1, 0]
+    assert [out.blocks[0].shape[-1], out.blocks[-1].shape[-1]] == [model.dims[0], model.dims[-1]]
+    assert out.blocks[-1].shape[:2] == out.tokens.shape[:2]
+    if real:
+        torch.testing.assert_close(out.blocks[0], raw[0])
+        torch.testing.assert_close(out.blocks[-1], raw[1])
+        torch.testing.assert_close(out.tokens, model(x, mask).tokens)
+        assert out.select(-1).tokens is out.blocks[-1] and out.select(None) is out
+    with pytest.raises(KeyError, match="not requested"):
+        out.select(1)
+
+
 POS_EMBEDS = list(config.POS_EMBEDS)
 FEATURE_CASES = [(name, dense, pos) for name in BACKBONE_NAMES for dense in dense_options(name)
                  for pos in pos_options(name)]

@@ -151,6 +151,27 @@ def test_visible_token_set_with_a_linear_head_on_images():
     torch.testing.assert_close(out["loss/pixel"].detach(), want, atol=1e-5, rtol=1e-5)
 
 
+def test_a_head_reads_the_inner_block_it_names():
+    """MR-MAE-style: a linear head on the visible tokens of block -2 (raw, before the final norm), next to the pixel
+    decoder on the encoder output; the loss is the head applied to exactly that block's tokens."""
+    model = method(PIXEL, ["targets.mimic.kind=hog", "targets.mimic.token_set=visible",
+                           "targets.mimic.head.kind=linear", "targets.mimic.head.block=-2"]).train()
+    assert model.heads["mimic"].proj.in_features == model.backbone.dims[-2]
+    clip, mask = clip_batch(), make_mask(2, 8, 6)
+    out = model({"clip": clip, "masks": {"encoder": mask}})
+    with torch.no_grad():
+        x = model.normalizer(model.normalizer.pixels(clip))
+        _, blocks = model.backbone.forward_intermediates(x, mask, indices=[-2], norm=False)
+        target = model.targets["mimic"](model.normalizer.pixels(clip))[~mask].reshape(2, 2, -1)
+        want = ((model.heads["mimic"].proj(blocks[0]) - target) ** 2).mean()
+    torch.testing.assert_close(out["loss/mimic"].detach(), want, atol=1e-5, rtol=1e-5)
+    out["loss"].backward()
+    assert model.backbone.blocks[0].attn.qkv.weight.grad is not None
+    with pytest.raises(ValueError, match=r"targets\.mimic\.head\.block: 7 is not a block"):
+        method(["targets.mimic.kind=hog", "targets.mimic.head.kind=linear", "targets.mimic.head.block=7",
+                "model.dense=true"])
+
+
 @pytest.mark.parametrize("loss, fn", [
     ("l1", lambda p, t: (p - t).abs().mean()),
     ("smooth_l1", lambda p, t: torch.nn.functional.smooth_l1_loss(p, t, beta=2.0)),

@@ -306,6 +306,9 @@ class DecoderHeadConfig(Entry):
     """A transformer decoder: encoder tokens + a mask token at each predicted position (MAE, VideoMAE)."""
 
     kind: str = "decoder"
+    block: Optional[int] = None
+    """Encoder block whose output (before the final norm) the head reads, negative from the end; None = the encoder
+    output (after the final norm)."""
     depth: int = 4
     """Transformer blocks; 0 leaves embedding, norm and the output projection."""
     dim: int = 384
@@ -330,6 +333,9 @@ class LinearHeadConfig(Entry):
     a dense backbone, MR-MAE's mimic head on visible tokens)."""
 
     kind: str = "linear"
+    block: Optional[int] = None
+    """Encoder block whose output (before the final norm) the head reads, negative from the end; None = the encoder
+    output (after the final norm). MR-MAE-style mimicking from an inner block."""
 
 
 HEADS: dict[str, type] = {"decoder": DecoderHeadConfig, "linear": LinearHeadConfig}

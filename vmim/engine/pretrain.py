@@ -44,6 +44,13 @@ class Preview(Hook):
             trainer.metrics.image("reconstruction", trainer.state.step, grid)
 
 
+class TargetUpdates(Hook):
+    """After every optimizer step: the method's targets that follow the student (momentum teachers) update."""
+
+    def after_step(self, trainer: Trainer, batch: dict) -> None:
+        trainer.raw_model.after_step(trainer.state.step, trainer.total_steps)
+
+
 class PretrainTask(Task):
     name = "pretrain"
 
@@ -59,7 +66,7 @@ class PretrainTask(Task):
         return {**losses, f"loss_by_dataset/{source}": losses["loss"]}
 
     def hooks(self) -> list[Hook]:
-        return [Preview(self.cfg.log.image_every_steps)]
+        return [TargetUpdates(), Preview(self.cfg.log.image_every_steps)]
 
 
 def pretrain(cfg: Config) -> TrainState:

@@ -23,6 +23,16 @@ from .token_sets import TOKEN_SETS
 Batch = dict[str, Any]
 
 
+def _head_width(backbone: nn.Module, block: int | None, key: str) -> int:
+    """Width of what a head reads: the encoder output, or block ``block``'s output (ValueError naming ``key`` when
+    the backbone has no such block)."""
+    if block is None:
+        return backbone.embed_dim
+    if not -backbone.depth <= block < backbone.depth:
+        raise ValueError(f"{key}: {block} is not a block of the {backbone.depth}-block backbone")
+    return backbone.dims[block]
+
+
 class MaskedModeling(nn.Module):
     """Args:
         backbone: a registered backbone (visible-only or dense).
@@ -32,11 +42,16 @@ class MaskedModeling(nn.Module):
         losses: name -> per-token loss function.
         token_sets: name -> a key of :data:`~vmim.meta_arch.token_sets.TOKEN_SETS`.
         weights: name -> weight of that loss in the total.
+        head_blocks: name -> the encoder block that head reads (absent or None: the encoder output).
+
+    Targets that follow the student (a momentum teacher) get the method through ``Target.bind`` once everything is
+    built, and ``Target.after_step`` after every optimizer step (:meth:`after_step`, called by the pretraining task's
+    hook).
     """
 
     def __init__(self, backbone: nn.Module, normalizer: InputNormalizer, targets: dict[str, Target],
                  heads: dict[str, nn.Module], losses: dict[str, LossFn], token_sets: dict[str, str],
-                 weights: dict[str, float]):
+                 weights: dict[str, float], head_blocks: dict[str, int | None] | None = None):
         super().__init__()
         self.backbone = backbone
         self.normalizer = normalizer
@@ -45,6 +60,9 @@ class MaskedModeling(nn.Module):
         self.losses = dict(losses)
         self.token_sets = dict(token_sets)
         self.weights = dict(weights)
+        self.head_blocks = {n: b for n, b in (head_blocks or {}).items() if b is not None}
+        for target in self.targets.values():
+            target.bind(self)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "MaskedModeling":
@@ -53,16 +71,27 @@ class MaskedModeling(nn.Module):
         targets, heads = {}, {}
         for name, t in cfg.targets.items():
             targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
-            heads[name] = build_head(t.head, backbone.embed_dim, targets[name].dim, backbone.decoder_pos_embed)
+            heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
+                                     targets[name].dim, backbone.decoder_pos_embed)
         return cls(backbone, normalizer, targets, heads,
                    losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
                    token_sets={n: t.token_set for n, t in cfg.targets.items()},
-                   weights={n: t.weight for n, t in cfg.targets.items()})
+                   weights={n: t.weight for n, t in cfg.targets.items()},
+                   head_blocks={n: t.head.block for n, t in cfg.targets.items()})
 
     def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderOutput]:
-        """uint8 clip (B, C, T, H, W) and encoder mask (B, N) -> ([0, 1] pixels, encoder output)."""
+        """uint8 clip (B, C, T, H, W) and encoder mask (B, N) -> ([0, 1] pixels, encoder output with the blocks the
+        heads read)."""
         pixels = self.normalizer.pixels(clip)
+        blocks = sorted(set(self.head_blocks.values()))
+        if blocks:
+            return pixels, self.backbone(self.normalizer(pixels), mask, blocks=blocks)
         return pixels, self.backbone(self.normalizer(pixels), mask)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """After optimizer step ``step`` (1-based) of ``total_steps``: targets that follow the student update."""
+        for target in self.targets.values():
+            target.after_step(step, total_steps)
 
     def predict(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """[0, 1] pixels and, per target, (query (B, N) bool, loss weight (B, M), prediction (B, M, D))."""
@@ -71,7 +100,7 @@ class MaskedModeling(nn.Module):
         out = {}
         for name, head in self.heads.items():
             query, weight = TOKEN_SETS[self.token_sets[name]](masks)
-            out[name] = (query, weight, head(encoded, query))
+            out[name] = (query, weight, head(encoded.select(self.head_blocks.get(name)), query))
         return pixels, out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -11,6 +11,9 @@ A backbone maps a normalized clip ``(B, C, T, H, W)`` (``T = 1``: an image) and 
 * ``dense`` True for a backbone that only encodes densely (MViT: pooling needs every token), and ``stem_overlap``:
   pixels by which its patch embedding reads into a neighbouring token's patch (0 for a ViT's non-overlapping
   tubelets; a masked token's pixels can then reach the output through its neighbours' edges);
+* ``forward(x, mask, blocks=())``: also returns the outputs of the chosen blocks (before the final norm) in
+  :attr:`EncoderOutput.blocks`, for heads that read an inner block (MR-MAE's mimic head); ``dims``: the width
+  after each block;
 * ``forward_intermediates(x, mask, indices)``: the outputs of chosen blocks (feature targets, probing);
 * ``no_weight_decay()``: parameter names (relative to the module) the optimizer never decays;
 * ``group_matcher()``: timm's block-id regexes, for layer-wise lr decay.
@@ -21,7 +24,7 @@ same heads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,12 +40,31 @@ class EncoderOutput:
         present: bool ``(B, N)`` marking the grid positions the tokens occupy, in row-major order (the visible ones
             of a visible-only backbone); None when all N positions are present (dense, or no mask).
         grid: ``(T', H', W')``.
+        blocks: requested block index (as asked, e.g. -1) -> that block's output ``(B, N_present, D_i)`` before the
+            final norm, class token dropped, at the same positions as ``tokens``.
     """
 
     tokens: torch.Tensor
     present: torch.Tensor | None
     grid: Grid
+    blocks: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def select(self, block: int | None) -> "EncoderOutput":
+        """This output with ``tokens`` replaced by block ``block``'s (None: unchanged).
+
+        Raises:
+            KeyError: the block was not requested from the backbone.
+            ValueError: the block's tokens sit on another grid (an inner MViT stage).
+        """
+        if block is None:
+            return self
+        if block not in self.blocks:
+            raise KeyError(f"block {block} was not requested from the backbone (have {sorted(self.blocks)})")
+        tokens = self.blocks[block]
+        if tokens.shape[1] != self.tokens.shape[1]:
+            raise ValueError(f"block {block} has {tokens.shape[1]} tokens, the encoder output {self.tokens.shape[1]}: "
+                             "a head reads only blocks on the output grid (the last stage of a multiscale backbone)")
+        return replace(self, tokens=tokens, blocks={})
     def at(self, positions: torch.Tensor) -> torch.Tensor:
         """Tokens at the True positions of bool ``(B, N)`` ``positions`` (same count per sample) -> ``(B, M, D)``.
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -443,21 +444,28 @@ class MViT(nn.Module):
                 outputs.append(self.norm(out) if norm and self.dims[i] == self.embed_dim else out)
         return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), None, thw), outputs
 
-    def _trunk(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, Triple]:
+    def _trunk(self, x: torch.Tensor, mask: torch.Tensor | None, blocks: Sequence[int] = ()
+               ) -> tuple[torch.Tensor, Triple, dict[int, torch.Tensor]]:
+        wanted = {b % self.depth: b for b in blocks}
         tokens, thw = self.embed(x, mask)
+        kept = {}
         for i in range(self.depth):
             tokens, thw = self._run_block(i, tokens, thw)
-        return tokens, thw
+            if i in wanted:
+                kept[wanted[i]] = tokens[:, self.num_prefix_tokens:]
+        return tokens, thw, kept
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, blocks: Sequence[int] = ()
+                ) -> EncoderOutput:
         """(B, C, T, H, W), optional bool (B, N_stem) mask -> EncoderOutput with normed last-stage tokens
-        (B, T'*H'*W', D) (no cls), ``present=None``, grid (T', H', W')."""
-        tokens, thw = self._trunk(x, mask)
-        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), None, thw)
+        (B, T'*H'*W', D) (no cls), ``present=None``, grid (T', H', W'), and the outputs of ``blocks`` (each on its
+        own stage's grid)."""
+        tokens, thw, kept = self._trunk(x, mask, blocks)
+        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), None, thw, kept)
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, D) pooled as ``global_pool`` says."""
-        tokens, _ = self._trunk(x, mask)
+        tokens, _, _ = self._trunk(x, mask)
         if self.global_pool == "avg":
             return self.norm(tokens[:, self.num_prefix_tokens:].mean(dim=1))
         tokens = self.norm(tokens)

@@ -9,6 +9,8 @@ embedding, before the position embedding (SimMIM, MaskFeat with a ViT), so that 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +117,11 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.patch_size
 
     @property
+    def dims(self) -> list[int]:
+        """Width after each block (constant in a ViT)."""
+        return [self.embed_dim] * self.depth
+
+    @property
     def decoder_pos_embed(self) -> str:
         """Decoder heads use the encoder's own position-embedding kind."""
         return self.pos_embed.kind
@@ -155,19 +162,25 @@ class VisionTransformer(nn.Module):
             return checkpoint(block, tokens, use_reentrant=False)
         return block(tokens)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, blocks: Sequence[int] = ()
+                ) -> EncoderOutput:
         """Encode a clip.
 
         Args:
             x: (B, C, T, H, W) normalized clip (T = 1 for images).
             mask: (B, N) bool, True = masked, the same count per sample; None keeps every token.
+            blocks: block indices (negative from the end) whose outputs to return as well.
         Returns:
-            EncoderOutput with tokens (B, N_present, D) after the final LayerNorm.
+            EncoderOutput with tokens (B, N_present, D) after the final LayerNorm, and ``blocks``.
         """
+        wanted = {b % self.depth: b for b in blocks}
         tokens, present = self.embed(x, mask)
+        kept = {}
         for i in range(self.depth):
             tokens = self._run_block(i, tokens)
-        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape))
+            if i in wanted:
+                kept[wanted[i]] = tokens[:, self.num_prefix_tokens:]
+        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape), kept)
 
     def forward_intermediates(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                               indices: int | list[int] | None = None, norm: bool = False

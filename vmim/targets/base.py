@@ -4,8 +4,12 @@ A target maps a clean clip ``(B, C, T, H, W)`` in [0, 1] to one feature vector p
 ALL tokens, in the (t, h, w) row-major token order of a Conv3d patch embedding flattened with
 ``x.flatten(2).transpose(1, 2)``. The loss picks the masked (or visible) tokens afterwards.
 
-Targets hold no trainable parameters, never build a graph and always compute in float32, also when called
-inside ``torch.autocast``: they run on the device inside the training step, on the batch of clean clips.
+Targets hold no trainable parameters and never build a graph; they run on the device inside the training step, on
+the batch of clean clips. Hand-made targets (pixels, HOG) compute in float32 also inside ``torch.autocast``; model
+targets (teachers) run under the step's autocast, as the student does.
+
+A target that follows the student (a momentum teacher) gets the method once built (:meth:`Target.bind`) and a call
+after every optimizer step (:meth:`Target.after_step`); the others ignore both.
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ class Target(nn.Module, ABC):
         self.grid(pixels)
         with float32_no_grad(pixels.device):
             return self._compute(pixels.float())
+
+    def bind(self, method: nn.Module) -> None:
+        """Called once by the method that owns this target, after its backbone and heads exist (default: nothing)."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (1-based) of ``total_steps`` (default: nothing)."""
 
     def to_pixels(self, pred: Tensor, pixels: Tensor) -> Tensor | None:
         """Maps a prediction ``(B, N, D)`` back to a clip ``(B, C, T, H, W)`` for visualization.
