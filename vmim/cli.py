@@ -126,6 +126,14 @@ def _convert(args: argparse.Namespace) -> int:
     return convert_command(args)
 
 
+def _int_list(text: str) -> list[int]:
+    """'1,3' -> [1, 3]; '' -> []."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated block indices (e.g. 1,3)") from None
+
+
 def _list(args: argparse.Namespace) -> int:
     """Every registry: the names a config may use."""
     from .registries import describe_registries
@@ -187,21 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="with RUN_DIR: checkpoint file (default: the run's newest)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the probe config")
     p.set_defaults(func=_probe)
-    p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT) as a vmim "
-                                       "backbone file, for init= and vmim.models.load_backbone")
-    p.add_argument("--from", dest="source_format", required=True, choices=("videomae", "mae", "mvd", "timm"),
-                   help="the source's layout")
-    p.add_argument("src", help="reference checkpoint (.pth / .pt)")
+    p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT, SlowFast "
+                                       "MViTv2) as a vmim backbone file, for init= and vmim.models.load_backbone")
+    p.add_argument("--from", dest="source_format", required=True,
+                   choices=("videomae", "mae", "mvd", "timm", "slowfast"), help="the source's layout")
+    p.add_argument("src", help="reference checkpoint (.pth / .pt / .pyth)")
     p.add_argument("dst", help="output file (for fine-tuning init= or load_backbone)")
-    p.add_argument("--num-frames", type=int, default=16,
+    p.add_argument("--num-frames", type=int, default=None,
                    help="clip frames of the result (the grid of a learned position table; for a saved 3-D table, "
-                        "the frames it was made for); default 16")
+                        "the frames it was made for); default 16 (slowfast: the checkpoint's cfg, else the size's)")
     p.add_argument("--img-size", type=int, default=None,
                    help="crop side; default: the position table's, else 224; a learned table is interpolated")
     p.add_argument("--tubelet-size", type=int, default=None,
                    help="frames per token; default: the source's, or 2 for 2-D weights (inflated: repeated over t, "
                         "divided by t)")
-    p.add_argument("--backbone", default=None, help="expected registered size (vit_base, ...)")
+    p.add_argument("--backbone", default=None, help="expected registered size (vit_base, mvitv2_s_16x4, ...)")
+    p.add_argument("--q-pool-blocks", type=_int_list, default=None, metavar="I,J,...",
+                   help="slowfast: blocks whose q is pooled (MaskFeat pre-training of MViT-S: 1,3); default: the "
+                        "checkpoint's cfg, else read from the relative-position tables")
     p.set_defaults(func=_convert)
     p = sub.add_parser("list", help="print every registry: backbones (with parameter counts), maskings, targets, "
                                     "heads, "

@@ -56,7 +56,7 @@ class FinetuneTask(Task):
             from ..models.loading import load_init
 
             for line in load_init(model.backbone, self.cfg.init, self.cfg.model):
-                log.info(f"init: {line}")
+                log.info(line)
         return model
 
     def build_data(self, model: nn.Module, dist: DistInfo) -> TrainData:

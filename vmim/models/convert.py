@@ -1,9 +1,10 @@
-"""Reference checkpoint import: VideoMAE, MAE, MVD and timm ViTs become a ``vmim-backbone`` file.
+"""Reference checkpoint import: VideoMAE, MAE, MVD and timm ViTs and SlowFast MViTv2s become a ``vmim-backbone`` file.
 
 ``vmim convert --from {videomae,mae,mvd,timm} SRC DST`` reads a reference checkpoint, renames its encoder's weights
 to :class:`~vmim.models.vit.VisionTransformer`'s, infers the architecture, loads the result into our model
 strictly and writes one file that :func:`vmim.models.loading.load_backbone` and ``init:`` of a fine-tuning run
-read. Key layouts are in ``research/finetune-mvit-teachers.md`` §3.1-3.4.
+read. Key layouts are in ``research/finetune-mvit-teachers.md`` §3.1-3.5. ``--from slowfast`` (MViTv2, MaskFeat's
+MViT) lives in :mod:`vmim.models.convert_slowfast`, with its own decisions; this module dispatches to it.
 
 Decisions, and why:
 
@@ -64,7 +65,7 @@ from .pos_embed import FIXED_TABLES
 from .registry import create_backbone
 from .vit import VIT_SIZES
 
-FORMATS = ("videomae", "mae", "mvd", "timm")
+FORMATS = ("videomae", "mae", "mvd", "timm", "slowfast")
 FILE_FORMAT, FILE_VERSION = "vmim-backbone", 1
 DEFAULT_2D_TUBELET = 2
 DEFAULT_IMG_SIZE = 224
@@ -245,19 +246,21 @@ def _grid_of(num_frames: int, img_size: int, patch: int, tubelet: int) -> Grid:
 # ----------------------------------------------------------------------------------------------------
 
 
-def convert_state_dict(source_format: str, sd: dict[str, torch.Tensor], *, num_frames: int = 16,
+def convert_state_dict(source_format: str, sd: dict[str, torch.Tensor], *, num_frames: int | None = None,
                        img_size: int | None = None, tubelet_size: int | None = None,
-                       backbone: str | None = None) -> dict:
-    """Convert a reference encoder's weights (already read out of their container) to our ViT.
+                       backbone: str | None = None, q_pool_blocks: list[int] | None = None) -> dict:
+    """Convert a reference encoder's weights (already read out of their container) to our ViT (or, for slowfast,
+    our MViT: :func:`vmim.models.convert_slowfast.convert_slowfast`, which also takes the whole checkpoint).
 
     Args:
-        source_format: videomae, mae, mvd or timm.
+        source_format: videomae, mae, mvd, timm or slowfast.
         sd: the reference state dict.
         num_frames: frames of the video clip the result is for (the grid of a learned table; for a saved 3-D
-            table, the frames it was made for).
+            table, the frames it was made for); default 16.
         img_size: crop side; default: from the position table, else 224. A learned table is interpolated to it.
         tubelet_size: frames per token; default: the patch weight's for 3-D sources, 2 (inflation) for 2-D ones.
         backbone: expected registered name (checked against the weights).
+        q_pool_blocks: slowfast only: the blocks whose q was pooled (default: inferred).
     Returns:
         the ``vmim-backbone`` dict (see :func:`convert_checkpoint`), ``source.path`` unset.
     Raises:
@@ -265,6 +268,14 @@ def convert_state_dict(source_format: str, sd: dict[str, torch.Tensor], *, num_f
     """
     if source_format not in FORMATS:
         raise ValueError(f"unknown source format '{source_format}'; one of {', '.join(FORMATS)}")
+    if source_format == "slowfast":
+        from .convert_slowfast import convert_slowfast  # imports this module
+
+        return convert_slowfast(sd, num_frames=num_frames, img_size=img_size, tubelet_size=tubelet_size,
+                                backbone=backbone, q_pool_blocks=q_pool_blocks)
+    if q_pool_blocks is not None:
+        raise ValueError("--q-pool-blocks is for MViTs (--from slowfast)")
+    num_frames = 16 if num_frames is None else num_frames
     if num_frames < 1:
         raise ValueError(f"--num-frames must be >= 1, got {num_frames}")
     sd = _strip_prefixes(sd, _ENCODER_PREFIXES[source_format])
@@ -393,18 +404,20 @@ def load_reference(path: str | Path) -> Any:
                          ) from None
 
 
-def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: int = 16,
+def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: int | None = None,
                        img_size: int | None = None, tubelet_size: int | None = None,
-                       backbone: str | None = None) -> dict:
+                       backbone: str | None = None, q_pool_blocks: list[int] | None = None) -> dict:
     """Read a reference checkpoint file and convert it (see :func:`convert_state_dict` for the options).
 
     Returns:
-        ``{"format": "vmim-backbone", "version": 1, "model": ViTConfig as a dict, "data": {img_size, num_frames,
-        mean, std}, "video_grid": [t, h, w], "state_dict": ours, "source": {format, path, dropped, notes}}``.
+        ``{"format": "vmim-backbone", "version": 1, "model": ViTConfig (MViTConfig for slowfast) as a dict, "data":
+        {img_size, num_frames, mean, std}, "video_grid": [t, h, w], "state_dict": ours, "source": {format, path,
+        dropped, notes}}``.
     """
     obj = load_reference(src_path)
-    out = convert_state_dict(source_format, read_state_dict(obj), num_frames=num_frames, img_size=img_size,
-                             tubelet_size=tubelet_size, backbone=backbone)
+    weights = obj if source_format == "slowfast" else read_state_dict(obj)  # slowfast also reads the ckpt's cfg
+    out = convert_state_dict(source_format, weights, num_frames=num_frames, img_size=img_size,
+                             tubelet_size=tubelet_size, backbone=backbone, q_pool_blocks=q_pool_blocks)
     out["source"]["path"] = str(src_path)
     return out
 
@@ -427,6 +440,10 @@ def convert_file(source_format: str, src: str | Path, dst: str | Path, **opts: A
 
 
 def summary_line(converted: dict, dst: str | Path) -> str:
+    if converted["source"]["format"] == "slowfast":
+        from .convert_slowfast import summary_line as mvit_summary
+
+        return mvit_summary(converted, dst)
     m = converted["model"]
     pool = f"{m['global_pool']}{' + fc_norm' if m['fc_norm'] else ''}"
     return (f"converted {converted['source']['format']} -> {m['backbone']} (patch {m['patch_size']}, tubelet "
@@ -439,7 +456,8 @@ def convert_command(args: argparse.Namespace) -> int:
     checkpoint, with the reason."""
     try:
         converted = convert_file(args.source_format, args.src, args.dst, num_frames=args.num_frames,
-                                 img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone)
+                                 img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone,
+                                 q_pool_blocks=getattr(args, "q_pool_blocks", None))
     except ValueError as err:
         print(f"vmim convert: {err}", file=sys.stderr)
         return 2

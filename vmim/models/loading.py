@@ -4,10 +4,22 @@ Three sources are read alike (:func:`read_weights`): a ``vmim convert`` file (``
 checkpoints (pretraining or fine-tuning: the keys under ``backbone.`` of its ``model``, the architecture from its
 resolved ``config``), or a run directory (its newest readable checkpoint, ``checkpoints/last.pt`` first, then the
 kept ``step_*.pt``, newest first; this mirrors ``vmim.engine.checkpoint.CheckpointManager``, which this package may
-not import: models sit below the engine). Reference checkpoints (VideoMAE, MAE, MVD, timm) are converted first.
+not import: models sit below the engine). Reference checkpoints (VideoMAE, MAE, MVD, timm, SlowFast) are converted
+first.
 
 :func:`load_init` is strict about what changes a weight's shape or meaning and lenient, out loud, about what the
-fine-tuning recipes change on purpose:
+fine-tuning recipes change on purpose. An MViT (:func:`vmim.models.convert_slowfast.mvit_init_state`):
+
+* refused, naming the config key and both values: ``model.backbone``, ``in_chans``, ``cls_token`` and
+  ``dim_mul_in_att`` (None resolved to the size's own: the MaskFeat and supervised layouts are not
+  interchangeable); ``patch_size`` is not compared, it follows ``q_pool_blocks``;
+* adapted: another ``q_pool_blocks`` (MaskFeat pre-training drops the last stage's q pooling, fine-tuning restores
+  it): every ``attn.rel_pos_{h,w,t}`` table whose length differs is linearly resampled to the model's, as
+  SlowFast's ``load_checkpoint`` does, one report line per table;
+* left fresh, reported: a ``mask_token`` the weights lack;
+* anything else missing, unexpected or mis-shaped: one ``ValueError`` listing every key.
+
+A ViT:
 
 * refused, naming the config key and both values: ``model.backbone``, ``patch_size``, ``in_chans``, ``cls_token``,
   ``pos_embed`` (kind), and a tubelet change other than 1 -> t;
@@ -31,13 +43,14 @@ import torch
 import yaml
 from torch import nn
 
-from ..config import FAMILIES, build_config, build_entry, video_grid
+from ..config import FAMILIES, MViTConfig, build_config, build_entry, video_grid
 from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight, resample_table
+from .convert_slowfast import mvit_init_state
 from .registry import create_backbone
 
 Grid = tuple[int, int, int]
 ARCH_KEYS = ("backbone", "patch_size", "in_chans", "cls_token", "pos_embed")
-"""Config keys whose difference changes what the weights mean: never adapted."""
+"""ViT config keys whose difference changes what the weights mean: never adapted (MViT: ``MVIT_ARCH_KEYS``)."""
 
 
 @dataclass
@@ -45,7 +58,7 @@ class BackboneWeights:
     """A backbone's weights and the architecture they belong to.
 
     Attributes:
-        config: the backbone's ViTConfig.
+        config: the backbone's ViTConfig (or MViTConfig).
         video_grid: the token grid (T', H', W') its learned position table (if any) is for.
         state_dict: backbone keys (no ``backbone.`` prefix).
         origin: where they came from, for messages.
@@ -126,13 +139,15 @@ def load_init(backbone: nn.Module, init: str | Path, model_cfg: Any) -> list[str
     Args:
         backbone: built from ``model_cfg`` (and the fine-tuning run's video grid).
         init: a run directory, one of our checkpoints, or a converted file.
-        model_cfg: the fine-tuning config's ViTConfig.
+        model_cfg: the fine-tuning config's ViTConfig or MViTConfig.
     Returns:
         report lines: what was loaded from where, what was adapted, dropped or left fresh.
     Raises:
         ValueError: an architecture mismatch (naming ``model.<key>`` and both values) or keys that do not fit.
     """
     weights = read_weights(init)
+    if isinstance(model_cfg, MViTConfig):
+        return _load_mvit_init(backbone, weights, model_cfg)
     src = weights.config
     for key in ARCH_KEYS:
         ours, theirs = getattr(model_cfg, key), getattr(src, key)
@@ -178,6 +193,21 @@ def load_init(backbone: nn.Module, init: str | Path, model_cfg: Any) -> list[str
     if src.global_pool != model_cfg.global_pool or src.fc_norm != model_cfg.fc_norm:
         report.append(f"init: pooling {model_cfg.global_pool}{' + fc_norm' if model_cfg.fc_norm else ''} "
                       f"(the weights' own: {src.global_pool}{' + fc_norm' if src.fc_norm else ''})")
+    return report
+
+
+def _load_mvit_init(backbone: nn.Module, weights: BackboneWeights, model_cfg: MViTConfig) -> list[str]:
+    """:func:`load_init` for an MViT (rules in the module docstring)."""
+    sd, lines = mvit_init_state(weights.state_dict, weights.config, model_cfg, backbone.state_dict(),
+                                weights.origin)
+    check_and_load(backbone, sd, f"the init weights ({weights.origin})")
+    report = [f"init: {len(weights.state_dict)} backbone tensors from {weights.origin}", *lines]
+    theirs = weights.config.global_pool
+    if theirs is None:  # the size's own
+        with torch.device("meta"):
+            theirs = create_backbone(weights.config).global_pool
+    if theirs != backbone.global_pool:
+        report.append(f"init: pooling {backbone.global_pool} (the weights' own: {theirs})")
     return report
 
 
