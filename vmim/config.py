@@ -443,7 +443,97 @@ class HOGTargetConfig(TargetConfig):
                f"{self.cell_size} does not divide model.patch_size={patch}")
 
 
-TARGETS: dict[str, type] = {"pixel": PixelTargetConfig, "hog": HOGTargetConfig}
+MOMENTUM_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class MomentumTargetConfig(TargetConfig):
+    """Features of an EMA copy of the student encoder on the full clip (BootMAE, data2vec); the EMA is in the
+    checkpoint (exact resume), never in the optimizer, ``vmim convert`` or fine-tuning."""
+
+    dim: int = 0
+    """Features per token: the student's width at ``blocks`` (vit_base 768; checked when the method is built)."""
+    blocks: List[int] = field(default_factory=lambda: [-1])
+    """EMA encoder blocks (negative from the end) whose outputs, before the final norm, are the target; several are
+    averaged (after ``norm``, when on: data2vec). BootMAE: [-1]."""
+    norm: bool = False
+    """LayerNorm without affine (eps 1e-6) on each block's output (BootMAE: on)."""
+    momentum: float = 0.999
+    """EMA momentum m at the first update (ema = m * ema + (1 - m) * student, after every optimizer step)."""
+    momentum_end: float = 1.0
+    """Momentum at the end of the run (cosine, linear)."""
+    schedule: str = "cosine"
+    """cosine (DINO: momentum -> momentum_end over the run), linear (through the milestones, if any) or constant."""
+    milestones: List[float] = field(default_factory=list)
+    """linear only: knots as fractions of the run, increasing inside (0, 1), e.g. BootMAE's epochs 100 and 400 of
+    800: [0.125, 0.5]."""
+    milestone_momenta: List[float] = field(default_factory=list)
+    """The momentum at each milestone (BootMAE: [0.9999, 0.99999])."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check(self.dim > 0, f"{key}.dim", f"{self.dim}: set the student's width at blocks {self.blocks} (the "
+               "model's embedding width for a ViT, e.g. 768 for vit_base)")
+        _check(len(self.blocks) > 0, f"{key}.blocks", "name at least one encoder block, e.g. [-1]")
+        for name in ("momentum", "momentum_end"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{key}.{name}", f"{value} is outside [0, 1]")
+        _choice(f"{key}.schedule", self.schedule, MOMENTUM_SCHEDULES)
+        _check(not self.milestones or self.schedule == "linear", f"{key}.milestones",
+               f"milestones shape a linear schedule, not {self.schedule}")
+        _check(len(self.milestones) == len(self.milestone_momenta), f"{key}.milestone_momenta",
+               f"needs one momentum per milestone ({len(self.milestones)})")
+        knots = [0.0, *self.milestones, 1.0]
+        _check(all(a < b for a, b in zip(knots, knots[1:])), f"{key}.milestones",
+               f"{self.milestones} must increase strictly inside (0, 1)")
+        _check(all(0.0 <= m <= 1.0 for m in self.milestone_momenta), f"{key}.milestone_momenta",
+               f"{self.milestone_momenta} must lie in [0, 1]")
+
+
+@dataclass
+class TeacherTargetConfig(TargetConfig):
+    """Features of a frozen teacher model at chosen blocks, on the student's token grid (MVD, MR-MAE). The teacher
+    runs in eval mode without grad under the run's autocast, stays out of the optimizer and the student's checkpoint;
+    the checkpoint records its source and content hash, and a resume with other teacher weights stops. Frames, grid
+    mapping and resampling: ``vmim.targets.teacher``."""
+
+    path: str = ""
+    """The teacher's weights: a vmim run directory, one of our checkpoints or a ``vmim convert`` file (VideoMAE, MAE,
+    MVD); with ``timm_model``, a local torch or safetensors state dict. Never downloaded."""
+    timm_model: str = ""
+    """A timm architecture (e.g. vit_base_patch16_224.dino), built with pretrained=False and loaded strictly from
+    ``path`` (head.* keys dropped); empty: ``path`` is a vmim source."""
+    blocks: List[int] = field(default_factory=lambda: [-1])
+    """Teacher blocks (negative from the end) whose outputs are the target; several are concatenated in this order
+    (dim = teacher width x len(blocks) for a ViT)."""
+    final_norm: bool = False
+    """Apply the teacher's final norm to the chosen blocks; False = the raw block output (MVD)."""
+    norm_features: bool = False
+    """LayerNorm without affine (eps 1e-6) on each block's features per token (MVD's --norm_feature, off there)."""
+    input_size: int = 0
+    """Teacher frame height in pixels (frames resized, bilinear); 0 = the student's frames (MVD's H/14: 196)."""
+    mean: Optional[List[float]] = None
+    """Teacher input mean of [0, 1] pixels; None = the source's (its run's data.mean, timm's pretrained_cfg)."""
+    std: Optional[List[float]] = None
+    """Teacher input std; None = the source's."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check(bool(self.path), f"{key}.path", "a teacher needs weights: a vmim run directory, checkpoint or "
+               "converted file, or a local weights file together with timm_model")
+        _check(len(self.blocks) > 0 and len(set(self.blocks)) == len(self.blocks), f"{key}.blocks",
+               f"{self.blocks}: name one or more distinct teacher blocks, e.g. [-1]")
+        _check(self.input_size >= 0, f"{key}.input_size", f"{self.input_size} must be >= 0 (0: the student's size)")
+        in_chans = cfg.model.in_chans
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            _check(values is None or (len(values) == in_chans and (name == "mean" or min(values) > 0)),
+                   f"{key}.{name}", f"{values} needs {in_chans} values (model.in_chans)"
+                   + (", all positive" if name == "std" else ""))
+
+
+TARGETS: dict[str, type] = {"pixel": PixelTargetConfig, "hog": HOGTargetConfig, "momentum": MomentumTargetConfig,
+                            "teacher": TeacherTargetConfig}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The pretraining task: a masked-modeling method trained on the configured data mix.
 
 Everything generic (loop, precision, DDP, checkpoints, resume, stop signals, logs) is the trainer's; this module
-only says what the model and the data are, moves a batch to the device, and adds the reconstruction preview.
+only says what the model and the data are, moves a batch to the device, and adds the reconstruction preview and
+the teacher record (log line, checkpoint hashes, resume check).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 from ..config import Config
 from ..data import build_pretrain_data
 from ..meta_arch import build_method
+from ..targets.teacher import TeacherTarget, check_records, teachers_of
 from .distributed import DistInfo
 from .hooks import Hook
 from .precision import autocast
@@ -51,6 +53,29 @@ class TargetUpdates(Hook):
         trainer.raw_model.after_step(trainer.state.step, trainer.total_steps)
 
 
+class TeacherRecord(Hook):
+    """The method's frozen teachers: a log line each at the start (source, blocks, parameters, MiB, hash); their
+    sources and content hashes in every checkpoint; a resume whose teacher weights hash differently stops before the
+    first step, with an error naming ``targets.<name>.path`` and both hashes."""
+
+    def __init__(self):
+        self.teachers: dict[str, TeacherTarget] = {}
+        self.saved: dict | None = None
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.teachers = teachers_of(trainer.raw_model.targets)
+        for name, teacher in self.teachers.items():
+            trainer.log.info(f"teacher targets.{name}: {teacher.summary()}")
+        if self.saved is not None:
+            check_records(self.saved, self.teachers)
+
+    def state_dict(self) -> dict | None:
+        return {name: teacher.record() for name, teacher in self.teachers.items()} or None
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved = state
+
+
 class PretrainTask(Task):
     name = "pretrain"
 
@@ -66,7 +91,7 @@ class PretrainTask(Task):
         return {**losses, f"loss_by_dataset/{source}": losses["loss"]}
 
     def hooks(self) -> list[Hook]:
-        return [TargetUpdates(), Preview(self.cfg.log.image_every_steps)]
+        return [TargetUpdates(), TeacherRecord(), Preview(self.cfg.log.image_every_steps)]
 
 
 def pretrain(cfg: Config) -> TrainState:

@@ -1,7 +1,7 @@
 """Masked modeling: one backbone, one head per target, the targets and their losses, built from the config.
 
 This is the method layer (dinov2's ``SSLMetaArch`` in spirit): it owns every trainable part of a pretraining run
-and the frozen ones (targets, later teachers), and turns a batch into losses. The trainer calls
+and the frozen ones (targets, teachers), and turns a batch into losses. The trainer calls
 ``method(batch) -> {"loss", "loss/<target>"}`` and never sees targets or masks; the backbone never sees targets;
 a target never sees the student. Each target entry picks its head (decoder or linear), its loss and its token
 set (:mod:`vmim.meta_arch.token_sets`), so MAE, VideoMAE, VideoMAE V2, MaskFeat and MR-MAE-style mixes are configs.
@@ -17,6 +17,7 @@ from torch import nn
 from ..config import Config, video_grid
 from ..models import EncoderOutput, InputNormalizer, build_head, create_backbone
 from ..targets import Target, build_target
+from ..targets.teacher import TeacherError, teachers_of
 from .losses import LossFn, build_loss, weighted_mean
 from .token_sets import TOKEN_SETS
 
@@ -70,7 +71,10 @@ class MaskedModeling(nn.Module):
         normalizer = InputNormalizer(cfg.data.mean, cfg.data.std, backbone.patch_size[0])
         targets, heads = {}, {}
         for name, t in cfg.targets.items():
-            targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
+            try:
+                targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
+            except TeacherError as err:  # raised with the entry's own key (path, blocks, ...)
+                raise err.under(f"targets.{name}") from None
             heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
                                      targets[name].dim, backbone.decoder_pos_embed)
         return cls(backbone, normalizer, targets, heads,
@@ -104,7 +108,8 @@ class MaskedModeling(nn.Module):
         return pixels, out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """batch {"clip": (B, C, T, H, W), "masks": {"encoder": (B, N) bool, ...}} -> {"loss", "loss/<name>"}."""
+        """batch {"clip": (B, C, T, H, W), "masks": {"encoder": (B, N) bool, ...}} -> {"loss", "loss/<name>"}, plus
+        ``perf/teacher_ms/<name>`` (a teacher target's forward time, not a loss) once one has finished."""
         pixels, predictions = self.predict(batch)
         losses: dict[str, torch.Tensor] = {}
         total = pixels.new_zeros(())
@@ -115,6 +120,9 @@ class MaskedModeling(nn.Module):
             losses[f"loss/{name}"] = loss
             total = total + self.weights[name] * loss
         losses["loss"] = total
+        for name, teacher in teachers_of(self.targets).items():  # ms of its forward, logged with the losses
+            if (ms := teacher.take_ms()) is not None:
+                losses[f"perf/teacher_ms/{name}"] = total.new_tensor(ms).detach()
         return losses
 
     @torch.no_grad()

@@ -9,11 +9,15 @@ from typing import Any
 
 from vmim.targets.base import Target
 from vmim.targets.hog import HOGTarget, hog_histograms
+from vmim.targets.momentum import MomentumTarget
 from vmim.targets.pixel import PixelTarget
+from vmim.targets.teacher import TeacherTarget
 
-TARGETS: dict[str, type[Target]] = {"pixel": PixelTarget, "hog": HOGTarget}
+TARGETS: dict[str, type[Target]] = {"pixel": PixelTarget, "hog": HOGTarget, "momentum": MomentumTarget,
+                                   "teacher": TeacherTarget}
 
-__all__ = ["TARGETS", "HOGTarget", "PixelTarget", "Target", "build_target", "hog_histograms"]
+__all__ = ["TARGETS", "HOGTarget", "MomentumTarget", "PixelTarget", "Target", "TeacherTarget", "build_target",
+           "hog_histograms"]
 
 
 def build_target(kind: str, cfg: Any, patch_size: tuple[int, int, int], in_chans: int) -> Target:
