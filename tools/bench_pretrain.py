@@ -3,43 +3,80 @@
 
 Model size, input shape, masks, targets, heads and precision all come from the config (plus overrides). Inputs are
 random uint8 clips with masks from the config's generators, so the numbers measure the model and the step, not the
-data loader (see tools/bench_data.py for that). The first ``--warmup`` steps are excluded (oneDNN / cuDNN set-up),
-and variants are timed in interleaved rounds so that machine noise hits them alike. Variants:
+data loader (see tools/bench_data.py for that); a method base without ``data.datasets`` gets a placeholder dataset
+(``data.datasets.digits_clips``), never read. The first ``--warmup`` steps are excluded (oneDNN / cuDNN set-up),
+and variants are timed in interleaved rounds so that machine noise hits them alike. Step time is the median. Variants:
 
 * ``config``: the step as configured;
 * ``all_visible`` (default on): every token visible to the encoder (mask ratio ~0), the MAE speed-up baseline;
 * ``full_decoder`` (on when the config has a decoder mask): decoder_masking off and every decoder_kept target
-  predicting all encoder-masked tokens, the VideoMAE V2 decoder-masking baseline.
+  predicting all encoder-masked tokens, the VideoMAE V2 decoder-masking baseline;
+* ``baseline`` (``--baseline-config PATH`` [``--baseline-overrides k=v ...``]): another config's step (e.g. VideoMAE
+  ViT-B against MaskFeat MViT-S) at this config's input: its data.img_size, data.num_frames, data.batch_size,
+  train.precision and train.device are forced to this config's (printed, with the values they replace). Give
+  ``--baseline-overrides`` after the main config's own overrides: it takes every ``k=v`` that follows.
+
+``speedup_vs_X`` is X's step time / the config's: above 1 the config is faster than X, below 1 slower.
+
+Memory, in MiB (2**20 bytes), per variant:
+
+* ``saved_mib``: bytes of the tensors autograd saves for backward in one step (``saved_tensors_hooks``), each
+  storage counted once, parameters' own storages left out: the activation memory a step holds at the end of its
+  forward. Deterministic and device-independent for a given precision (bf16 autocast saves bf16 activations and
+  counts its bf16 weight copies). Leaves out transients (attention scores freed right away, backward's buffers,
+  allocator caching), and with model.grad_checkpointing what the checkpointed blocks keep (their own hooks hide
+  it). Measured in the first warm-up step (an extra untimed step with ``--warmup 0``).
+* ``state_mib``: parameters + gradients + optimizer state (AdamW: 2 moments) + buffers: what a step adds to them
+  makes the peak.
+* ``cuda_peak_mib`` (CUDA): ``torch.cuda.max_memory_allocated`` over the variant's steps (peak counters reset
+  before them), minus what was allocated when they started, plus this variant's resident tensors then (model,
+  optimizer state, batch): the variant's allocator peak as if it ran alone (other variants share the device).
+  Excludes the CUDA context and cached-but-free blocks (``max_memory_reserved`` is higher).
+* ``peak_rss_mib`` (CPU, unless ``--no-rss``; PyTorch has no CPU allocator peak counter): the variant alone in a
+  fresh process (same config, overrides, environment and threads; 1 warm-up + 1 step, after the imports): its peak
+  resident set (Linux VmHWM, reset to the current RSS right before the model is built) minus its resident set
+  then. Real memory: model, batch, optimizer state, activations, transients, allocator and oneDNN caches; page
+  granular, and glibc may keep freed memory resident. Costs one extra process per variant (after the timing, so it
+  does not disturb it). Off Linux it falls back to ``getrusage`` ru_maxrss, the lifetime peak (imports included).
 
 ``--against REV`` times the same config in a git worktree of commit REV and in this checkout, each by its own
 tools/bench_pretrain.py in a fresh process, alternating per round: a same-run A/B of a code change, both sides
 measured the same way.
 
     python tools/bench_pretrain.py --config configs/demo/digits.yaml [key=value ...] [--json] [--against HEAD~1]
+    python tools/bench_pretrain.py --config configs/methods/maskfeat_mvit_s.yaml --modality video \\
+        --baseline-config configs/methods/videomae_vit_b.yaml data.batch_size=1 train.precision=fp32
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from vmim.config import load_config
+from vmim.config import ConfigError, load_config
 from vmim.engine.optim import build_optimizer
 from vmim.engine.precision import autocast, resolve_device, resolve_precision
 from vmim.masking import build_mask_generators
 from vmim.meta_arch import build_method
 
 REPO = Path(__file__).resolve().parents[1]
+MIB = 2 ** 20
+PLACEHOLDER_DATASET = "data.datasets.digits_clips.weight=1"
+"""Added to a config without datasets (a method base): validation needs one, the bench never reads it."""
+FORCED_KEYS = ("data.img_size", "data.num_frames", "data.batch_size", "train.precision", "train.device")
+"""Keys a ``--baseline-config`` takes from the main config, so that both steps see the same input."""
 
 
 def _sync(device: torch.device) -> None:
@@ -47,8 +84,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def load_bench_config(path: str, overrides: list[str]) -> tuple[Any, list[str]]:
+    """(config, the overrides it was loaded with): ``overrides`` plus a placeholder dataset if the file has none."""
+    try:
+        return load_config(path, overrides), list(overrides)
+    except ConfigError as err:
+        if err.key != "data.datasets":
+            raise
+    overrides = [*overrides, PLACEHOLDER_DATASET]
+    return load_config(path, overrides), overrides
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _storage_bytes(tensors, seen: set[int]) -> int:
+    """Bytes of the storages under ``tensors`` not in ``seen`` (data pointers, updated)."""
+    total = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+class SavedTensors:
+    """Context that adds up the tensors autograd saves for backward, each storage once, skipping ``exclude``'s."""
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self.seen = {t.untyped_storage().data_ptr() for t in exclude}
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.bytes += _storage_bytes([t], self.seen)
+        return t
+
+    def __enter__(self) -> "SavedTensors":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
 class StepTimer:
-    """One variant's model, optimizer and fixed batch; :meth:`run` times some steps."""
+    """One variant's model, optimizer and fixed batch; :meth:`run` times some steps and measures memory."""
 
     def __init__(self, cfg, modality: str):
         self.device = resolve_device(cfg.train.device)
@@ -65,30 +152,66 @@ class StepTimer:
         masks = {name: torch.from_numpy(np.stack([gen(self.grid, rng) for _ in range(b)])).to(self.device)
                  for name, gen in build_mask_generators(cfg).items()}
         self.batch = {"clip": clip, "masks": masks}
-        self.info = {"modality": modality, "batch": b, "input": [frames, s, s], "device": str(self.device),
-                     "precision": self.precision, "tokens": int(np.prod(self.grid)),
+        self.info = {"backbone": cfg.model.backbone, "modality": modality, "batch": b, "input": [frames, s, s],
+                     "device": str(self.device), "precision": self.precision, "tokens": int(np.prod(self.grid)),
                      "visible_tokens": int(np.prod(self.grid)) - int(masks["encoder"][0].sum())}
         if "decoder" in masks:
             self.info["decoder_kept_tokens"] = int((~masks["decoder"][0]).sum())
         self.times: list[float] = []
+        self.saved_bytes: int | None = None
+        self.cuda_peak_bytes = 0
+
+    def _resident(self) -> list[torch.Tensor]:
+        """Tensors this variant keeps between steps: parameters, buffers, optimizer state, batch."""
+        state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return [*self.model.parameters(), *self.model.buffers(), *state, self.batch["clip"],
+                *self.batch["masks"].values()]
+
+    def state_bytes(self) -> int:
+        """Parameters + their gradients (as many bytes as the parameters that train) + buffers + optimizer state."""
+        params = list(self.model.parameters())
+        grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+        state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return _storage_bytes([*params, *self.model.buffers(), *state], set()) + grads
+
+    def step(self, saved: SavedTensors | None = None) -> None:
+        with autocast(self.device, self.precision), saved if saved is not None else nullcontext():
+            loss = self.model(self.batch)["loss"]
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def run(self, steps: int, warmup: int) -> None:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            _sync(self.device)
+            resident = _storage_bytes(self._resident(), set())
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.saved_bytes is None:  # hooks slow a step: measured in an untimed one, the first warm-up step
+            saved = SavedTensors(list(self.model.parameters()))
+            self.step(saved)
+            self.saved_bytes = saved.bytes
+            warmup = max(warmup - 1, 0)
         for i in range(warmup + steps):
             _sync(self.device)
             start = time.perf_counter()
-            with autocast(self.device, self.precision):
-                loss = self.model(self.batch)["loss"]
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.step()
             _sync(self.device)
             if i >= warmup:
                 self.times.append(time.perf_counter() - start)
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) - base + resident
+            self.cuda_peak_bytes = max(self.cuda_peak_bytes, peak)
 
     def result(self) -> dict:
         step = statistics.median(self.times)
-        return {**self.info, "step_s": step, "clips_per_s": self.info["batch"] / step}
+        out = {**self.info, "step_s": step, "clips_per_s": self.info["batch"] / step,
+               "saved_mib": self.saved_bytes / MIB, "state_mib": self.state_bytes() / MIB}
+        if self.device.type == "cuda":
+            out["cuda_peak_mib"] = self.cuda_peak_bytes / MIB
+        return out
 
 
 def variant_overrides(cfg, name: str) -> list[str]:
@@ -104,10 +227,64 @@ def bench_subprocess(tree: Path, config: str, overrides: list[str], args, modali
     """Median step time of ``config`` measured by ``tree``'s own tools/bench_pretrain.py in a fresh process."""
     cmd = [sys.executable, "tools/bench_pretrain.py", "--config", config, "--modality", modality, "--steps",
            str(args.steps), "--warmup", str(args.warmup), "--no-baseline", "--json", *overrides]
+    if "--no-rss" in (tree / "tools" / "bench_pretrain.py").read_text():  # older revisions lack the option
+        cmd.insert(-len(overrides) or len(cmd), "--no-rss")
     out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     if out.returncode:
         raise RuntimeError(f"bench in {tree} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)["results"][0]["step_s"]
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux) in bytes, None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS to its RSS now (Linux >= 4.0; elsewhere the peak stays the lifetime one)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set of this process's address space: VmHWM (Linux), else getrusage's ru_maxrss (which on Linux
+    also holds the parent's RSS at fork: not used where VmHWM exists)."""
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource  # Unix only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def probe_rss(config: str, overrides: list[str], modality: str) -> dict:
+    """In this (fresh) process: build one variant, run 1 warm-up step + 1 step, return its peak RSS figures."""
+    cfg = load_config(config, overrides)
+    _reset_peak_rss()
+    before = _proc_status_bytes("VmRSS") or _peak_rss_bytes()
+    StepTimer(cfg, modality).run(1, 1)
+    peak = _peak_rss_bytes()
+    return {"peak_rss_mib": (peak - before) / MIB, "rss_before_mib": before / MIB, "process_peak_rss_mib": peak / MIB}
+
+
+def rss_subprocess(config: str, overrides: list[str], modality: str) -> dict:
+    """:func:`probe_rss` of a variant in a fresh process (same interpreter, environment and thread settings)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(Path(config).resolve()), "--modality",
+           modality, "--probe-rss", *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"peak-RSS probe failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_against(rev: str, args, modality: str) -> tuple[float, float]:
@@ -124,6 +301,48 @@ def run_against(rev: str, args, modality: str) -> tuple[float, float]:
     return theirs, bench_subprocess(REPO, args.config, args.overrides, args, modality)
 
 
+def _ratio_words(ratio: float) -> str:
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
+def print_table(summary: dict) -> None:
+    """The human-readable report of :func:`main`'s JSON object."""
+    first = summary["results"][0]
+    print(f"{summary['backbone']} | {first['device']} | {first['precision']} | batch {first['batch']} | "
+          f"{summary['config']}")
+    base = summary.get("baseline")
+    if base:
+        forced = ", ".join(f"{k}={v}" + (f" (file: {base['replaced'][k]})" if k in base["replaced"] else "")
+                           for k, v in base["forced"].items())
+        print(f"baseline: {base['backbone']} ({base['config']}) at this config's input, forced: {forced}")
+    mem_key, mem_label = ("cuda_peak_mib", "CUDA peak MiB") if first["device"].startswith("cuda") \
+        else ("peak_rss_mib", "peak RSS MiB")
+    for r in summary["results"]:
+        print(f"{r['modality']} {'x'.join(map(str, r['input']))}")
+        print(f"  {'variant':<28}{'ms/step':>10}{'clips/s':>9}{'visible/tokens':>16}{'saved MiB':>11}"
+              f"{'state MiB':>11}{mem_label:>15}  config speed-up")
+        for name, v in r["variants"].items():
+            label = f"baseline ({v['backbone']})" if name == "baseline" else name
+            tokens = f"{v['visible_tokens']}/{v['tokens']}"
+            mem = f"{v[mem_key]:.1f}" if mem_key in v else "-"
+            ratio = "" if name == "config" else f"{r[f'speedup_vs_{name}']:.2f}x"
+            note = f"  (decoder keeps {v['decoder_kept_tokens']})" if "decoder_kept_tokens" in v else ""
+            print(f"  {label:<28}{v['step_s'] * 1000:10.1f}{v['clips_per_s']:9.2f}{tokens:>16}{v['saved_mib']:11.1f}"
+                  f"{v['state_mib']:11.1f}{mem:>15}  {ratio}{note}")
+        if "baseline" in r["variants"]:
+            b = r["variants"]["baseline"]
+            print(f"  => {r['backbone']} vs {b['backbone']}: {r['speedup_vs_baseline']:.2f}x the baseline's speed "
+                  f"({_ratio_words(r['speedup_vs_baseline'])}), {r['step_s'] * 1000:.1f} vs "
+                  f"{b['step_s'] * 1000:.1f} ms/step")
+        if "against" in r:
+            print(f"  => vs {r['against']}: {r['speedup_vs_against']:.2f}x ({r['against_step_s'] * 1000:.1f} ms vs "
+                  f"{r['subprocess_step_s'] * 1000:.1f} ms here, both in fresh processes)")
+    peak = ("CUDA peak = max_memory_allocated over its steps, as if alone" if mem_key == "cuda_peak_mib" else
+            "peak RSS = the variant alone in a fresh process, over its RSS before the model is built")
+    print(f"memory: saved = tensors autograd keeps for backward in one step (activations), state = parameters + "
+          f"gradients + optimizer state, {peak} (module docstring: what each leaves out)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -132,21 +351,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of steps per variant")
     parser.add_argument("--no-baseline", action="store_true", help="skip the all-visible and full-decoder baselines")
+    parser.add_argument("--baseline-config", metavar="PATH",
+                        help="also time this config's step, at --config's input (img_size, frames, batch, precision)")
+    parser.add_argument("--baseline-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of --baseline-config (give them after the main config's overrides)")
+    parser.add_argument("--no-rss", action="store_true", help="CPU: skip the peak-RSS probes (one process each)")
+    parser.add_argument("--probe-rss", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--against", metavar="REV", help="also time this config at git commit REV (same-run A/B)")
     parser.add_argument("--against-config", help="config path at REV (default: --config)")
     parser.add_argument("--against-overrides", nargs="*", help="overrides at REV (default: the same)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    if args.probe_rss:
+        print(json.dumps(probe_rss(args.config, args.overrides, args.modality)))
+        return 0
+    cfg, overrides = load_bench_config(args.config, args.overrides)
     names = ["config"]
     if not args.no_baseline:
         names += ["all_visible"] if variant_overrides(cfg, "all_visible") else []
         names += ["full_decoder"] if cfg.decoder_masking.kind != "none" else []
+    variants = {n: (args.config, overrides + variant_overrides(cfg, n)) for n in names}
+    summary: dict[str, Any] = {"config": args.config, "backbone": cfg.model.backbone, "overrides": overrides}
+    if args.baseline_config:
+        forced = {key: _get(cfg, key) for key in FORCED_KEYS}
+        base_cfg, base_overrides = load_bench_config(
+            args.baseline_config, args.baseline_overrides + [f"{k}={v}" for k, v in forced.items()])
+        try:
+            own, _ = load_bench_config(args.baseline_config, args.baseline_overrides)
+            replaced = {k: _get(own, k) for k in FORCED_KEYS if _get(own, k) != forced[k]}
+        except ConfigError:  # valid only at the forced input
+            replaced = {}
+        variants["baseline"] = (args.baseline_config, base_overrides)
+        summary["baseline"] = {"config": args.baseline_config, "backbone": base_cfg.model.backbone,
+                               "overrides": base_overrides, "forced": forced, "replaced": replaced}
     results = []
     for modality in (["video", "image"] if args.modality == "both" else [args.modality]):
-        timers = {n: StepTimer(load_config(args.config, args.overrides + variant_overrides(cfg, n)), modality)
-                  for n in names}
+        timers = {n: StepTimer(load_config(path, ovr), modality) for n, (path, ovr) in variants.items()}
         against, ours = [], []
         for _ in range(args.rounds):
             for timer in timers.values():
@@ -155,31 +396,28 @@ def main(argv: list[str] | None = None) -> int:
                 theirs, mine = run_against(args.against, args, modality)
                 against.append(theirs)
                 ours.append(mine)
-        result = timers["config"].result()
-        for n in names[1:]:
-            result[f"{n}_step_s"] = timers[n].result()["step_s"]
+        measured = {n: timer.result() for n, timer in timers.items()}
+        device = timers["config"].device
+        del timers, timer
+        if device.type == "cpu" and not args.no_rss:
+            for n, (path, ovr) in variants.items():
+                measured[n].update(rss_subprocess(path, ovr, modality))
+        result = dict(measured["config"])
+        for n in list(variants)[1:]:
+            result[f"{n}_step_s"] = measured[n]["step_s"]
             result[f"speedup_vs_{n}"] = result[f"{n}_step_s"] / result["step_s"]
         if against:
             result["against"] = args.against
             result["against_step_s"] = statistics.median(against)
             result["subprocess_step_s"] = statistics.median(ours)  # this checkout, timed as the rev is
             result["speedup_vs_against"] = result["against_step_s"] / result["subprocess_step_s"]
+        result["variants"] = measured
         results.append(result)
+    summary["results"] = results
     if args.json:
-        print(json.dumps({"config": args.config, "backbone": cfg.model.backbone, "results": results}, indent=2))
-        return 0
-    print(f"{cfg.model.backbone} | {results[0]['device']} | {results[0]['precision']} | batch {cfg.data.batch_size}")
-    for r in results:
-        line = (f"{r['modality']:>5} {'x'.join(map(str, r['input']))}: {r['step_s'] * 1000:8.1f} ms/step "
-                f"{r['clips_per_s']:8.1f} clips/s ({r['visible_tokens']}/{r['tokens']} visible")
-        line += f", decoder keeps {r['decoder_kept_tokens']})" if "decoder_kept_tokens" in r else ")"
-        for key in [k for k in r if k.startswith("speedup_vs_")]:
-            name = key.removeprefix("speedup_vs_")
-            label = r["against"] if name == "against" else name
-            line += f" | {r[key]:.2f}x vs {label} ({r[f'{name}_step_s'] * 1000:.1f} ms"
-            line += f" vs {r['subprocess_step_s'] * 1000:.1f} ms here, both in fresh processes)" if name == "against" \
-                else ")"
-        print(line)
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
     return 0
 
 

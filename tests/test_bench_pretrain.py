@@ -1,0 +1,73 @@
+"""tools/bench_pretrain.py: a config against a ``--baseline-config`` in one run, with memory figures (no timing
+assertions: only that the report is complete and self-consistent)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import bench_pretrain  # noqa: E402
+
+TINY = ["model.backbone=vit_test", "model.patch_size=4", "targets.pixel.head.depth=1", "targets.pixel.head.dim=32",
+        "targets.pixel.head.heads=2", "data.img_size=16", "data.num_frames=4", "data.batch_size=2",
+        "train.precision=fp32"]
+
+
+BASELINE = ["--baseline-config", str(REPO / "configs/methods/videomae_vit_b.yaml"), "--baseline-overrides",
+            "model.backbone=vit_test", "model.patch_size=4", "targets.pixel.head.depth=1", "targets.pixel.head.dim=32",
+            "targets.pixel.head.heads=2"]
+"""A method base without datasets (a placeholder is added) at 224 px x 16 frames x batch 32 in its file: the main
+config's input is forced onto it."""
+
+
+def bench_json(capsys, *options: str, baseline: bool = True) -> dict:
+    argv = ["--config", str(REPO / "configs/demo/digits.yaml"), "--modality", "video", "--steps", "1", "--warmup",
+            "0", "--json", *options, *TINY, *(BASELINE if baseline else [])]
+    assert bench_pretrain.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_config_against_baseline_config(capsys) -> None:
+    out = bench_json(capsys, "--no-rss")
+    base = out["baseline"]
+    assert base["forced"] == {"data.img_size": 16, "data.num_frames": 4, "data.batch_size": 2,
+                              "train.precision": "fp32", "train.device": "auto"}
+    assert base["replaced"]["data.batch_size"] == 32 and bench_pretrain.PLACEHOLDER_DATASET in base["overrides"]
+    (result,) = out["results"]
+    variants = result["variants"]
+    assert set(variants) == {"config", "all_visible", "baseline"}
+    assert variants["baseline"]["input"] == variants["config"]["input"] == [4, 16, 16]
+    assert variants["baseline"]["batch"] == 2
+    assert result["step_s"] > 0 and result["baseline_step_s"] > 0
+    assert math.isclose(result["speedup_vs_baseline"], result["baseline_step_s"] / result["step_s"])
+    assert math.isclose(result["speedup_vs_all_visible"], result["all_visible_step_s"] / result["step_s"])
+    for v in variants.values():
+        assert v["saved_mib"] > 0 and v["state_mib"] > 0 and "peak_rss_mib" not in v
+    # Deterministic: every token visible saves more activations than 75% masked, on the same model and state.
+    assert variants["all_visible"]["saved_mib"] > variants["config"]["saved_mib"]
+    assert variants["all_visible"]["state_mib"] == variants["config"]["state_mib"]
+
+
+def test_peak_rss_in_a_fresh_process(capsys) -> None:
+    (result,) = bench_json(capsys, "--no-baseline", baseline=False)["results"]  # on CPU: one process per variant
+    (variant,) = result["variants"].values()
+    # Over the RSS before the model is built, not the process's (nor, through fork, the parent's) lifetime peak.
+    assert 0 < variant["peak_rss_mib"] < variant["process_peak_rss_mib"]
+    assert variant["rss_before_mib"] + variant["peak_rss_mib"] == pytest.approx(variant["process_peak_rss_mib"])
+
+
+def test_table_names_the_baseline(capsys) -> None:
+    argv = ["--config", str(REPO / "configs/demo/digits.yaml"), "--modality", "image", "--steps", "1", "--warmup",
+            "0", "--no-rss", "--no-baseline", *TINY, "--baseline-config", str(REPO / "configs/demo/digits.yaml"),
+            "--baseline-overrides", "model.backbone=vit_test", "model.patch_size=8"]
+    assert bench_pretrain.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "baseline: vit_test" in text and "data.img_size=16 (file: 16)" not in text
+    assert "=> vit_test vs vit_test:" in text and "ms/step" in text
