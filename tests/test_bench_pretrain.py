@@ -71,3 +71,24 @@ def test_table_names_the_baseline(capsys) -> None:
     text = capsys.readouterr().out
     assert "baseline: vit_test" in text and "data.img_size=16 (file: 16)" not in text
     assert "=> vit_test vs vit_test:" in text and "ms/step" in text
+
+
+def test_teacher_overhead_with_stand_in_teachers(capsys, tmp_path, monkeypatch):
+    """The built-in MVD student's teachers are not on this machine (run from an empty folder): random-init stand-ins
+    of the configs that write them (the demo's MAE image run, the motion VideoMAE run); each teacher's ms per step
+    and their share of it."""
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(bench_pretrain.REPO) / "configs/demo/mvd_student.yaml")
+    assert bench_pretrain.main(["--config", config, "--modality", "video", "--steps", "1",
+                                "--warmup", "0", "--no-baseline", "--no-rss", "--stand-in-teachers", "--json",
+                                "data.batch_size=2"]) == 0
+    captured = capsys.readouterr()
+    assert "stand-in teacher image_teacher: random-init vit_tiny (tubelet 1) of configs/demo/mvd_image_teacher.yaml" \
+        in captured.err
+    assert "stand-in teacher video_teacher: random-init vit_tiny (tubelet 2) of configs/demo/motion_pretrain.yaml" \
+        in captured.err
+    result = json.loads(captured.out)["results"][0]
+    assert set(result["teacher_ms"]) == {"image_teacher", "video_teacher"}
+    assert all(ms > 0 for ms in result["teacher_ms"].values())
+    assert result["teacher_share"] == pytest.approx(sum(result["teacher_ms"].values()) / 1000 / result["step_s"])
+    assert 0 < result["teacher_share"] < 1

@@ -771,8 +771,15 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_shipped_config_builds_its_method(path):
+def test_shipped_config_builds_its_method(path, tmp_path_factory):
     cfg = load_shipped(path)
+    for name, t in cfg.targets.items():  # MVD's stage-1 teacher runs are not on this machine: a tiny stand-in (the
+        # head's output width then follows the stand-in; everything else is checked as shipped)
+        if t.kind == "teacher" and not t.timm_model and not Path(t.path).exists():
+            from tests.test_teacher import save_vmim_teacher
+
+            t.path = str(tmp_path_factory.mktemp("teacher") / f"{name}.pt")
+            save_vmim_teacher(Path(t.path), patch=cfg.model.patch_size, tubelet=1)
     with torch.device("meta"):
         method = build_method(cfg)
     assert all(p.is_meta for p in method.parameters())

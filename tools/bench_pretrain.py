@@ -79,6 +79,47 @@ FORCED_KEYS = ("data.img_size", "data.num_frames", "data.batch_size", "train.pre
 """Keys a ``--baseline-config`` takes from the main config, so that both steps see the same input."""
 
 
+TEACHER_MS = "perf/teacher_ms/"
+
+
+def stand_in_teachers(cfg: Any, folder: Path) -> tuple[list[str], list[str]]:
+    """Random-init stand-ins for teacher targets whose run is not on this machine (MVD's stage-1 runs): the backbone of
+    the shipped config whose ``output_dir`` is that path, saved as one of our checkpoints in ``folder``. Returns
+    (overrides pointing the targets at them, one description line each). A teacher's cost depends on its
+    architecture, not on its weights.
+
+    Raises:
+        SystemExit: a missing teacher path that no shipped config produces.
+    """
+    from vmim.config import config_to_yaml, video_grid
+    from vmim.models import create_backbone
+
+    producers = {}
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        try:
+            producers.setdefault(str(Path(load_bench_config(str(path), [])[0].output_dir)), path)
+        except Exception:  # finetune configs, bases that need keys: not producers of pretraining runs
+            continue
+    overrides, lines = [], []
+    for name, target in cfg.targets.items():
+        if target.kind != "teacher" or target.timm_model or Path(target.path).exists():
+            continue
+        if str(Path(target.path)) not in producers:
+            raise SystemExit(f"targets.{name}.path: {target.path} does not exist and no shipped config writes it")
+        source = producers[str(Path(target.path))]
+        teacher_cfg, _ = load_bench_config(str(source), [])
+        torch.manual_seed(0)
+        net = create_backbone(teacher_cfg.model, video_grid(teacher_cfg))
+        file = folder / f"{name}.pt"
+        torch.save({"model": {f"backbone.{k}": v for k, v in net.state_dict().items()},
+                    "config": config_to_yaml(teacher_cfg), "task": "pretrain", "step": 0}, file)
+        overrides.append(f"targets.{name}.path={file}")
+        lines.append(f"stand-in teacher {name}: random-init {teacher_cfg.model.backbone} (tubelet "
+                     f"{teacher_cfg.model.tubelet_size}) of {source.relative_to(REPO)}")
+        del net
+    return overrides, lines
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -158,6 +199,7 @@ class StepTimer:
         if "decoder" in masks:
             self.info["decoder_kept_tokens"] = int((~masks["decoder"][0]).sum())
         self.times: list[float] = []
+        self.teacher_ms: dict[str, list[float]] = {}
         self.saved_bytes: int | None = None
         self.cuda_peak_bytes = 0
 
@@ -174,13 +216,16 @@ class StepTimer:
         state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         return _storage_bytes([*params, *self.model.buffers(), *state], set()) + grads
 
-    def step(self, saved: SavedTensors | None = None) -> None:
+    def step(self, saved: SavedTensors | None = None) -> dict[str, float]:
+        """One optimizer step; returns the teachers' forward times in ms (``perf/teacher_ms/<name>``) if any."""
         with autocast(self.device, self.precision), saved if saved is not None else nullcontext():
-            loss = self.model(self.batch)["loss"]
+            out = self.model(self.batch)
+            loss = out["loss"]
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return {k.removeprefix(TEACHER_MS): float(v) for k, v in out.items() if k.startswith(TEACHER_MS)}
 
     def run(self, steps: int, warmup: int) -> None:
         cuda = self.device.type == "cuda"
@@ -197,10 +242,12 @@ class StepTimer:
         for i in range(warmup + steps):
             _sync(self.device)
             start = time.perf_counter()
-            self.step()
+            teacher_ms = self.step()
             _sync(self.device)
             if i >= warmup:
                 self.times.append(time.perf_counter() - start)
+                for name, ms in teacher_ms.items():
+                    self.teacher_ms.setdefault(name, []).append(ms)
         if cuda:
             peak = torch.cuda.max_memory_allocated(self.device) - base + resident
             self.cuda_peak_bytes = max(self.cuda_peak_bytes, peak)
@@ -211,6 +258,9 @@ class StepTimer:
                "saved_mib": self.saved_bytes / MIB, "state_mib": self.state_bytes() / MIB}
         if self.device.type == "cuda":
             out["cuda_peak_mib"] = self.cuda_peak_bytes / MIB
+        if self.teacher_ms:  # teacher forwards inside the step (their own timing, the run's autocast)
+            out["teacher_ms"] = {n: statistics.median(v) for n, v in self.teacher_ms.items()}
+            out["teacher_share"] = sum(out["teacher_ms"].values()) / 1000 / step
         return out
 
 
@@ -334,6 +384,11 @@ def print_table(summary: dict) -> None:
             print(f"  => {r['backbone']} vs {b['backbone']}: {r['speedup_vs_baseline']:.2f}x the baseline's speed "
                   f"({_ratio_words(r['speedup_vs_baseline'])}), {r['step_s'] * 1000:.1f} vs "
                   f"{b['step_s'] * 1000:.1f} ms/step")
+        for name, v in r["variants"].items():
+            if "teacher_ms" in v:
+                each = ", ".join(f"{t} {ms:.1f} ms" for t, ms in v["teacher_ms"].items())
+                print(f"  => {name}: teachers {each} per step = {v['teacher_share']:.0%} of its "
+                      f"{v['step_s'] * 1000:.1f} ms step")
         if "against" in r:
             print(f"  => vs {r['against']}: {r['speedup_vs_against']:.2f}x ({r['against_step_s'] * 1000:.1f} ms vs "
                   f"{r['subprocess_step_s'] * 1000:.1f} ms here, both in fresh processes)")
@@ -356,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of --baseline-config (give them after the main config's overrides)")
     parser.add_argument("--no-rss", action="store_true", help="CPU: skip the peak-RSS probes (one process each)")
+    parser.add_argument("--stand-in-teachers", action="store_true",
+                        help="teacher runs not on this machine: random-init stand-ins of the configs that write them")
     parser.add_argument("--probe-rss", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--against", metavar="REV", help="also time this config at git commit REV (same-run A/B)")
     parser.add_argument("--against-config", help="config path at REV (default: --config)")
@@ -367,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe_rss(args.config, args.overrides, args.modality)))
         return 0
     cfg, overrides = load_bench_config(args.config, args.overrides)
+    stand_ins = tempfile.TemporaryDirectory() if args.stand_in_teachers else None
+    if stand_ins is not None:
+        extra, lines = stand_in_teachers(cfg, Path(stand_ins.name))
+        args.overrides = [*args.overrides, *extra]
+        cfg, overrides = load_bench_config(args.config, args.overrides)
+        for line in lines:
+            print(line, file=sys.stderr)
     names = ["config"]
     if not args.no_baseline:
         names += ["all_visible"] if variant_overrides(cfg, "all_visible") else []
