@@ -301,7 +301,10 @@ def test_teacher_frozen_through_training_absent_from_checkpoint_and_resume_check
     records = read_metrics(run_dir / "metrics.jsonl")
     times = [r["perf/teacher_ms/teacher"] for r in records if "perf/teacher_ms/teacher" in r]
     assert len(times) == 3 and all(t > 0 for t in times)
+    shares = [r["perf/teacher_share"] for r in records if "perf/teacher_share" in r]
+    assert len(shares) == 3 and all(0 < x <= 1 for x in shares)
     log = (run_dir / "log.txt").read_text()
+    assert " teachers " in log and "%" in log
     assert "teacher targets.teacher:" in log and "MiB" in log and record["sha256"][:16] in log
 
     new_sha = state_dict_sha256(save_vmim_teacher(teacher_file, patch=4, seed=1).state_dict())  # same path, new weights

@@ -81,6 +81,10 @@ class LogMetrics(Hook):
             "perf/clips_per_s": window.samples / elapsed, "perf/data_wait": window.data_time / elapsed,
             **trainer.data.scalars(),
         })
+        teacher_ms = sum(v for k, v in values.items() if k.startswith("perf/teacher_ms/"))  # per micro-batch
+        if teacher_ms and window.steps:
+            per_step = teacher_ms * trainer.cfg.optim.accum_steps / 1000
+            values["perf/teacher_share"] = min(1.0, per_step / (elapsed / window.steps))
         values = all_reduce_mean(values, trainer.dist, trainer.device)
         trainer.metrics.scalars(trainer.state.step, values)
         if "loss" in values:
@@ -90,5 +94,6 @@ class LogMetrics(Hook):
                 f"step {trainer.state.step}/{trainer.total_steps} epoch {trainer.state.epoch} "
                 f"loss {values['loss']:.5f} "
                 f"lr {values['lr']:.3e} grad {values.get('grad_norm', float('nan')):.3f} "
-                f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}")
+                f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}"
+                + (f" teachers {values['perf/teacher_share']:.0%}" if "perf/teacher_share" in values else ""))
         window.reset()
