@@ -118,9 +118,9 @@ class FinetuneConfig:
     """auto: continue from output_dir's newest checkpoint if any; never; or a checkpoint path."""
     init: Optional[str] = ""
     """Starting weights of the backbone: a vmim pretraining run directory or checkpoint (its encoder), a fine-tuning
-    checkpoint, or a ``vmim convert`` file (VideoMAE, MAE, MVD, timm); empty (``init=``) = random init. Decoders and
-    targets are dropped; a key the model lacks, or a model key it lacks (other than the fresh head and fc_norm), stops
-    the run."""
+    checkpoint, or a ``vmim convert`` file (VideoMAE, MAE, MVD, timm, SlowFast MViTv2); empty (``init=``) = random
+    init. Decoders and targets are dropped; a key the model lacks, or a model key it lacks (other than the fresh head
+    and fc_norm), stops the run."""
     model: Any = None
     """The backbone, as in pretraining (``global_pool``, ``fc_norm``: the classifier's pooling)."""
     head: ClassifierConfig = field(default_factory=ClassifierConfig)
