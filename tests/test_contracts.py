@@ -423,7 +423,7 @@ TARGET_TRAITS = {
 }
 MODEL_TARGET_OVERRIDES = {
     "teacher": lambda tmp: [f"targets.t.path={tmp / 'teacher.pt'}"],
-    "momentum": lambda tmp: ["targets.t.dim=64"],  # vit_test's width
+    "momentum": lambda tmp: [],  # its width is the student's
 }
 """What a target running a model needs beyond its defaults (a teacher file, the student's width)."""
 

@@ -82,6 +82,8 @@ def test_unbound_and_rebound_and_wrong_width_are_refused():
         method.targets["momentum"].bind(method)
     with pytest.raises(ValueError, match=r"targets.momentum.dim: 32, but block -1 of the student is 64 wide"):
         tiny_method("targets.momentum.dim=32")
+    default = tiny_method("targets.momentum.dim=0")  # the default: the student's width, and the head follows it
+    assert default.targets["momentum"].dim == 64 == default.heads["momentum"].head.out_features
     with pytest.raises(ValueError, match="targets.momentum.blocks: 2 is not a block of the 2-block backbone"):
         tiny_method("targets.momentum.blocks=[2]")
     with pytest.raises(ValueError, match=r"targets.momentum.blocks: \[1, -1\] names a block twice"):
@@ -211,7 +213,7 @@ def test_bootmae_config_schedule_equals_the_reference_per_epoch():
 @pytest.mark.parametrize("override, key", [
     ("targets.momentum.schedule=cosin", "targets.momentum.schedule"),
     ("targets.momentum.momentum=1.5", "targets.momentum.momentum"),
-    ("targets.momentum.dim=0", "targets.momentum.dim"),
+    ("targets.momentum.dim=-1", "targets.momentum.dim"),
     ("targets.momentum.blocks=[]", "targets.momentum.blocks"),
     ("targets.momentum.milestones=[0.5]", "targets.momentum.milestones"),  # cosine with milestones
 ])

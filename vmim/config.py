@@ -452,7 +452,8 @@ class MomentumTargetConfig(TargetConfig):
     checkpoint (exact resume), never in the optimizer, ``vmim convert`` or fine-tuning."""
 
     dim: int = 0
-    """Features per token: the student's width at ``blocks`` (vit_base 768; checked when the method is built)."""
+    """Features per token: 0 = the student's width at ``blocks`` (what it must be; a non-zero value is checked when the
+    method is built)."""
     blocks: List[int] = field(default_factory=lambda: [-1])
     """EMA encoder blocks (negative from the end) whose outputs, before the final norm, are the target; several are
     averaged (after ``norm``, when on: data2vec). BootMAE: [-1]."""
@@ -472,8 +473,8 @@ class MomentumTargetConfig(TargetConfig):
 
     def check(self, key: str, cfg: "Config") -> None:
         super().check(key, cfg)
-        _check(self.dim > 0, f"{key}.dim", f"{self.dim}: set the student's width at blocks {self.blocks} (the "
-               "model's embedding width for a ViT, e.g. 768 for vit_base)")
+        _check(self.dim >= 0, f"{key}.dim",
+               f"{self.dim}: 0 (the student's width at blocks {self.blocks}) or that width")
         _check(len(self.blocks) > 0, f"{key}.blocks", "name at least one encoder block, e.g. [-1]")
         for name in ("momentum", "momentum_end"):
             value = getattr(self, name)

@@ -45,9 +45,9 @@ class MaskedModeling(nn.Module):
         weights: name -> weight of that loss in the total.
         head_blocks: name -> the encoder block that head reads (absent or None: the encoder output).
 
-    Targets that follow the student (a momentum teacher) get the method through ``Target.bind`` once everything is
-    built, and ``Target.after_step`` after every optimizer step (:meth:`after_step`, called by the pretraining task's
-    hook).
+    Targets that follow the student (a momentum teacher) get the method through ``Target.bind`` once its backbone and
+    normalizer exist (:meth:`from_config` builds the heads after it, from each bound target's ``dim``), and
+    ``Target.after_step`` after every optimizer step (:meth:`after_step`, called by the pretraining task's hook).
     """
 
     def __init__(self, backbone: nn.Module, normalizer: InputNormalizer, targets: dict[str, Target],
@@ -69,19 +69,21 @@ class MaskedModeling(nn.Module):
     def from_config(cls, cfg: Config) -> "MaskedModeling":
         backbone = create_backbone(cfg.model, video_grid(cfg))
         normalizer = InputNormalizer(cfg.data.mean, cfg.data.std, backbone.patch_size[0])
-        targets, heads = {}, {}
+        targets = {}
         for name, t in cfg.targets.items():
             try:
                 targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
             except TeacherError as err:  # raised with the entry's own key (path, blocks, ...)
                 raise err.under(f"targets.{name}") from None
-            heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
-                                     targets[name].dim, backbone.decoder_pos_embed)
-        return cls(backbone, normalizer, targets, heads,
-                   losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
-                   token_sets={n: t.token_set for n, t in cfg.targets.items()},
-                   weights={n: t.weight for n, t in cfg.targets.items()},
-                   head_blocks={n: t.head.block for n, t in cfg.targets.items()})
+        method = cls(backbone, normalizer, targets, {},  # binds the targets: a momentum teacher learns its width
+                     losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
+                     token_sets={n: t.token_set for n, t in cfg.targets.items()},
+                     weights={n: t.weight for n, t in cfg.targets.items()},
+                     head_blocks={n: t.head.block for n, t in cfg.targets.items()})
+        for name, t in cfg.targets.items():
+            method.heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
+                                            method.targets[name].dim, backbone.decoder_pos_embed)
+        return method
 
     def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderOutput]:
         """uint8 clip (B, C, T, H, W) and encoder mask (B, N) -> ([0, 1] pixels, encoder output with the blocks the

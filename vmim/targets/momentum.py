@@ -35,8 +35,8 @@ Where its state lives, and why.
   (``vmim.models.loading.read_weights``): the EMA never leaves the pretraining run. BootMAE fine-tunes the student too.
 * The student is referenced, not registered (a tuple holds it): its weights stay under ``backbone.*`` once.
 
-The width ``dim`` is a config key because the method builds each head (whose output width is the target's ``dim``)
-before :meth:`bind` gives the target the student; :meth:`bind` checks it against the student's width at ``blocks``.
+The width ``dim`` (0 = the student's width at ``blocks``) is set by :meth:`bind`, which the method calls before it
+builds the heads (a head's output width is its target's ``dim``); a non-zero ``dim`` is checked against the student.
 Under DDP the method is wrapped after it is built, so :meth:`bind` sees the unwrapped backbone; every rank keeps the
 same EMA (same student, same schedule). A sharded (FSDP) student is not supported.
 """
@@ -99,7 +99,7 @@ class MomentumTarget(Target):
     Args:
         patch_size: Tubelet size ``(t, p, p)`` of the student's output tokens.
         in_chans: Channels C.
-        dim: Features per token: the student's width at ``blocks``.
+        dim: Features per token: the student's width at ``blocks``; 0 = set by :meth:`bind`.
         momentum: Momentum at the start of the run.
         momentum_end: Momentum at the end of the run (cosine, linear).
         schedule: ``cosine``, ``linear`` or ``constant``.
@@ -117,9 +117,8 @@ class MomentumTarget(Target):
                  momentum_end: float = 1.0, schedule: str = "cosine", milestones: Sequence[float] = (),
                  milestone_momenta: Sequence[float] = (), blocks: Sequence[int] = (-1,), norm: bool = False):
         super().__init__(patch_size, in_chans)
-        if dim < 1:
-            raise ValueError(f"dim must be the student's width at blocks {list(blocks)} (e.g. 768 for vit_base), "
-                             f"got {dim}")
+        if dim < 0:
+            raise ValueError(f"dim must be 0 (the student's width at blocks {list(blocks)}) or that width, got {dim}")
         if not blocks:
             raise ValueError("blocks must name at least one encoder block")
         momentum_at(1, 1, momentum, momentum_end, schedule, milestones, milestone_momenta)  # validates the schedule
@@ -158,6 +157,8 @@ class MomentumTarget(Target):
         student = method.backbone
         name = next((f"targets.{n}" for n, t in getattr(method, "targets", {}).items() if t is self), "the target")
         depth, dims = student.depth, student.dims
+        if self.dim == 0 and all(-depth <= b < depth for b in self.blocks):
+            self.dim = int(dims[self.blocks[0]])
         for b in self.blocks:
             if not -depth <= b < depth:
                 raise ValueError(f"{name}.blocks: {b} is not a block of the {depth}-block backbone")
