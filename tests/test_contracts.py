@@ -794,6 +794,9 @@ def test_shipped_config_builds_its_method(path, tmp_path_factory):
         built = method.targets[name]
         assert type(built) is TARGETS[t.kind] and tuple(built.patch_size) == tuple(bb.patch_size)
         for key in own_fields(type(t), config.TargetConfig):  # norm, nbins, cell_size, ...
+            if key == "dim" and t.dim == 0:  # 0 = the student's width, set when bound
+                assert built.dim == bb.dims[t.blocks[0]], f"targets.{name}.dim"
+                continue
             assert getattr(built, key) == getattr(t, key), f"targets.{name}.{key}"
         h = method.heads[name]
         assert isinstance(h, HEAD_TRAITS[t.head.kind]["cls"]), f"targets.{name}.head"
