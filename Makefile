@@ -1,13 +1,17 @@
 # `make demo`: set up and pretrain on the built-in digits, then probe. `make test`: set up and run the tests.
 # `make demo-video`: pretrain on built-in motion clips, fine-tune with 10 % of the labels vs from scratch.
+# `make demo-maskfeat`: the same with MaskFeat (an MViTv2 predicting HOG); `make demo-mvd`: MVD's two stages (an image
+# and a video teacher, then a student distilled from both) against the pixel-only student.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 DEMO_VIDEO_DIR ?= runs/demo_video
+DEMO_MASKFEAT_DIR ?= runs/demo_maskfeat
+DEMO_MVD_DIR ?= runs/demo_mvd
 
-.PHONY: setup demo demo-video test bench clean
+.PHONY: setup demo demo-video demo-maskfeat demo-mvd test bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +37,39 @@ demo-video: setup
 	@pre=$$($(BIN)/vmim eval $(DEMO_VIDEO_DIR)/from_pretrained | tail -1); \
 	scratch=$$($(BIN)/vmim eval $(DEMO_VIDEO_DIR)/from_scratch | tail -1); \
 	echo "motion task, 10% of the labels: from pretrained $$pre | from scratch $$scratch"
+
+# MaskFeat on the motion clips: an MViTv2 in its pre-training layout predicts HOG of masked cubes; fine-tuned in the
+# fine-tuning layout with 10 % of the labels vs from scratch; its frozen features probed on the digits vs random init.
+demo-maskfeat: setup
+	rm -rf $(DEMO_MASKFEAT_DIR)
+	$(BIN)/vmim pretrain --config configs/demo/maskfeat_motion_pretrain.yaml output_dir=$(DEMO_MASKFEAT_DIR)/pretrain
+	$(BIN)/vmim finetune --config configs/demo/maskfeat_motion_finetune.yaml init=$(DEMO_MASKFEAT_DIR)/pretrain \
+		output_dir=$(DEMO_MASKFEAT_DIR)/from_pretrained
+	$(BIN)/vmim finetune --config configs/demo/maskfeat_motion_finetune.yaml init= \
+		output_dir=$(DEMO_MASKFEAT_DIR)/from_scratch
+	$(BIN)/vmim probe $(DEMO_MASKFEAT_DIR)/pretrain
+	@pre=$$($(BIN)/vmim eval $(DEMO_MASKFEAT_DIR)/from_pretrained | tail -1); \
+	scratch=$$($(BIN)/vmim eval $(DEMO_MASKFEAT_DIR)/from_scratch | tail -1); \
+	echo "MaskFeat, motion task, 10% of the labels: from pretrained $$pre | from scratch $$scratch"
+
+# MVD: stage 1 trains an image teacher (MAE on the digits images) and a video teacher (VideoMAE on the motion clips,
+# also the pixel-only student to compare with); stage 2 distils a student of the same size and steps from both.
+# Both students are fine-tuned with 10 % of the motion labels and probed on the digits.
+demo-mvd: setup
+	rm -rf $(DEMO_MVD_DIR)
+	$(BIN)/vmim pretrain --config configs/demo/mvd_image_teacher.yaml output_dir=$(DEMO_MVD_DIR)/image_teacher
+	$(BIN)/vmim pretrain --config configs/demo/motion_pretrain.yaml output_dir=$(DEMO_MVD_DIR)/video_teacher
+	$(BIN)/vmim pretrain --config configs/demo/mvd_student.yaml output_dir=$(DEMO_MVD_DIR)/student \
+		targets.image_teacher.path=$(DEMO_MVD_DIR)/image_teacher targets.video_teacher.path=$(DEMO_MVD_DIR)/video_teacher
+	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init=$(DEMO_MVD_DIR)/student \
+		output_dir=$(DEMO_MVD_DIR)/student_ft
+	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init=$(DEMO_MVD_DIR)/video_teacher \
+		output_dir=$(DEMO_MVD_DIR)/pixel_only_ft
+	$(BIN)/vmim probe $(DEMO_MVD_DIR)/student
+	$(BIN)/vmim probe $(DEMO_MVD_DIR)/video_teacher
+	@mvd=$$($(BIN)/vmim eval $(DEMO_MVD_DIR)/student_ft | tail -1); \
+	pix=$$($(BIN)/vmim eval $(DEMO_MVD_DIR)/pixel_only_ft | tail -1); \
+	echo "motion task, 10% of the labels: MVD student $$mvd | pixel-only student $$pix"
 
 test: setup
 	$(BIN)/ruff check vmim tests tools
