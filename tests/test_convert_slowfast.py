@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from tests.test_convert import perturb
 from vmim.config import MViTConfig, ViTConfig, config_to_yaml, load_config, video_grid
 from vmim.models import create_backbone, load_backbone, load_init
 from vmim.models import mvit as M
@@ -23,15 +24,6 @@ from vmim.models.convert import convert_checkpoint, convert_state_dict
 
 DEMO_STAGES = (1, 3)
 """mvitv2_demo: 48 wide, 6 blocks, stages at 1 and 3, 4x32x32 input."""
-
-
-def perturb(module: nn.Module, seed: int, scale: float = 0.05) -> nn.Module:
-    """Seeded noise on every parameter (norms and biases too), so that nothing rests on the init."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return module.eval()
 
 
 def slowfast_keys(depth: int, stage_blocks: tuple[int, ...], dim_mul_in_att: bool, cls_token: bool,
