@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -92,3 +93,60 @@ def test_teacher_overhead_with_stand_in_teachers(capsys, tmp_path, monkeypatch):
     assert all(ms > 0 for ms in result["teacher_ms"].values())
     assert result["teacher_share"] == pytest.approx(sum(result["teacher_ms"].values()) / 1000 / result["step_s"])
     assert 0 < result["teacher_share"] < 1
+
+
+REFERENCE_TINY = ["--config", str(REPO / "configs/methods/videomae_vit_b.yaml"), "--modality", "video", "--steps", "1",
+                  "--warmup", "0", "--no-rss", "--no-baseline", "--baseline", "videomae", "--json",
+                  "model.backbone=vit_test", "model.patch_size=4", "targets.pixel.head.depth=1",
+                  "targets.pixel.head.dim=32", "targets.pixel.head.heads=2", "data.img_size=16", "data.num_frames=4",
+                  "data.batch_size=2"]
+
+
+def test_videomae_reference_in_each_precision(capsys) -> None:
+    assert bench_pretrain.main([*REFERENCE_TINY, "--precisions", "fp32", "bf16"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["precision"] for r in results] == ["fp32", "bf16"]
+    for r in results:
+        mine, ref = r["variants"]["config"], r["variants"]["reference"]
+        assert ref["backbone"] == "VideoMAE reference vit_test" and ref["optimizer"] == "AdamW for_loop"
+        assert mine["optimizer"] == "AdamW fused" and ref["precision"] == mine["precision"] == r["precision"]
+        assert (ref["tokens"], ref["visible_tokens"], ref["input"]) == (mine["tokens"], mine["visible_tokens"],
+                                                                         mine["input"])
+        assert ref["step_tflop"] == mine["step_tflop"] > 0 and 0 < ref["mfu"] and 0 < mine["mfu"]
+        assert math.isclose(r["speedup_vs_reference"], ref["step_s"] / mine["step_s"])
+
+
+def test_videomae_reference_refuses_what_it_is_not(capsys) -> None:
+    with pytest.raises(SystemExit, match="visible-only ViT config with one pixel target"):
+        bench_pretrain.main([*REFERENCE_TINY, "model.dense=true"])
+    with pytest.raises(SystemExit, match="video only"):
+        bench_pretrain.main([*REFERENCE_TINY, "--modality", "image"])
+
+
+def test_reference_is_videomae_s_model_and_loss() -> None:
+    """The baseline is the same model as vmim's VideoMAE config with VideoMAE's position table: given vmim's weights
+    (the decoder embedding's bias zeroed, as VideoMAE's has none), its loss on the same clip and mask is vmim's."""
+    from reference_videomae import ReferenceStep, ReferenceVideoMAE
+
+    from vmim.config import load_config
+    from vmim.meta_arch import build_method
+
+    cfg = load_config(str(REPO / "configs/methods/videomae_vit_b.yaml"), [
+        *REFERENCE_TINY[REFERENCE_TINY.index("model.backbone=vit_test"):], "model.pos_embed=sincos_1d",
+        bench_pretrain.PLACEHOLDER_DATASET, "train.precision=fp32"])
+    timer = bench_pretrain.StepTimer(cfg, "video")
+    method = timer.model.eval()
+    with torch.no_grad():
+        method.heads["pixel"].embed.bias.zero_()
+    ref = ReferenceVideoMAE(16, 4, 4, 2, 64, 2, 2, 32, 1, 2).eval()
+    mine = {k.replace("backbone.patch_embed.proj", "patch_embed").replace("backbone.blocks", "encoder_blocks")
+            .replace("backbone.norm", "encoder_norm").replace("heads.pixel.embed", "encoder_to_decoder")
+            .replace("heads.pixel.blocks", "decoder_blocks").replace("heads.pixel.norm", "decoder_norm")
+            .replace("heads.pixel.", ""): v for k, v in method.state_dict().items()}
+    del mine["encoder_to_decoder.bias"]
+    assert ref.load_state_dict(mine, strict=True)
+    clip, mask = timer.batch["clip"], timer.batch["masks"]["encoder"]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
+    step = ReferenceStep(ref, (clip.float() / 255 - mean) / std, mask, "fp32")
+    with torch.no_grad():
+        torch.testing.assert_close(step.forward_loss(), method(timer.batch)["loss"], rtol=1e-5, atol=1e-6)

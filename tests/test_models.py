@@ -382,3 +382,26 @@ def test_forward_intermediates_are_the_blocks_outputs():
         torch.testing.assert_close(last[0], final.tokens)
         _, chosen = model.forward_intermediates(x, mask, indices=[-2])
         torch.testing.assert_close(chosen[0], inter[0])
+
+
+@pytest.mark.parametrize("frames", [4, 1])
+def test_visible_only_patch_embedding_is_the_conv_at_the_kept_tokens(frames):
+    """Only the kept tubelets are embedded (a linear layer on them); the independent answer is the Conv3d over every
+    token, then the kept rows. Images (one frame) are repeated to the tubelet first in both."""
+    torch.manual_seed(0)
+    embed = PatchEmbed3d(4, 2, 3, 32)
+    x = torch.randn(2, 3, frames, 16, 16)
+    n = math.prod(embed.grid(x.shape))
+    keep = torch.rand(2, n).argsort(dim=1) < n // 4  # n/4 kept per sample, at different positions
+    full = embed.proj(x.expand(-1, -1, max(frames, 2), -1, -1)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed(x, keep), full[keep].reshape(2, n // 4, 32))
+    torch.testing.assert_close(embed(x), full)
+
+
+def test_block_with_queries_is_the_full_block_at_the_last_rows():
+    torch.manual_seed(0)
+    block = Block(32, 4).eval()
+    x = torch.randn(2, 10, 32)
+    out = block(x, queries=3)
+    assert out.shape == (2, 3, 32)
+    torch.testing.assert_close(out, block(x)[:, -3:])

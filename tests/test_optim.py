@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vmim.config import load_config
-from vmim.engine.optim import build_optimizer, cosine_lr, param_groups, scaled_lr
+from vmim.engine.optim import adamw_kernels, build_optimizer, cosine_lr, param_groups, scaled_lr
 from vmim.meta_arch import build_method
 
 
@@ -146,6 +146,37 @@ def test_build_optimizer_scales_lr_and_keeps_groups(model):
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert all(g["lr"] == pytest.approx(1.2e-3) for g in opt.param_groups)
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def _adamw_after_steps(impl: str, steps: int = 3) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    cfg = load_config(None, ["targets.pixel.weight=1", "data.datasets.digits_images.weight=1", f"optim.impl={impl}",
+                             "optim.weight_decay=0.05"]).optim
+    opt = build_optimizer(net, cfg, global_batch=256)
+    assert opt.impl == impl
+    x = torch.randn(32, 8)
+    for _ in range(steps):
+        net(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_adamw_kernels_agree():
+    """fused (the default) and foreach take the same steps as torch's per-parameter loop, the reference's AdamW."""
+    loop = _adamw_after_steps("for_loop")
+    for impl in ("fused", "foreach"):
+        for a, b in zip(_adamw_after_steps(impl), loop):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(loop[0], _adamw_after_steps("for_loop", steps=0)[0])  # the steps moved the weights
+
+
+def test_fused_adamw_falls_back_off_cpu_and_cuda():
+    kernels, resolved = adamw_kernels([torch.empty(2, device="meta")], "fused")
+    assert kernels == {"foreach": True} and resolved.startswith("foreach")
+    assert adamw_kernels([torch.empty(2)], "fused") == ({"fused": True}, "fused")
+    assert adamw_kernels([torch.empty(2)], "for_loop") == ({"foreach": False}, "for_loop")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ and variants are timed in interleaved rounds so that machine noise hits them ali
   train.precision and train.device are forced to this config's (printed, with the values they replace). Give
   ``--baseline-overrides`` after the main config's own overrides: it takes every ``k=v`` that follows.
 
-``speedup_vs_X`` is X's step time / the config's: above 1 the config is faster than X, below 1 slower.
+* ``reference`` (``--baseline videomae``): the model a user would otherwise run, at this config's shapes (its ViT
+  size, patch, tubelet, decoder, input, batch and encoder mask): VideoMAE's own pre-training step rebuilt from timm
+  blocks in ``tools/reference_videomae.py`` (written-out attention, decoder over every token, targets for every
+  token, the per-parameter AdamW loop, the grad norm and ``loss.item()`` every step). Video only.
+
+``--precisions fp32 bf16`` times every variant in each precision in the same run (the config's own by default).
+``speedup_vs_X`` is X's step time / the config's: above 1 the config is faster than X, below 1 slower. The step of
+every vmim variant is the trainer's: forward under autocast, backward, the gradient norm, the optimizer
+(``optim.impl``).
 
 Memory, in MiB (2**20 bytes), per variant:
 
@@ -46,12 +54,15 @@ measured the same way.
     python tools/bench_pretrain.py --config configs/demo/digits.yaml [key=value ...] [--json] [--against HEAD~1]
     python tools/bench_pretrain.py --config configs/methods/maskfeat_mvit_s.yaml --modality video \\
         --baseline-config configs/methods/videomae_vit_b.yaml data.batch_size=1 train.precision=fp32
+    python tools/bench_pretrain.py --config configs/methods/videomae_vit_b.yaml --modality video --baseline videomae \\
+        --precisions fp32 bf16 --rounds 3 data.batch_size=1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -66,10 +77,16 @@ import numpy as np
 import torch
 
 from vmim.config import ConfigError, load_config
+from vmim.engine.compile import compile_blocks
 from vmim.engine.optim import build_optimizer
 from vmim.engine.precision import autocast, resolve_device, resolve_precision
+from vmim.engine.throughput import peak_tflops, step_flops
 from vmim.masking import build_mask_generators
 from vmim.meta_arch import build_method
+from vmim.models.vit import VIT_SIZES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_videomae import ReferenceStep, ReferenceVideoMAE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2 ** 20
@@ -183,6 +200,7 @@ class StepTimer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(0)
         self.model = build_method(cfg).to(self.device).train()
+        self.compiled = compile_blocks(self.model) if cfg.train.compile else 0
         self.optimizer = build_optimizer(self.model, cfg.optim, cfg.data.batch_size)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         frames = 1 if modality == "image" else cfg.data.num_frames
@@ -193,14 +211,18 @@ class StepTimer:
         masks = {name: torch.from_numpy(np.stack([gen(self.grid, rng) for _ in range(b)])).to(self.device)
                  for name, gen in build_mask_generators(cfg).items()}
         self.batch = {"clip": clip, "masks": masks}
-        self.info = {"backbone": cfg.model.backbone, "modality": modality, "batch": b, "input": [frames, s, s],
+        self.info = {"backbone": cfg.model.backbone, "optimizer": f"AdamW {self.optimizer.impl}", "modality": modality,
+                     "batch": b, "input": [frames, s, s],
                      "device": str(self.device), "precision": self.precision, "tokens": int(np.prod(self.grid)),
                      "visible_tokens": int(np.prod(self.grid)) - int(masks["encoder"][0].sum())}
         if "decoder" in masks:
             self.info["decoder_kept_tokens"] = int((~masks["decoder"][0]).sum())
+        self.flops = step_flops(self.model, self.batch)  # model FLOPs of one step (forward + backward)
+        self.peak = peak_tflops(self.device, self.precision)  # (TFLOP/s, source); measured once per process on CPU
         self.times: list[float] = []
         self.teacher_ms: dict[str, list[float]] = {}
         self.saved_bytes: int | None = None
+        self.first_step_s: float | None = None
         self.cuda_peak_bytes = 0
 
     def _resident(self) -> list[torch.Tensor]:
@@ -222,6 +244,8 @@ class StepTimer:
             out = self.model(self.batch)
             loss = out["loss"]
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # as Trainer.optimizer_step: the norm is logged every step
+        float(torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], math.inf))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,10 +258,13 @@ class StepTimer:
             resident = _storage_bytes(self._resident(), set())
             base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        if self.saved_bytes is None:  # hooks slow a step: measured in an untimed one, the first warm-up step
-            saved = SavedTensors(list(self.model.parameters()))
+        if self.first_step_s is None:  # untimed: set-up, compiling, and saved tensors (hooks slow a step)
+            saved = None if self.compiled else SavedTensors(list(self.model.parameters()))
+            start = time.perf_counter()
             self.step(saved)
-            self.saved_bytes = saved.bytes
+            _sync(self.device)
+            self.first_step_s = time.perf_counter() - start
+            self.saved_bytes = saved.bytes if saved is not None else None
             warmup = max(warmup - 1, 0)
         for i in range(warmup + steps):
             _sync(self.device)
@@ -254,8 +281,13 @@ class StepTimer:
 
     def result(self) -> dict:
         step = statistics.median(self.times)
-        out = {**self.info, "step_s": step, "clips_per_s": self.info["batch"] / step,
-               "saved_mib": self.saved_bytes / MIB, "state_mib": self.state_bytes() / MIB}
+        out = {**self.info, "step_s": step, "clips_per_s": self.info["batch"] / step, "first_step_s": self.first_step_s,
+               "saved_mib": None if self.saved_bytes is None else self.saved_bytes / MIB,
+               "state_mib": self.state_bytes() / MIB}
+        out.update(step_tflop=self.flops / 1e12, tflops=self.flops / step / 1e12, peak_tflops=self.peak[0],
+                   peak_source=self.peak[1], mfu=self.flops / step / 1e12 / self.peak[0])
+        if self.compiled:  # the first step compiles; its excess over a compiled step is the compile time
+            out.update(compiled_blocks=self.compiled, compile_s=self.first_step_s - step)
         if self.device.type == "cuda":
             out["cuda_peak_mib"] = self.cuda_peak_bytes / MIB
         if self.teacher_ms:  # teacher forwards inside the step (their own timing, the run's autocast)
@@ -264,9 +296,68 @@ class StepTimer:
         return out
 
 
+class ReferenceTimer(StepTimer):
+    """VideoMAE's own step (:mod:`reference_videomae`) at a vmim config's shapes, on the batch and encoder mask that
+    config's :class:`StepTimer` would use (normalized to float as VideoMAE's loader hands it over)."""
+
+    def __init__(self, cfg, modality: str):
+        if modality != "video":
+            raise SystemExit("--baseline videomae: VideoMAE's model is video only (use --modality video or both)")
+        pixel = [t for t in cfg.targets.values() if t.kind == "pixel" and t.head.kind == "decoder"]
+        if cfg.model.backbone not in VIT_SIZES or len(cfg.targets) != 1 or not pixel or cfg.model.dense:
+            raise SystemExit(f"--baseline videomae needs a visible-only ViT config with one pixel target and a decoder "
+                             f"head (VideoMAE's layout); {cfg.model.backbone} with targets {list(cfg.targets)} is not")
+        mine = StepTimer(cfg, modality)  # the same batch and mask as the vmim variant
+        self.device, self.precision, self.info = mine.device, mine.precision, dict(mine.info)
+        default_adamw = "foreach" if self.device.type == "cuda" else "for_loop"  # torch's default, the reference's
+        self.info.update(backbone=f"VideoMAE reference {cfg.model.backbone}", optimizer=f"AdamW {default_adamw}")
+        size, head = VIT_SIZES[cfg.model.backbone], pixel[0].head
+        mean = torch.tensor(cfg.data.mean, device=self.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(cfg.data.std, device=self.device).view(1, -1, 1, 1, 1)
+        videos = (mine.batch["clip"].float() / 255 - mean) / std
+        mask = mine.batch["masks"]["encoder"]
+        self.flops, self.peak = mine.flops, mine.peak  # the same architecture: the same model FLOPs
+        del mine
+        torch.manual_seed(0)
+        model = ReferenceVideoMAE(cfg.data.img_size, cfg.data.num_frames, cfg.model.patch_size,
+                                  cfg.model.tubelet_size, size.embed_dim, size.depth, size.num_heads, head.dim,
+                                  head.depth, head.heads, cfg.model.in_chans).to(self.device).train()
+        self.reference = ReferenceStep(model, videos, mask, self.precision)
+        self.model, self.optimizer, self.batch = model, self.reference.optimizer, {"clip": videos, "masks": {"m": mask}}
+        self.times, self.teacher_ms, self.saved_bytes, self.cuda_peak_bytes = [], {}, None, 0
+        self.first_step_s, self.compiled = None, 0
+
+    def step(self, saved: SavedTensors | None = None) -> dict[str, float]:
+        with saved if saved is not None else nullcontext():
+            loss = self.reference.forward_loss()
+        self.reference.backward_and_update(loss)
+        return {}
+
+
+REFERENCES = {"videomae": ReferenceTimer}
+"""``--baseline`` choices: the reference models a config can be timed against."""
+
+
+def with_precision(overrides: list[str], precision: str | None) -> list[str]:
+    """``overrides`` run in ``precision`` (None: the config's own)."""
+    return overrides if precision is None else [*overrides, f"train.precision={precision}"]
+
+
+def build_timer(name: str, variant: tuple[str, list[str]], precision: str | None, modality: str,
+                reference: str | None) -> StepTimer:
+    """The timer of variant ``name`` = (config path, overrides); ``reference`` names the reference model."""
+    path, overrides = variant
+    cfg = load_config(path, with_precision(overrides, precision))
+    return REFERENCES[reference](cfg, modality) if name == "reference" else StepTimer(cfg, modality)
+
+
 def variant_overrides(cfg, name: str) -> list[str]:
     if name == "all_visible":
         return ["masking.ratio_video=1e-9", "masking.ratio_image=1e-9"] if cfg.masking.kind != "running_cell" else []
+    if name == "compiled":
+        return ["train.compile=true"]
+    if name == "checkpointed":
+        return ["model.grad_checkpointing=true"]
     if name == "full_decoder":
         return ["decoder_masking.kind=none"] + [f"targets.{n}.token_set=masked" for n, t in cfg.targets.items()
                                                 if t.token_set == "decoder_kept"]
@@ -316,20 +407,21 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def probe_rss(config: str, overrides: list[str], modality: str) -> dict:
-    """In this (fresh) process: build one variant, run 1 warm-up step + 1 step, return its peak RSS figures."""
+def probe_rss(config: str, overrides: list[str], modality: str, reference: str | None = None) -> dict:
+    """In this (fresh) process: build one variant (``reference``: that reference model at the config's shapes), run
+    1 warm-up step + 1 step, return its peak RSS figures."""
     cfg = load_config(config, overrides)
     _reset_peak_rss()
     before = _proc_status_bytes("VmRSS") or _peak_rss_bytes()
-    StepTimer(cfg, modality).run(1, 1)
+    (REFERENCES[reference] if reference else StepTimer)(cfg, modality).run(1, 1)
     peak = _peak_rss_bytes()
     return {"peak_rss_mib": (peak - before) / MIB, "rss_before_mib": before / MIB, "process_peak_rss_mib": peak / MIB}
 
 
-def rss_subprocess(config: str, overrides: list[str], modality: str) -> dict:
+def rss_subprocess(config: str, overrides: list[str], modality: str, reference: str | None = None) -> dict:
     """:func:`probe_rss` of a variant in a fresh process (same interpreter, environment and thread settings)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(Path(config).resolve()), "--modality",
-           modality, "--probe-rss", *overrides]
+           modality, "--probe-rss", *(["--probe-reference", reference] if reference else []), *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -368,22 +460,38 @@ def print_table(summary: dict) -> None:
     mem_key, mem_label = ("cuda_peak_mib", "CUDA peak MiB") if first["device"].startswith("cuda") \
         else ("peak_rss_mib", "peak RSS MiB")
     for r in summary["results"]:
-        print(f"{r['modality']} {'x'.join(map(str, r['input']))}")
-        print(f"  {'variant':<28}{'ms/step':>10}{'clips/s':>9}{'visible/tokens':>16}{'saved MiB':>11}"
-              f"{'state MiB':>11}{mem_label:>15}  config speed-up")
+        print(f"{r['modality']} {'x'.join(map(str, r['input']))} {r['precision']} ({r['optimizer']})")
+        print(f"  {'variant':<40}{'ms/step':>10}{'clips/s':>9}{'visible/tokens':>16}{'saved MiB':>11}"
+              f"{'state MiB':>11}{mem_label:>15}{'TFLOP/s':>9}{'MFU':>7}  config speed-up")
         for name, v in r["variants"].items():
             label = f"baseline ({v['backbone']})" if name == "baseline" else name
+            label = f"reference ({summary['reference']}, {v['optimizer']})" if name == "reference" else label
             tokens = f"{v['visible_tokens']}/{v['tokens']}"
             mem = f"{v[mem_key]:.1f}" if mem_key in v else "-"
             ratio = "" if name == "config" else f"{r[f'speedup_vs_{name}']:.2f}x"
             note = f"  (decoder keeps {v['decoder_kept_tokens']})" if "decoder_kept_tokens" in v else ""
-            print(f"  {label:<28}{v['step_s'] * 1000:10.1f}{v['clips_per_s']:9.2f}{tokens:>16}{v['saved_mib']:11.1f}"
-                  f"{v['state_mib']:11.1f}{mem:>15}  {ratio}{note}")
+            saved = "-" if v["saved_mib"] is None else f"{v['saved_mib']:.1f}"
+            print(f"  {label:<40}{v['step_s'] * 1000:10.1f}{v['clips_per_s']:9.2f}{tokens:>16}{saved:>11}"
+                  f"{v['state_mib']:11.1f}{mem:>15}{v['tflops']:9.3f}{v['mfu']:7.1%}  {ratio}{note}")
         if "baseline" in r["variants"]:
             b = r["variants"]["baseline"]
             print(f"  => {r['backbone']} vs {b['backbone']}: {r['speedup_vs_baseline']:.2f}x the baseline's speed "
                   f"({_ratio_words(r['speedup_vs_baseline'])}), {r['step_s'] * 1000:.1f} vs "
                   f"{b['step_s'] * 1000:.1f} ms/step")
+        if "compiled" in r["variants"]:
+            c = r["variants"]["compiled"]
+            print(f"  => train.compile: {_ratio_words(r['step_s'] / c['step_s'])} per step after "
+                  f"{c['compile_s']:.1f} s of compiling {c['compiled_blocks']} blocks (its first step "
+                  f"{c['first_step_s']:.1f} s)")
+        if "checkpointed" in r["variants"]:
+            c, plain = r["variants"]["checkpointed"], r["variants"]["config"]
+            peaks = [f"{plain[k]:.0f} -> {c[k]:.0f} MiB" for k in ("peak_rss_mib", "cuda_peak_mib") if k in c]
+            print(f"  => activation checkpointing: {c['step_s'] / plain['step_s'] - 1:+.0%} step time, saved "
+                  f"{plain['saved_mib']:.0f} -> {c['saved_mib']:.0f} MiB, peak {' / '.join(peaks) or '-'}")
+        if "reference" in r["variants"]:
+            ref = r["variants"]["reference"]
+            print(f"  => vmim vs {ref['backbone']}: {_ratio_words(r['speedup_vs_reference'])} in {r['precision']} "
+                  f"({r['step_s'] * 1000:.1f} vs {ref['step_s'] * 1000:.1f} ms/step)")
         for name, v in r["variants"].items():
             if "teacher_ms" in v:
                 each = ", ".join(f"{t} {ms:.1f} ms" for t, ms in v["teacher_ms"].items())
@@ -392,6 +500,8 @@ def print_table(summary: dict) -> None:
         if "against" in r:
             print(f"  => vs {r['against']}: {r['speedup_vs_against']:.2f}x ({r['against_step_s'] * 1000:.1f} ms vs "
                   f"{r['subprocess_step_s'] * 1000:.1f} ms here, both in fresh processes)")
+    print(f"TFLOP/s = model FLOPs of a step (vmim.engine.throughput.step_flops: {first['step_tflop'] * 1000:.3g} "
+          f"GFLOP for the config) / step time; MFU against {first['peak_tflops']:.3f} TFLOP/s ({first['peak_source']})")
     peak = ("CUDA peak = max_memory_allocated over its steps, as if alone" if mem_key == "cuda_peak_mib" else
             "peak RSS = the variant alone in a fresh process, over its RSS before the model is built")
     print(f"memory: saved = tensors autograd keeps for backward in one step (activations), state = parameters + "
@@ -410,10 +520,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time this config's step, at --config's input (img_size, frames, batch, precision)")
     parser.add_argument("--baseline-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of --baseline-config (give them after the main config's overrides)")
+    parser.add_argument("--baseline", choices=sorted(REFERENCES), dest="reference",
+                        help="also time a reference model at this config's shapes (videomae: VideoMAE's own step)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], metavar="P",
+                        help="time every variant in each of these precisions (default: the config's train.precision)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the config with train.compile=true (and report its compile time)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="also time the config with model.grad_checkpointing=true (activation checkpointing)")
     parser.add_argument("--no-rss", action="store_true", help="CPU: skip the peak-RSS probes (one process each)")
     parser.add_argument("--stand-in-teachers", action="store_true",
                         help="teacher runs not on this machine: random-init stand-ins of the configs that write them")
     parser.add_argument("--probe-rss", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-reference", help=argparse.SUPPRESS)
     parser.add_argument("--against", metavar="REV", help="also time this config at git commit REV (same-run A/B)")
     parser.add_argument("--against-config", help="config path at REV (default: --config)")
     parser.add_argument("--against-overrides", nargs="*", help="overrides at REV (default: the same)")
@@ -421,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.probe_rss:
-        print(json.dumps(probe_rss(args.config, args.overrides, args.modality)))
+        print(json.dumps(probe_rss(args.config, args.overrides, args.modality, args.probe_reference)))
         return 0
     cfg, overrides = load_bench_config(args.config, args.overrides)
     stand_ins = tempfile.TemporaryDirectory() if args.stand_in_teachers else None
@@ -431,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, overrides = load_bench_config(args.config, args.overrides)
         for line in lines:
             print(line, file=sys.stderr)
-    names = ["config"]
+    names = ["config"] + (["compiled"] if args.compile else []) + (["checkpointed"] if args.checkpointing else [])
     if not args.no_baseline:
         names += ["all_visible"] if variant_overrides(cfg, "all_visible") else []
         names += ["full_decoder"] if cfg.decoder_masking.kind != "none" else []
@@ -449,9 +568,16 @@ def main(argv: list[str] | None = None) -> int:
         variants["baseline"] = (args.baseline_config, base_overrides)
         summary["baseline"] = {"config": args.baseline_config, "backbone": base_cfg.model.backbone,
                                "overrides": base_overrides, "forced": forced, "replaced": replaced}
+    if args.reference:
+        if args.modality == "image":
+            raise SystemExit(f"--baseline {args.reference}: its model is video only (use --modality video or both)")
+        variants["reference"] = (args.config, overrides)
+        summary["reference"] = args.reference
     results = []
-    for modality in (["video", "image"] if args.modality == "both" else [args.modality]):
-        timers = {n: StepTimer(load_config(path, ovr), modality) for n, (path, ovr) in variants.items()}
+    modalities = ["video", "image"] if args.modality == "both" else [args.modality]
+    for modality, precision in [(m, p) for m in modalities for p in args.precisions or [None]]:
+        timers = {n: build_timer(n, variants[n], precision, modality, args.reference)
+                  for n in variants if n != "reference" or modality == "video"}
         against, ours = [], []
         for _ in range(args.rounds):
             for timer in timers.values():
@@ -464,10 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         device = timers["config"].device
         del timers, timer
         if device.type == "cpu" and not args.no_rss:
-            for n, (path, ovr) in variants.items():
-                measured[n].update(rss_subprocess(path, ovr, modality))
+            for n in measured:
+                path, ovr = variants[n]
+                reference = args.reference if n == "reference" else None
+                measured[n].update(rss_subprocess(path, with_precision(ovr, precision), modality, reference))
         result = dict(measured["config"])
-        for n in list(variants)[1:]:
+        for n in list(measured)[1:]:
             result[f"{n}_step_s"] = measured[n]["step_s"]
             result[f"speedup_vs_{n}"] = result[f"{n}_step_s"] / result["step_s"]
         if against:

@@ -46,6 +46,8 @@ IMAGE_INDEX_FORMATS = ("space", "csv", "image_folder")
 DECODERS = ("auto", "decord", "pyav")
 CROPS = ("multi_scale", "random_resized")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARALLELS = ("ddp", "fsdp")
+OPTIM_IMPLS = ("fused", "foreach", "for_loop")
 DEVICES = ("auto", "cpu", "cuda")
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -130,7 +132,7 @@ class ViTConfig(Entry):
                "token pooling reads the class token: set model.cls_token=true, or use avg")
 
 
-VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge")
+VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
 
 MVIT_STAGE_BLOCKS: dict[str, tuple[int, ...]] = {
     "mvitv2_test": (1, 2), "mvitv2_demo": (1, 3), "mvitv2_s_16x4": (1, 3, 14), "mvitv2_b_32x3": (2, 5, 21),
@@ -741,6 +743,11 @@ class OptimConfig:
     layer_decay: float = 1.0
     """Layer-wise lr decay (MAE / VideoMAE fine-tuning: 0.65-0.75): block i of L gets lr x decay^(L - i), the stem
     decay^(L + 1), what follows the blocks (norms, head) the full lr. 1 = off."""
+    impl: str = "fused"
+    """AdamW's kernels: fused (one kernel for every parameter, CPU and CUDA: ~10x faster than for_loop on a ViT-B's
+    ~100M parameters on CPU), foreach (one kernel per op over all parameters) or for_loop (torch's per-parameter
+    loop, the reference repos' default on CPU). Where fused is unsupported (e.g. a device without the kernel) the run
+    falls back to foreach and says so."""
 
 
 @dataclass
@@ -750,9 +757,18 @@ class TrainConfig:
     """Optimizer steps per epoch; 0 = one pass over the weighted data mix."""
     seed: int = 0
     precision: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only).
-    bf16 on CPU pays off only with AVX512-BF16/AMX; on AVX2-only CPUs its matmuls are ~70x slower."""
+    """auto, fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only). auto is bf16 on CUDA GPUs with bf16
+    and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere (AVX2-only CPUs emulate bf16, far slower); the log says
+    which and why (vmim/engine/precision.py)."""
     device: str = "auto"
+    compile: bool = False
+    """``torch.compile`` every transformer block in place (vmim/engine/compile.py): the first steps pay the compile
+    time; measure with tools/bench_pretrain.py --compile before a long run."""
+    parallel: str = "ddp"
+    """How several processes split the work: ddp (every rank holds the whole model, gradients all-reduced) or fsdp
+    (FSDP2 ``fully_shard`` per transformer block, then the root: parameters, gradients and optimizer state sharded
+    over the ranks, for ViT-L/H/g; checkpoints become folders, ``vmim.engine.fsdp``). One process runs unsharded
+    either way. Pretraining only; fp32 or bf16 (fp16's loss scaling is not shard-aware here)."""
     nan_patience: int = 20
     """Stop after this many optimizer steps in a row with a non-finite loss or gradient."""
 
@@ -1106,17 +1122,23 @@ def validate_common(cfg: Any) -> None:
     _check(0 < o.layer_decay <= 1, "optim.layer_decay", f"{o.layer_decay} is outside (0, 1]")
     _check(o.clip_grad >= 0, "optim.clip_grad", f"{o.clip_grad} must be >= 0")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"{o.accum_steps} must be >= 1")
+    _choice("optim.impl", o.impl, OPTIM_IMPLS)
 
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", f"{t.epochs} must be >= 1")
     _check(t.steps_per_epoch >= 0, "train.steps_per_epoch", f"{t.steps_per_epoch} must be >= 0")
     _choice("train.precision", t.precision, PRECISIONS)
+    _choice("train.parallel", t.parallel, PARALLELS)
+    _check(t.parallel == "ddp" or (t.precision != "fp16" and cfg.task == "pretrain"), "train.parallel",
+           f"fsdp runs pretraining in fp32 or bf16 (this is {cfg.task} with train.precision={t.precision}); use "
+           "train.parallel=ddp, or train.precision=bf16")
     _choice("train.device", t.device, DEVICES)
     _check(t.nan_patience >= 1, "train.nan_patience", f"{t.nan_patience} must be >= 1")
     _check(cfg.log.every_steps >= 1, "log.every_steps", f"{cfg.log.every_steps} must be >= 1")
     _check(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"{cfg.checkpoint.every_steps} must be >= 1")
-    _check(cfg.resume in ("auto", "never") or cfg.resume.endswith((".pt", ".pth")), "resume",
-           f"'{cfg.resume}' must be auto, never, or a path to a .pt checkpoint")
+    _check(cfg.resume in ("auto", "never") or cfg.resume.endswith((".pt", ".pth")) or Path(cfg.resume).is_dir(),
+           "resume", f"'{cfg.resume}' must be auto, never, a path to a .pt checkpoint, or a sharded checkpoint folder "
+           f"(train.parallel=fsdp)")
 
 
 __all__ = [

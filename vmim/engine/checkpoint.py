@@ -1,14 +1,25 @@
-"""Checkpoints: one file with everything needed to continue exactly, written atomically.
+"""Checkpoints: everything needed to continue exactly, written atomically; one file, or one folder when sharded.
 
-Layout in the run directory: ``checkpoints/last.pt`` (overwritten) and optional
-``checkpoints/step_XXXXXXXX.pt`` keeps. A save writes ``<name>.tmp`` then renames it into place, so a
-killed job never leaves a half-written file under a real name; stray ``.tmp`` files are ignored.
+Layout in the run directory: ``checkpoints/last.pt`` (overwritten) and optional ``checkpoints/step_XXXXXXXX.pt``
+keeps. A save writes ``<name>.tmp`` then renames it into place, so a killed job never leaves a half-written file
+under a real name; stray ``.tmp`` files are ignored.
+
+Sharded runs (``train.parallel=fsdp``) write folders instead, ``checkpoints/last/`` and ``step_XXXXXXXX/``: every
+rank writes its own shards of the model and optimizer with ``torch.distributed.checkpoint`` (DCP, ``*.distcp`` files
+and a ``.metadata`` index that rank 0 writes once all ranks are done), and rank 0 adds ``state.pt`` with the rest
+(step, data position, every rank's RNG, scaler, hooks, config), exactly what ``last.pt`` holds besides the two.
+Atomic too: everything goes to ``last.tmp/``, then rank 0 renames ``last/`` to ``last.old/``, ``last.tmp/`` to
+``last/``, and deletes ``last.old/``; a crash between the renames leaves ``last.old/`` complete, and it is read then.
+DCP reshards on load, so a sharded checkpoint resumes on another number of ranks, or unsharded (:func:`load` reads
+it whole, on one process). The newest of ``last.pt``, ``last/`` (and ``last.old/``) by modification time is tried
+first: a run may switch between ddp and fsdp, and an fsdp run also writes a whole ``last.pt`` at its end.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -42,8 +53,45 @@ def save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+SHARDED_STATE = "state.pt"
+"""The file of a sharded checkpoint folder holding everything but the model's and optimizer's tensors."""
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_sharded_atomic(tensors: dict, state: dict, path: Path, is_main: bool) -> None:
+    """Write ``tensors`` (every rank's shards, DCP) and ``state`` (rank 0's) to the folder ``path`` through
+    ``path.tmp`` (collective: every rank calls it; all return once the folder is in place)."""
+    import torch.distributed.checkpoint as dcp
+
+    tmp = path.with_name(path.name + ".tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
+        tmp.mkdir(parents=True)
+    _barrier()
+    dcp.save(tensors, checkpoint_id=str(tmp))  # returns on rank 0 after every rank wrote and .metadata is written
+    if is_main:
+        save_atomic(state, tmp / SHARDED_STATE)
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file() and (path / SHARDED_STATE).is_file()
+
+
 class CheckpointManager:
-    """Saves ``last.pt`` and every ``keep_every``-th step; finds the newest loadable checkpoint."""
+    """Saves ``last.pt`` (or ``last/``) and every ``keep_every``-th step; finds the newest loadable checkpoint."""
 
     def __init__(self, run_dir: Path, keep_every: int = 0):
         self.dir = Path(run_dir) / "checkpoints"
@@ -53,30 +101,76 @@ class CheckpointManager:
     def last(self) -> Path:
         return self.dir / "last.pt"
 
-    def save(self, state: dict, step: int) -> Path:
+    @property
+    def last_sharded(self) -> Path:
+        return self.dir / "last"
+
+    def _keeps(self, step: int) -> bool:
+        return bool(self.keep_every) and step % self.keep_every == 0
+
+    def save(self, state: dict, step: int, keep: bool = True) -> Path:
+        """``last.pt`` (and a ``step_XXXXXXXX.pt`` copy when ``keep`` and the step is a keep-every step)."""
         save_atomic(state, self.last)
-        if self.keep_every and step % self.keep_every == 0:
-            keep = self.dir / f"step_{step:08d}.pt"
-            tmp = keep.with_name(keep.name + ".tmp")
+        if keep and self._keeps(step):
+            dst = self.dir / f"step_{step:08d}.pt"
+            tmp = dst.with_name(dst.name + ".tmp")
             shutil.copyfile(self.last, tmp)  # an independent copy: a hard link would share any damage to last.pt
-            os.replace(tmp, keep)
+            os.replace(tmp, dst)
         return self.last
 
-    def candidates(self) -> list[Path]:
-        """Complete checkpoints, newest step first (last.pt before a kept file of the same step)."""
-        files = sorted(self.dir.glob("step_*.pt"), reverse=True)
-        return ([self.last] if self.last.exists() else []) + files
+    def save_sharded(self, tensors: dict, state: dict, step: int, is_main: bool) -> Path:
+        """``last/`` (and a ``step_XXXXXXXX/`` copy at keep-every steps); collective."""
+        save_sharded_atomic(tensors, state, self.last_sharded, is_main)
+        if is_main and self._keeps(step):
+            dst = self.dir / f"step_{step:08d}"
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.last_sharded, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(tmp, dst)
+        _barrier()
+        return self.last_sharded
 
-    def load_latest(self) -> dict | None:
+    def candidates(self) -> list[Path]:
+        """Complete checkpoints, newest first: ``last.pt`` / ``last/`` / ``last.old/`` by modification time, then the
+        kept ones by step (a file before a folder of the same step)."""
+        lasts = [p for p in (self.last, self.last_sharded, self.dir / "last.old")
+                 if p.is_file() or is_sharded_checkpoint(p)]
+        lasts.sort(key=lambda p: (p / SHARDED_STATE if p.is_dir() else p).stat().st_mtime, reverse=True)
+        keeps = [p for p in self.dir.glob("step_*") if re.fullmatch(r"step_\d{8}(\.pt)?", p.name)
+                 and (p.is_file() or is_sharded_checkpoint(p))]
+        keeps.sort(key=lambda p: (p.name[5:13], p.suffix == ".pt"), reverse=True)
+        return lasts + keeps
+
+    def load_latest(self, sharded: bool = False) -> dict | None:
         """The newest checkpoint that loads (last.pt is written at every save, so it is the newest unless
-        damaged); unreadable files are reported and skipped."""
+        damaged); unreadable files are reported and skipped. ``sharded``: a sharded folder comes without its
+        tensors, which the caller reads in place (:func:`load`)."""
         for path in self.candidates():
             try:
-                return load(path)
+                return load(path, sharded)
             except Exception as err:  # corrupt or truncated by a crash outside our atomic writes
                 print(f"[vmim] skipping unreadable checkpoint {path}: {err}")
         return None
 
 
-def load(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load(path: str | Path, sharded: bool = False) -> dict:
+    """A checkpoint file, or a sharded checkpoint folder: whole (its ``model`` and ``optimizer`` read on this one
+    process, the optimizer keyed by parameter name), or with ``sharded`` its ``state.pt`` only, plus ``"sharded":
+    <folder>`` for :func:`vmim.engine.fsdp.load_sharded`."""
+    path = Path(path)
+    if not path.is_dir():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if not is_sharded_checkpoint(path):
+        raise FileNotFoundError(f"{path} is a folder but not a sharded checkpoint (no .metadata or {SHARDED_STATE})")
+    state = torch.load(path / SHARDED_STATE, map_location="cpu", weights_only=False)
+    if sharded:
+        return {**state, "sharded": str(path)}
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    tensors: dict = {}  # filled from the metadata, on this process alone: what format_utils.dcp_to_torch_save does
+    _load_state_dict(tensors, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    return {**state, **tensors}

@@ -5,6 +5,11 @@ it), ``after_epoch`` and ``after_train`` on each hook in order. A hook with stat
 score) returns it from ``state_dict``; checkpoints keep it and a resumed run gives it back through
 ``load_state_dict`` before ``before_train``. Logging the metrics window is a hook; tasks add their
 own (the pretraining preview image; validation for fine-tuning).
+
+Throughput: :class:`LogMetrics` built with the run's device and precision adds the model FLOPs of every optimizer step
+to the window (:class:`~vmim.engine.throughput.Throughput`) and logs ``perf/tflops`` (achieved TFLOP/s per device,
+over the window's wall time, data loading included) and ``perf/mfu`` (that over the device's peak) next to clips/s.
+One hook computes every ``perf/*`` value from the same elapsed time, so they agree with each other exactly.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .distributed import all_reduce_mean
+from .throughput import Throughput
 
 if TYPE_CHECKING:
+    import torch
+
     from .trainer import Trainer
 
 
@@ -51,6 +59,8 @@ class MetricsWindow:
         self.steps = 0
         self.samples = 0
         self.data_time = 0.0
+        self.flops = 0.0
+        """Model FLOPs of this rank's optimizer steps in the window (every step, skipped ones too: they ran)."""
         self.start = time.perf_counter()
 
     def add(self, values: dict[str, float]) -> None:
@@ -66,9 +76,19 @@ class MetricsWindow:
 
 class LogMetrics(Hook):
     """Every ``log.every_steps``: the window's means, lr, throughput and data scalars to TensorBoard, metrics.jsonl,
-    log.txt and the progress bar (averaged over ranks)."""
+    log.txt and the progress bar (averaged over ranks).
+
+    Args:
+        device, precision: the run's; given, the hook also counts model FLOPs and logs ``perf/tflops`` and
+            ``perf/mfu`` (the peak is looked up or measured here, at start-up).
+    """
+
+    def __init__(self, device: "torch.device | None" = None, precision: str = "fp32"):
+        self.throughput = Throughput(device, precision) if device is not None else None
 
     def after_step(self, trainer: "Trainer", batch: dict) -> None:
+        if self.throughput is not None:
+            trainer.window.flops += self.throughput.step(trainer, batch)
         if trainer.state.step % trainer.cfg.log.every_steps:
             return
         window = trainer.window
@@ -81,6 +101,9 @@ class LogMetrics(Hook):
             "perf/clips_per_s": window.samples / elapsed, "perf/data_wait": window.data_time / elapsed,
             **trainer.data.scalars(),
         })
+        if window.flops:
+            values["perf/tflops"] = window.flops / elapsed / 1e12
+            values["perf/mfu"] = values["perf/tflops"] / self.throughput.peak_tflops
         teacher_ms = sum(v for k, v in values.items() if k.startswith("perf/teacher_ms/"))  # per micro-batch
         if teacher_ms and window.steps:
             per_step = teacher_ms * trainer.cfg.optim.accum_steps / 1000
@@ -95,5 +118,7 @@ class LogMetrics(Hook):
                 f"loss {values['loss']:.5f} "
                 f"lr {values['lr']:.3e} grad {values.get('grad_norm', float('nan')):.3f} "
                 f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}"
-                + (f" teachers {values['perf/teacher_share']:.0%}" if "perf/teacher_share" in values else ""))
+                + (f" teachers {values['perf/teacher_share']:.0%}" if "perf/teacher_share" in values else "")
+                + (f" {values['perf/tflops']:.4g} TFLOP/s MFU {values['perf/mfu']:.2%}" if "perf/mfu" in values
+                   else ""))
         window.reset()

@@ -86,11 +86,29 @@ def scaled_lr(lr_per_256: float, global_batch: int) -> float:
     return lr_per_256 * global_batch / 256
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices with torch's fused AdamW kernel for floating-point parameters."""
+
+
+def adamw_kernels(params: list[torch.Tensor], impl: str) -> tuple[dict, str]:
+    """(``torch.optim.AdamW`` keyword for ``optim.impl``, what it resolved to): fused falls back to foreach where the
+    parameters are not all floating point on a device with the fused kernel."""
+    if impl == "fused":
+        if all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params):
+            return {"fused": True}, "fused"
+        return {"foreach": True}, "foreach (fused needs floating-point parameters on CPU or CUDA)"
+    return {"foreach": impl == "foreach"}, impl
+
+
 def build_optimizer(model: nn.Module, cfg, global_batch: int) -> torch.optim.AdamW:
-    """AdamW from a :class:`vmim.config.OptimConfig`; ``lr`` is set per step by :func:`set_lr`."""
+    """AdamW from a :class:`vmim.config.OptimConfig` with ``optim.impl``'s kernels (resolved in the optimizer's
+    ``impl`` attribute); ``lr`` is set per step by :func:`set_lr`. Build it after the model is on its device."""
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
-    return torch.optim.AdamW(groups, lr=scaled_lr(cfg.lr, global_batch),
-                             betas=tuple(cfg.betas), eps=cfg.eps)
+    kernels, resolved = adamw_kernels([p for g in groups for p in g["params"]], cfg.impl)
+    optimizer = torch.optim.AdamW(groups, lr=scaled_lr(cfg.lr, global_batch), betas=tuple(cfg.betas), eps=cfg.eps,
+                                  **kernels)
+    optimizer.impl = resolved
+    return optimizer
 
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, final: float) -> float:

@@ -36,13 +36,19 @@ class Preview(Hook):
         self.every_steps = every_steps
 
     def after_step(self, trainer: Trainer, batch: dict) -> None:
-        if not self.every_steps or trainer.state.step % self.every_steps or not trainer.dist.is_main:
+        sharded = getattr(trainer, "sharded", False)  # FSDP: every rank computes it (collectives), rank 0 logs it
+        if not self.every_steps or trainer.state.step % self.every_steps or not (trainer.dist.is_main or sharded):
             return
-        trainer.raw_model.eval()
+        model = trainer.raw_model
+        model.eval()
+        if sharded:  # the root's own parameters (stem, norms); each block gathers its own in its forward
+            model.unshard()
         with autocast(trainer.device, trainer.precision):
-            grid = trainer.raw_model.preview(to_device(batch, trainer.device))
-        trainer.raw_model.train()
-        if grid is not None:
+            grid = model.preview(to_device(batch, trainer.device))
+        if sharded:
+            model.reshard()
+        model.train()
+        if grid is not None and trainer.dist.is_main:
             trainer.metrics.image("reconstruction", trainer.state.step, grid)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import Config
 from .distributed import DistInfo
+from .throughput import task_step_flops
 
 
 class TrainData(Protocol):
@@ -62,6 +63,12 @@ class Task(ABC):
     def batch_size(self, batch: dict) -> int:
         """Samples in a micro-batch (for throughput)."""
         return int(batch["clip"].shape[0])
+
+    def step_flops(self, model: nn.Module, batch: dict) -> float | None:
+        """Model FLOPs (forward and backward) of one micro-batch on this rank, for ``perf/tflops`` and ``perf/mfu``;
+        None: unknown. The default looks the model's class up in :mod:`vmim.models.flops` (the pretraining method and
+        the classifier are registered); a task whose batches the count cannot read overrides it."""
+        return task_step_flops(model, batch)
 
     def hooks(self) -> list[Any]:
         """Task-specific :class:`~vmim.engine.hooks.Hook` instances."""

@@ -26,11 +26,13 @@ from tqdm import tqdm
 from ..config import Config, config_to_yaml
 from ..preflight import check_data_paths
 from .checkpoint import CheckpointManager, load, rng_state, set_rng_state
+from .compile import compile_blocks
 from .distributed import cleanup, init_distributed
+from .fsdp import full_state, load_full, load_sharded, native_optimizer_state, shard_model, sharded_state
 from .hooks import Hook, LogMetrics, MetricsWindow
 from .metrics import MetricsLogger, setup_text_log
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
-from .precision import autocast, resolve_device, resolve_precision
+from .precision import autocast, describe_precision, resolve_device
 from .preemption import StopSignals
 from .task import Task
 
@@ -71,18 +73,21 @@ class Trainer:
         check_data_paths(cfg)  # a missing list or folder stops here, naming its key, before the run folder exists
         self.cfg, self.task = cfg, task
         self.device = resolve_device(cfg.train.device)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.precision, precision_why = describe_precision(cfg.train.precision, self.device)
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.run_dir = Path(cfg.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_text_log(self.run_dir, self.dist.is_main)
+        self.log.info(f"precision {self.precision} ({precision_why})")
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.raw_model = task.build_model().to(self.device)
+        if cfg.train.compile:
+            self.log.info(f"torch.compile: {compile_blocks(self.raw_model)} blocks (compiled at their first step)")
         # per-rank stochastic depth (torch) and batch-level augmentation such as timm's Mixup (numpy, python): every
         # generator the main process draws from is seeded here and saved in checkpoints, so runs repeat and resume
         torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
@@ -96,7 +101,11 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise RuntimeError(f"an epoch has {len(self.data)} batches, fewer than optim.accum_steps={accum}")
         self.model: nn.Module = self.raw_model
-        if self.dist.world_size > 1:
+        self.sharded = cfg.train.parallel == "fsdp" and self.dist.world_size > 1  # one process: never sharded
+        if self.sharded:  # in place; the optimizer must hold the sharded (DTensor) parameters, so it is rebuilt
+            self.model = self.raw_model = shard_model(self.raw_model, self.precision, self.device)
+            self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.global_batch)
+        elif self.dist.world_size > 1:
             ids = [self.device.index] if self.device.index is not None else None
             self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -110,7 +119,7 @@ class Trainer:
         self.stop: StopSignals | None = None
         self.window = MetricsWindow()
         self.progress: tqdm | None = None
-        self.hooks: list[Hook] = [LogMetrics(), *task.hooks()]
+        self.hooks: list[Hook] = [LogMetrics(self.device, self.precision), *task.hooks()]
         self._log_setup()
 
     def _log_setup(self) -> None:
@@ -120,7 +129,10 @@ class Trainer:
         self.log.info(f"global batch {self.global_batch} (= {cfg.data.batch_size} x {cfg.data.repeat} repeat x "
                       f"{self.dist.world_size} ranks x {cfg.optim.accum_steps} accum) | lr {self.peak_lr:.3g} (= "
                       f"{cfg.optim.lr:g} x {self.global_batch}/256) | {self.steps_per_epoch} steps/epoch | "
-                      f"{self.total_steps} steps | warm-up {self.warmup_steps} steps")
+                      f"{self.total_steps} steps | warm-up {self.warmup_steps} steps | AdamW {self.optimizer.impl}")
+        for hook in self.hooks:
+            if isinstance(hook, LogMetrics) and hook.throughput is not None:
+                self.log.info(hook.throughput.summary())
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -132,20 +144,33 @@ class Trainer:
         if self.dist.world_size > 1:
             rngs = [None] * self.dist.world_size
             dist.all_gather_object(rngs, rng_state())
+        tensors = (sharded_state(self.raw_model, self.optimizer) if self.sharded else  # this rank's shards
+                   {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict()})
         return {
-            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state),
+            **tensors, "scaler": self.scaler.state_dict(), "train_state": dataclasses.asdict(self.state),
             "data": self.data.state_dict(), "step": self.state.step, "rng": rngs, "task": self.task.name,
             "config": config_to_yaml(self.cfg),
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict() is not None},
         }
 
     def save(self) -> None:
+        """``checkpoints/last.pt`` (or, sharded, ``last/``; at the end of training also a whole ``last.pt`` that
+        ``vmim convert`` / ``probe`` / ``eval`` and ``init`` read). Collective when distributed."""
         state = self.checkpoint_state()
-        if self.dist.is_main:
+        where = f"step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch}"
+        if self.sharded:
+            tensors = {k: state.pop(k) for k in ("model", "optimizer")}
+            path = self.checkpoints.save_sharded(tensors, state, self.state.step, self.dist.is_main)
+            self.log.info(f"saved {path} ({where}, sharded over {self.dist.world_size} ranks)")
+            if self.state.epoch >= self.cfg.train.epochs:  # the end: one file for the single-process tools
+                model_sd, optim_sd = full_state(self.raw_model, self.optimizer)
+                if self.dist.is_main:
+                    path = self.checkpoints.save({**state, "model": model_sd, "optimizer": optim_sd},
+                                                 self.state.step, keep=False)
+                    self.log.info(f"saved {path} ({where}, gathered whole)")
+        elif self.dist.is_main:
             path = self.checkpoints.save(state, self.state.step)
-            self.log.info(f"saved {path} (step {self.state.step}, epoch {self.state.epoch}, "
-                          f"batch {self.state.batch_in_epoch})")
+            self.log.info(f"saved {path} ({where})")
 
     def restore(self) -> None:
         """Continue from a checkpoint per ``cfg.resume``; 'never' refuses to overwrite an existing run."""
@@ -154,11 +179,16 @@ class Trainer:
             if self.checkpoints.candidates():
                 raise RuntimeError(f"{self.run_dir} already holds checkpoints; use resume=auto or another output_dir")
             return
-        state = self.checkpoints.load_latest() if resume == "auto" else load(resume)
+        state = self.checkpoints.load_latest(self.sharded) if resume == "auto" else load(resume, self.sharded)
         if state is None:
             return
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "sharded" in state:  # a DCP folder, read in place: every rank its own shards
+            load_sharded(self.raw_model, self.optimizer, state["sharded"])
+        elif self.sharded:  # a whole checkpoint (a ddp run's last.pt) into the sharded model
+            load_full(self.raw_model, self.optimizer, state["model"], state["optimizer"])
+        else:  # a file, or a sharded folder read whole (its optimizer keyed by parameter name)
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(native_optimizer_state(state["optimizer"], self.raw_model, self.optimizer))
         self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["train_state"])
         if "data" in state:
@@ -202,7 +232,10 @@ class Trainer:
         for batch in self.data:
             self.window.data_time += time.perf_counter() - fetch_start
             sync = (state.batch_in_epoch + 1) % accum == 0
-            with self.model.no_sync() if (self.dist.world_size > 1 and not sync) else nullcontext():
+            if self.sharded:  # FSDP2's no_sync: gradients stay unreduced until the accumulation's last micro-batch
+                self.model.set_requires_gradient_sync(sync)
+            ddp_accumulating = self.dist.world_size > 1 and not sync and not self.sharded
+            with self.model.no_sync() if ddp_accumulating else nullcontext():
                 with autocast(self.device, self.precision):
                     losses = self.task.forward(self.model, batch, self.device)
                 self.scaler.scale(losses["loss"] / accum).backward()

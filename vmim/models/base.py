@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
 from .grid import Grid
 
@@ -80,3 +81,11 @@ class EncoderOutput:
         full = self.tokens.new_zeros(b, positions.shape[1], d)
         full[self.present] = self.tokens.reshape(-1, d)
         return full[positions].reshape(b, -1, d)
+
+
+def block_modules(model: nn.Module) -> list[nn.Module]:
+    """Every child of every ``nn.ModuleList`` named ``blocks`` in ``model`` (the transformer blocks of backbones,
+    decoder heads and EMA copies), in ``named_modules()`` order: the units FSDP shards and ``train.compile``
+    compiles."""
+    return [block for name, module in model.named_modules()
+            if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, nn.ModuleList) for block in module]

@@ -32,10 +32,11 @@ class DecoderHead(nn.Module):
 
     The encoder tokens are projected to ``dim`` and take the fixed position table at their positions; a learned
     mask token plus the table's row is appended for every query position; ``depth`` blocks run over this
-    ``N_present + M`` sequence, and a LayerNorm and a linear layer map the last M tokens to the target. With the
-    masked positions as the query this is MAE's decoder (the visible tokens and one mask token per masked
-    position, in another order, which attention does not see); with VideoMAE V2's decoder-kept positions it builds
-    only those (160 + 784 tokens instead of 1568 for ViT-B at 16x224², 90% + 50%).
+    ``N_present + M`` sequence (the last block for the M query rows only: nothing reads the others), and a
+    LayerNorm and a linear layer map the last M tokens to the target. With the masked positions as the query this
+    is MAE's decoder (the visible tokens and one mask token per masked position, in another order, which attention
+    does not see); with VideoMAE V2's decoder-kept positions it builds only those (160 + 784 tokens instead of 1568
+    for ViT-B at 16x224², 90% + 50%).
     """
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 4, dim: int = 384, heads: int = 6,
@@ -62,8 +63,10 @@ class DecoderHead(nn.Module):
         queries = self.mask_token.to(x.dtype) + _gather(pos, query)
         m = queries.shape[1]
         x = torch.cat([x, queries], dim=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
+        if len(self.blocks):  # the last block computes only the query rows: no loss reads the others
+            x = self.blocks[-1](x, queries=m)
         return self.head(self.norm(x[:, -m:]))
 
 

@@ -17,7 +17,8 @@ Decisions:
 * Decomposed relative positions in h, w and t added to the logits (SlowFast ``cal_rel_pos_spatial`` /
   ``cal_rel_pos_temporal``); tables are linearly interpolated when the input size differs from the configured one,
   as SlowFast's ``get_rel_pos`` (timm does not interpolate). The logit bias goes to
-  ``F.scaled_dot_product_attention`` as a float mask instead of an explicit softmax.
+  :func:`~vmim.models.layers.attention` (``F.scaled_dot_product_attention`` with a float mask; written out for
+  bf16 on CPU, where it is faster).
 * ``dim_mul_in_att`` True (supervised MViTv2): channels double in the q-pool block's attention; False (MaskFeat):
   in the previous block's MLP. The shortcut projection reads the normalized input in both cases (as SlowFast).
 * Masking is dense (MaskMViT): masked stem tokens become a learned ``mask_token`` after the patch embedding, before
@@ -43,6 +44,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .layers import attention
 from .base import EncoderOutput
 from .grid import token_grid
 from .registry import register_backbone
@@ -168,7 +170,7 @@ class PoolAttention(nn.Module):
         bias = None
         if self.rel_pos_spatial or self.rel_pos_temporal:
             bias = self._rel_bias(q[:, :, self.prefix:], q_thw, k_thw)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = attention(q, k, v, bias)
         if self.residual_pooling:
             out = torch.cat([out[:, :, :self.prefix], out[:, :, self.prefix:] + q[:, :, self.prefix:]], dim=2)
         return self.proj(out.transpose(1, 2).reshape(b, -1, self.dim_out)), q_thw

@@ -38,7 +38,8 @@ Where its state lives, and why.
 The width ``dim`` (0 = the student's width at ``blocks``) is set by :meth:`bind`, which the method calls before it
 builds the heads (a head's output width is its target's ``dim``); a non-zero ``dim`` is checked against the student.
 Under DDP the method is wrapped after it is built, so :meth:`bind` sees the unwrapped backbone; every rank keeps the
-same EMA (same student, same schedule). A sharded (FSDP) student is not supported.
+same EMA (same student, same schedule). Under FSDP the EMA copy's blocks are sharded like the student's, so each rank
+updates its own shards (``vmim.engine.fsdp``).
 """
 
 from __future__ import annotations

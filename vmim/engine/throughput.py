@@ -1,0 +1,292 @@
+"""Achieved TFLOP/s and model FLOPs utilisation (MFU): the device's peak, and the FLOPs of each training step.
+
+Peak (:func:`peak_tflops`):
+
+* A known GPU: the vendor datasheet's **dense** tensor-core figure for the run's precision (datasheets print the
+  sparse one, twice as high, with an asterisk; the table halves those). An fp32 run counts at the TF32 figure when
+  PyTorch lets matmuls use TF32 (``torch.backends.cuda.matmul.allow_tf32``), else at the plain FP32 one. Names are
+  matched on ``torch.cuda.get_device_name`` in table order (specific variants first).
+* A CPU, an unknown GPU, or a precision the table lacks (bf16 on a V100): measured at start-up by timing a square
+  matmul in the run's precision (fp32 or bf16) for about 0.3 s, the best rate of the repeats (noise only slows a
+  matmul down). This is the *achievable matmul peak of this machine*, not a datasheet number, so MFU on a CPU reads
+  "the fraction of what one big matmul gets here". The log says which kind of peak a run uses. Measurements are
+  cached per process (device, precision, threads).
+
+Model FLOPs per step come from :func:`vmim.models.flops.step_flops` (2 FLOPs/MAC x (3 x trained forward + frozen
+forward)); the pretraining method and its targets register their counts here, because ``vmim.models.flops`` sits
+below targets and meta_arch in the import order. :class:`Throughput` caches a step's count per batch signature
+(tensor shapes and the row-0 count of each bool mask, which fixes every token count).
+
+MFU = model FLOPs / (wall time x peak), over the whole log window: the time includes data loading, the optimizer,
+logging and checkpoint saves, as in PaLM's definition (a step that waits for data is a step the accelerator idles).
+``perf/data_wait`` next to it says how much of that is the loader's. With gradient accumulation the window counts
+each optimizer step as ``accum_steps`` x its last micro-batch (hooks see only that one); with a random modality mix
+the estimate is unbiased. The preview forward (``log.image_every_steps``) is not counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import time
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..meta_arch import TOKEN_SETS, MaskedModeling
+from ..models.flops import NoCount, encoded_tokens, fake_macs, macs_for, module_macs, step_flops, step_macs_for
+from ..targets import HOGTarget, MomentumTarget, PixelTarget, Target, TeacherTarget
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+# ----------------------------------------------------------------------------------------------------
+# Peak TFLOP/s
+# ----------------------------------------------------------------------------------------------------
+
+GPU_PEAKS: list[tuple[str, dict[str, float], str]] = [
+    # (regex on torch.cuda.get_device_name, dense TFLOP/s per precision, datasheet). "x/2": printed with sparsity.
+    (r"H100.*NVL|H200.*NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+     "NVIDIA H100 NVL / H200 NVL datasheet: BF16/FP16 1671/2, TF32 835/2, FP32 60"),
+    (r"H100.*PCIe", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.0},
+     "NVIDIA H100 PCIe datasheet: BF16/FP16 1513/2, TF32 756/2, FP32 51"),
+    (r"\bH100\b", {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+     "NVIDIA H100 SXM datasheet: BF16/FP16 1979/2, TF32 989/2, FP32 67"),
+    (r"\bH200\b", {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+     "NVIDIA H200 SXM datasheet: BF16/FP16 1979/2, TF32 989/2, FP32 67"),
+    (r"\bA100\b", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+     "NVIDIA A100 datasheet (SXM and PCIe): BF16/FP16 312, TF32 156, FP32 19.5"),
+    (r"\bL40S\b", {"bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6},
+     "NVIDIA L40S datasheet: BF16/FP16 733/2, TF32 366/2, FP32 91.6"),
+    (r"\bL40\b", {"bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5},
+     "NVIDIA L40 datasheet: BF16/FP16 362.1/2, TF32 181/2, FP32 90.5"),
+    (r"\bL4\b", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+     "NVIDIA L4 datasheet: BF16/FP16 242/2, TF32 120/2, FP32 30.3"),
+    (r"\bA10\b", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
+     "NVIDIA A10 datasheet: BF16/FP16 125, TF32 62.5, FP32 31.2"),
+    (r"\bV100S\b", {"fp16": 130.0, "fp32": 16.4}, "NVIDIA V100S PCIe datasheet: tensor FP16 130, FP32 16.4"),
+    (r"V100.*PCIE", {"fp16": 112.0, "fp32": 14.0}, "NVIDIA V100 PCIe datasheet: tensor FP16 112, FP32 14"),
+    (r"\bV100\b", {"fp16": 125.0, "fp32": 15.7}, "NVIDIA V100 SXM2 datasheet: tensor FP16 125, FP32 15.7"),
+    (r"RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
+     "NVIDIA Ada GPU architecture whitepaper, RTX 4090: BF16 / FP16 with FP32 accumulate 330.4/2, TF32 165.2/2, "
+     "FP32 82.6"),
+    (r"RTX 3090(?! Ti)", {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6},
+     "NVIDIA Ampere GA102 whitepaper, RTX 3090: BF16 / FP16 with FP32 accumulate 142/2, TF32 71/2, FP32 35.6"),
+]
+
+MEASURE_SECONDS = 0.3
+_MEASURED: dict[tuple, tuple[float, str]] = {}
+
+
+def table_precision(device: torch.device, precision: str) -> str:
+    """The table column of a run's precision: bf16, fp16, or for fp32 on CUDA tf32 when matmuls may use it."""
+    if precision == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return precision
+
+
+def gpu_peak_tflops(name: str, precision: str) -> tuple[float, str] | None:
+    """(dense TFLOP/s, datasheet) of the first :data:`GPU_PEAKS` row matching ``name`` that lists ``precision``
+    (``bf16`` ``fp16`` ``tf32`` ``fp32``); None when no row matches or the row lacks the precision."""
+    for pattern, peaks, source in GPU_PEAKS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return (peaks[precision], source) if precision in peaks else None
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_tflops(device: torch.device, precision: str, seconds: float = MEASURE_SECONDS
+                          ) -> tuple[float, str]:
+    """Best TFLOP/s of an ``n x n`` matmul in ``precision`` (fp32 / tf32: float32, bf16, fp16) on ``device``, timed for
+    about ``seconds``; ``n`` doubles from 256 while one product takes under 10 ms (at most 2048 on a CPU, 8192 on a
+    GPU). Returns (TFLOP/s, a description). Cached per (device, precision, threads). Draws from its own generator:
+    the global random state (drop path, resumable runs) is left as it was."""
+    key = (device.type, device.index, precision, torch.get_num_threads())
+    if key in _MEASURED:
+        return _MEASURED[key]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    limit = 8192 if device.type == "cuda" else 2048
+    start, n = time.perf_counter(), 256
+    gen = torch.Generator(device).manual_seed(0)  # the run's own random streams stay untouched
+    while True:
+        a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        torch.mm(a, b, out=out)
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        if time.perf_counter() - t >= 1e-2 or n >= limit:
+            break
+        n *= 2
+    best, reps, products = 0.0, 1, 0
+    while time.perf_counter() - start < seconds or products == 0:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        _sync(device)
+        dt, products = time.perf_counter() - t, products + reps
+        best = max(best, 2 * n ** 3 * reps / dt / 1e12)
+        if dt < seconds / 20:
+            reps *= 2
+    threads = torch.get_num_threads()
+    where = f"cpu with {threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else str(device)
+    name = str(dtype).removeprefix("torch.")
+    _MEASURED[key] = (best, f"measured at start-up: the best of {products} {n}x{n} {name} matmuls on {where}")
+    return _MEASURED[key]
+
+
+def peak_tflops(device: torch.device | str, precision: str) -> tuple[float, str]:
+    """Peak dense TFLOP/s of ``device`` in ``precision`` (``fp32`` ``bf16`` ``fp16``, as ``train.precision`` resolves)
+    and where it comes from: a datasheet row for a known GPU, else a measured matmul (module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        column = table_precision(device, precision)
+        found = gpu_peak_tflops(name, column)
+        if found is not None:
+            return found[0], f"{name}, {column} dense, {found[1]}"
+        value, how = measure_matmul_tflops(device, column)
+        return value, f"{how}; {name} {column} is not in the peak table"
+    value, how = measure_matmul_tflops(device, precision)
+    return value, f"{how}; the achievable matmul peak of this CPU, not a datasheet figure"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Counts of the pretraining method and its targets (see vmim.models.flops)
+# ----------------------------------------------------------------------------------------------------
+
+
+@step_macs_for(MaskedModeling)
+def _masked_modeling(m: MaskedModeling, batch: Mapping[str, Any]) -> tuple[int, int]:
+    """Trained: the backbone on the encoder mask and every head on its token set's queries; frozen: the targets."""
+    shape, masks = tuple(batch["clip"].shape), batch["masks"]
+    first = {k: v[:1] for k, v in masks.items()}  # every sample has the same counts
+    n_masked = int(first["encoder"].sum())
+    n_in = encoded_tokens(m.backbone, shape, n_masked)
+    trained, frozen = module_macs(m.backbone, shape, n_masked), 0
+    for name, head in m.heads.items():
+        query, _ = TOKEN_SETS[m.token_sets[name]](first)
+        trained += module_macs(head, shape[0], n_in, int(query.sum()))
+        frozen += module_macs(m.targets[name], shape)
+    return trained, frozen
+
+
+def _device(module: nn.Module) -> torch.device | None:
+    """Where a module's tensors live (its first parameter or buffer; None: it holds none)."""
+    return next((t.device for t in itertools.chain(module.parameters(), module.buffers())), None)
+
+
+@macs_for(Target)
+def _any_target(t: Target, shape: Sequence[int]) -> int:
+    """A target without a formula: its forward under FakeTensorMode, cached per shape."""
+    return fake_macs(t, shape, key=id(t), device=_device(t))
+
+
+@macs_for(PixelTarget)
+def _pixel(t: PixelTarget, shape: Sequence[int]) -> int:
+    return 0
+
+
+@macs_for(HOGTarget)
+def _hog(t: HOGTarget, shape: Sequence[int]) -> int:
+    """Four 3-tap depthwise convs per channel of the first frame of each tubelet, on the reflect-padded frame: gx along
+    W then H, gy along H then W: 3 x ((H+2) W + H W + H (W+2) + H W) MACs."""
+    b, c, frames, h, w = shape
+    n = b * c * math.ceil(frames / t.patch_size[0])
+    return n * 3 * (4 * h * w + 2 * h + 2 * w)
+
+
+@macs_for(MomentumTarget)
+def _momentum(t: MomentumTarget, shape: Sequence[int]) -> int:
+    """The EMA encoder on every token."""
+    return module_macs(t.ema, shape)
+
+
+@macs_for(TeacherTarget)
+def _teacher(t: TeacherTarget, shape: Sequence[int]) -> int:
+    """The teacher on its input (image teachers: the first frame of each student tubelet, resized to
+    ``input_size``); a timm network is counted under FakeTensorMode."""
+    b, c, frames, h, w = shape
+    if t.input_size and h != t.input_size:
+        h, w = t.input_size, max(1, round(w * t.input_size / h))
+    if t.image:
+        x = (b * math.ceil(frames / t.patch_size[0]), c, h, w) if t.kind == "timm" else \
+            (b * math.ceil(frames / t.patch_size[0]), c, 1, h, w)
+    else:
+        x = (b, c, 1 if frames % t.tubelet else frames, h, w)
+    net = t.teacher.net
+    try:
+        return module_macs(net, x)
+    except NoCount:
+        return fake_macs(net.forward_intermediates, x, key=id(net), device=_device(net), indices=sorted(t.blocks),
+                         norm=t.final_norm, output_fmt="NCHW", intermediates_only=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-step counts for the trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+def batch_signature(value: Any) -> Any:
+    """What fixes a batch's FLOPs: tensor shapes, and the row-0 True count of every 2-D bool tensor (masks)."""
+    if isinstance(value, torch.Tensor):
+        count = int(value[0].sum()) if value.dtype == torch.bool and value.ndim == 2 and len(value) else None
+        return tuple(value.shape), count
+    if isinstance(value, Mapping):
+        return tuple((k, batch_signature(v)) for k, v in sorted(value.items()))
+    return None
+
+
+class Throughput:
+    """The device's peak and the model FLOPs of each optimizer step, for :class:`~vmim.engine.hooks.LogMetrics`.
+
+    Args:
+        device, precision: the run's (``train.precision`` resolved); a CPU or unknown GPU is measured here.
+
+    Attributes:
+        peak_tflops, source: :func:`peak_tflops`.
+    """
+
+    def __init__(self, device: torch.device, precision: str):
+        self.peak_tflops, self.source = peak_tflops(device, precision)
+        self.precision = precision
+        self._cache: dict[Any, float | None] = {}
+        self._warned = False
+
+    def summary(self) -> str:
+        """One log line: the peak MFU is measured against and where it comes from."""
+        return f"MFU against a peak of {self.peak_tflops:.4g} TFLOP/s {self.precision} per device: {self.source}"
+
+    def step(self, trainer: "Trainer", batch: dict) -> float:
+        """Model FLOPs of the optimizer step that ``batch`` completed, on this rank (0: the task gives no count)."""
+        key = batch_signature(batch)
+        if key not in self._cache:
+            self._cache[key] = trainer.task.step_flops(trainer.raw_model, batch)
+        flops = self._cache[key]
+        if flops is None:
+            if not self._warned:
+                self._warned = True
+                trainer.log.info(f"no FLOP count for {type(trainer.raw_model).__name__}: perf/tflops and perf/mfu "
+                                 "are not logged")
+            return 0.0
+        return flops * trainer.cfg.optim.accum_steps
+
+
+def task_step_flops(model: nn.Module, batch: Mapping[str, Any]) -> float | None:
+    """:func:`~vmim.models.flops.step_flops`, or None when nothing is registered for the model's class."""
+    try:
+        return step_flops(model, batch)
+    except NoCount:
+        return None
+
+
+__all__ = ["GPU_PEAKS", "Throughput", "batch_signature", "gpu_peak_tflops", "measure_matmul_tflops", "peak_tflops",
+           "step_flops", "table_precision", "task_step_flops"]
