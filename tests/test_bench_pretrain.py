@@ -114,6 +114,7 @@ def test_videomae_reference_in_each_precision(capsys) -> None:
                                                                          mine["input"])
         assert ref["step_tflop"] == mine["step_tflop"] > 0 and 0 < ref["mfu"] and 0 < mine["mfu"]
         assert math.isclose(r["speedup_vs_reference"], ref["step_s"] / mine["step_s"])
+        assert r["speedup_vs_reference_rounds"] == [r["speedup_vs_reference"]]  # one round: its ratio is the ratio
 
 
 def test_videomae_reference_refuses_what_it_is_not(capsys) -> None:

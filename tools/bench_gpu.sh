@@ -8,7 +8,7 @@
 #     memory it saves) as variants;
 #  3. MaskFeat MViT-S 16x224² (HOG targets, dense MViTv2) bf16, batch 16, with activation checkpointing as a variant;
 #  4. the data loader (tools/bench_data.py: decode + sample + crop + mask + collate, H.264 clips made with PyAV)
-#     with 4, 8 and 16 workers at batch 32: clips/s it can feed, to set against step 1's clips/s.
+#     with 4, 8 and 16 workers (batch 8): clips/s it can feed, to set against step 1's clips/s.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-.}
@@ -17,11 +17,11 @@ VMAE=configs/methods/videomae_vit_b.yaml
 $PYTHON -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 $PYTHON tools/bench_pretrain.py --config $VMAE --modality video --baseline videomae --no-baseline --steps 10 \
   --warmup 3 --rounds 2 --precisions bf16 data.batch_size=32 | tee "$OUT/bench_videomae_vitb_bf16_b32.txt"
-$PYTHON tools/bench_pretrain.py --config $VMAE --modality video --baseline videomae --no-baseline --steps 5 \
+$PYTHON tools/bench_pretrain.py --config $VMAE --modality video --no-baseline --steps 5 \
   --warmup 2 --rounds 1 --precisions bf16 --checkpointing --compile data.batch_size=32 \
   | tee "$OUT/bench_videomae_vitb_bf16_b32_compile_ckpt.txt"
 $PYTHON tools/bench_pretrain.py --config configs/methods/maskfeat_mvit_s.yaml --modality video --no-baseline \
   --steps 6 --warmup 2 --rounds 1 --precisions bf16 --checkpointing data.batch_size=16 \
   | tee "$OUT/bench_maskfeat_mvits_bf16_b16.txt"
-$PYTHON tools/bench_data.py --workers 4 8 16 --batch-size 32 --clips 256 --rounds 1 --repeat 2 \
+$PYTHON tools/bench_data.py --workers 4 8 16 --batch-size 8 --clips 128 --rounds 1 --repeat 2 \
   | tee "$OUT/bench_data_loader.txt"

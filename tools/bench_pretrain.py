@@ -220,6 +220,8 @@ class StepTimer:
         self.flops = step_flops(self.model, self.batch)  # model FLOPs of one step (forward + backward)
         self.peak = peak_tflops(self.device, self.precision)  # (TFLOP/s, source); measured once per process on CPU
         self.times: list[float] = []
+        self.round_medians: list[float] = []
+        """Median step of each :meth:`run` call (a round), to bracket ratios against machine drift."""
         self.teacher_ms: dict[str, list[float]] = {}
         self.saved_bytes: int | None = None
         self.first_step_s: float | None = None
@@ -266,6 +268,7 @@ class StepTimer:
             self.first_step_s = time.perf_counter() - start
             self.saved_bytes = saved.bytes if saved is not None else None
             warmup = max(warmup - 1, 0)
+        self.round_medians.append(0.0)
         for i in range(warmup + steps):
             _sync(self.device)
             start = time.perf_counter()
@@ -273,6 +276,7 @@ class StepTimer:
             _sync(self.device)
             if i >= warmup:
                 self.times.append(time.perf_counter() - start)
+                self.round_medians[-1] = statistics.median(self.times[len(self.times) - (i - warmup + 1):])
                 for name, ms in teacher_ms.items():
                     self.teacher_ms.setdefault(name, []).append(ms)
         if cuda:
@@ -324,7 +328,7 @@ class ReferenceTimer(StepTimer):
                                   head.depth, head.heads, cfg.model.in_chans).to(self.device).train()
         self.reference = ReferenceStep(model, videos, mask, self.precision)
         self.model, self.optimizer, self.batch = model, self.reference.optimizer, {"clip": videos, "masks": {"m": mask}}
-        self.times, self.teacher_ms, self.saved_bytes, self.cuda_peak_bytes = [], {}, None, 0
+        self.times, self.round_medians, self.teacher_ms, self.saved_bytes, self.cuda_peak_bytes = [], [], {}, None, 0
         self.first_step_s, self.compiled = None, 0
 
     def step(self, saved: SavedTensors | None = None) -> dict[str, float]:
@@ -490,8 +494,9 @@ def print_table(summary: dict) -> None:
                   f"{plain['saved_mib']:.0f} -> {c['saved_mib']:.0f} MiB, peak {' / '.join(peaks) or '-'}")
         if "reference" in r["variants"]:
             ref = r["variants"]["reference"]
+            rounds = ", ".join(f"{x:.2f}x" for x in r["speedup_vs_reference_rounds"])
             print(f"  => vmim vs {ref['backbone']}: {_ratio_words(r['speedup_vs_reference'])} in {r['precision']} "
-                  f"({r['step_s'] * 1000:.1f} vs {ref['step_s'] * 1000:.1f} ms/step)")
+                  f"({r['step_s'] * 1000:.1f} vs {ref['step_s'] * 1000:.1f} ms/step; per round: {rounds})")
         for name, v in r["variants"].items():
             if "teacher_ms" in v:
                 each = ", ".join(f"{t} {ms:.1f} ms" for t, ms in v["teacher_ms"].items())
@@ -587,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                 against.append(theirs)
                 ours.append(mine)
         measured = {n: timer.result() for n, timer in timers.items()}
+        timers_rounds = {n: timer.round_medians for n, timer in timers.items()}  # same rounds, interleaved
         device = timers["config"].device
         del timers, timer
         if device.type == "cpu" and not args.no_rss:
@@ -598,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in list(measured)[1:]:
             result[f"{n}_step_s"] = measured[n]["step_s"]
             result[f"speedup_vs_{n}"] = result[f"{n}_step_s"] / result["step_s"]
+            result[f"speedup_vs_{n}_rounds"] = [theirs / mine for theirs, mine in
+                                                zip(timers_rounds[n], timers_rounds["config"])]
         if against:
             result["against"] = args.against
             result["against_step_s"] = statistics.median(against)
