@@ -130,7 +130,6 @@ def test_reference_is_videomae_s_model_and_loss() -> None:
     from reference_videomae import ReferenceStep, ReferenceVideoMAE
 
     from vmim.config import load_config
-    from vmim.meta_arch import build_method
 
     cfg = load_config(str(REPO / "configs/methods/videomae_vit_b.yaml"), [
         *REFERENCE_TINY[REFERENCE_TINY.index("model.backbone=vit_test"):], "model.pos_embed=sincos_1d",

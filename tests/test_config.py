@@ -155,7 +155,7 @@ def test_typo_inside_target_entry():
 @pytest.mark.parametrize("override, key, owner", [
     ("targets.hog.norm=joint", "targets.hog.norm", "pixel targets"),  # a pixel key on a HOG target
     ("targets.pixel.nbins=3", "targets.pixel.nbins", "hog targets"),
-    ("masking.unit_size=[1,2,2]", "masking.unit_size", "cube maskings"),  # tube masking has no unit_size
+    ("masking.block_min_area=0.5", "masking.block_min_area", "cube maskings"),  # tube masking has no blocks
     ("targets.pixel.loss.beta=2", "targets.pixel.loss.beta", "smooth_l1 losses"),  # mse has no beta
     ("data.datasets.digits_images.stride=2", "data.datasets.digits_images.stride", "video datasets"),
 ])

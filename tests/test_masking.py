@@ -288,3 +288,18 @@ def test_batches_identical_with_any_worker_count(dataset, sources):
             item = dataset[key]
             assert torch.equal(a["clip"][row], item["clip"])
             assert torch.equal(a["masks"]["encoder"][row], item["masks"]["encoder"])
+
+
+def test_random_mask_units_are_whole_and_counted():
+    """Random masking of (2, 2, 2)-token units on a (4, 4, 6) grid: 2 x 2 x 3 = 12 units, 6 masked, each a
+    whole 2x2x2 block; on an image (one frame) the unit's t is capped to the frame."""
+    from vmim.masking import random_mask
+
+    rng = np.random.default_rng(0)
+    mask = random_mask((4, 4, 6), 0.5, rng, unit_size=(2, 2, 2)).reshape(4, 4, 6)
+    units = mask[::2, ::2, ::2]
+    assert (mask == units.repeat(2, 0).repeat(2, 1).repeat(2, 2)).all() and units.sum() == 6
+    image = random_mask((1, 4, 6), 0.5, rng, unit_size=(2, 2, 2)).reshape(4, 6)
+    assert (image == image[::2, ::2].repeat(2, 0).repeat(2, 1)).all() and image.sum() == 3 * 4
+    with pytest.raises(ValueError, match="does not tile"):
+        random_mask((4, 5, 6), 0.5, rng, unit_size=(1, 2, 2))

@@ -41,6 +41,7 @@ TOKEN_SETS: dict[str, tuple[str, ...]] = {"masked": ("encoder",), "visible": ("e
 MASK_SECTIONS = {"encoder": "masking", "decoder": "decoder_masking"}
 """Mask name in a batch -> the config section that draws it."""
 POS_EMBEDS = ("sincos_3d", "sincos_1d", "learned")
+REL_POS_BIASES = ("none", "shared", "per_block")
 INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
 IMAGE_INDEX_FORMATS = ("space", "csv", "image_folder")
 DECODERS = ("auto", "decord", "pyav")
@@ -103,7 +104,14 @@ class ViTConfig(Entry):
     """Recompute each block's activations in the backward pass (saves memory, costs ~30% time)."""
     pos_embed: str = "sincos_3d"
     """sincos_3d (separable space-time, MAE-ST / MVD), sincos_1d (VideoMAE: over the flattened token index) or
-    learned (a table for data.num_frames x data.img_size; images take its first time slice)."""
+    learned (a table for data.num_frames x data.img_size; images take its first time slice), or none (no absolute
+    positions: SimMIM / BEiT, with rel_pos_bias; decoder heads then use sincos_3d)."""
+    rel_pos_bias: str = "none"
+    """A learned relative position bias in every block's attention (BEiT / SimMIM), for the data.num_frames x
+    data.img_size token grid (smaller grids read it as is): none, shared (one table for all blocks: SimMIM
+    pretraining) or per_block (one per block: fine-tuning; a shared pretrained table is copied into each)."""
+    layer_scale: float = 0.0
+    """Initial value of the per-channel LayerScale on both residual branches of every block (SimMIM: 0.1); 0 = off."""
     dense: bool = False
     """False: the encoder sees only the visible tokens (MAE, VideoMAE). True: every token, masked ones replaced by a
     learned mask token after the patch embedding (SimMIM, MaskFeat with a ViT); heads can then be linear."""
@@ -126,7 +134,9 @@ class ViTConfig(Entry):
                f"{self.tubelet_size} does not divide data.num_frames={d.num_frames}")
         _check(self.in_chans > 0, f"{key}.in_chans", f"{self.in_chans} must be positive")
         _check(0.0 <= self.drop_path < 1.0, f"{key}.drop_path", f"{self.drop_path} is outside [0, 1)")
-        _choice(f"{key}.pos_embed", self.pos_embed, POS_EMBEDS)
+        _choice(f"{key}.pos_embed", self.pos_embed, (*POS_EMBEDS, "none"))  # none: no table (not a POS_EMBEDS kind)
+        _choice(f"{key}.rel_pos_bias", self.rel_pos_bias, REL_POS_BIASES)
+        _check(self.layer_scale >= 0.0, f"{key}.layer_scale", f"{self.layer_scale} must be >= 0 (0 = off)")
         _choice(f"{key}.global_pool", self.global_pool, ("avg", "token"))
         _check(self.global_pool != "token" or self.cls_token, f"{key}.global_pool",
                "token pooling reads the class token: set model.cls_token=true, or use avg")
@@ -230,11 +240,25 @@ class MaskingConfig(Entry):
             _check(0.0 < ratio < 1.0, f"{key}.{name}", f"{ratio} is outside (0, 1)")
 
 
+def _check_unit_size(key: str, unit_size: List[int], cfg: "Config") -> None:
+    _check(len(unit_size) == 3 and all(u > 0 for u in unit_size), f"{key}.unit_size",
+           f"{unit_size} must be three positive ints (t, h, w)")
+    grid = video_grid(cfg)
+    _check(all(g % u == 0 for g, u in zip(grid, unit_size)), f"{key}.unit_size",
+           f"{unit_size} does not tile the video token grid {list(grid)}")
+
+
 @dataclass
 class RandomMaskingConfig(MaskingConfig):
-    """MAE: a uniformly random subset of all tokens."""
+    """MAE: a uniformly random subset of all tokens (or of mask units of several tokens: SimMIM)."""
 
     kind: str = "random"
+    unit_size: List[int] = field(default_factory=lambda: [1, 1, 1])
+    """Mask unit in tokens (t, h, w): SimMIM masks 32 px units of 16 px patches, [1, 2, 2]."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check_unit_size(key, self.unit_size, cfg)
 
 
 @dataclass
@@ -258,11 +282,7 @@ class CubeMaskingConfig(MaskingConfig):
 
     def check(self, key: str, cfg: "Config") -> None:
         super().check(key, cfg)
-        _check(len(self.unit_size) == 3 and all(u > 0 for u in self.unit_size), f"{key}.unit_size",
-               f"{self.unit_size} must be three positive ints (t, h, w)")
-        grid = video_grid(cfg)
-        _check(all(g % u == 0 for g, u in zip(grid, self.unit_size)), f"{key}.unit_size",
-               f"{self.unit_size} does not tile the video token grid {list(grid)}")
+        _check_unit_size(key, self.unit_size, cfg)
         _check(0.0 < self.block_min_area <= 1.0, f"{key}.block_min_area", f"{self.block_min_area} is outside (0, 1]")
         _check(0.0 < self.block_aspect <= 1.0, f"{key}.block_aspect", f"{self.block_aspect} is outside (0, 1]")
 

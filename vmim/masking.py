@@ -33,12 +33,20 @@ def num_masked(grid: Grid, ratio: float) -> int:
     return min(max(int(round(ratio * n)), 1), n - 1)
 
 
-def random_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """MAE: a uniformly random subset of all T'*H'*W' tokens. Returns bool (N,)."""
-    n = int(np.prod(grid))
+def random_mask(grid: Grid, ratio: float, rng: np.random.Generator,
+                unit_size: Sequence[int] = (1, 1, 1)) -> np.ndarray:
+    """MAE: a uniformly random subset of all T'*H'*W' tokens; with ``unit_size`` (t, h, w) tokens, a random subset of
+    those mask units (SimMIM: 2x2 tokens = 32 px on 16 px patches; t is capped at T', so an image's unit is one
+    frame). Returns bool (N,)."""
+    ut, uh, uw = min(unit_size[0], grid[0]), unit_size[1], unit_size[2]
+    if grid[0] % ut or grid[1] % uh or grid[2] % uw:
+        raise ValueError(f"mask unit {tuple(unit_size)} does not tile the token grid {tuple(grid)}")
+    units = (grid[0] // ut, grid[1] // uh, grid[2] // uw)
+    n = int(np.prod(units))
     mask = np.zeros(n, dtype=bool)
-    mask[rng.permutation(n)[: num_masked(grid, ratio)]] = True
-    return mask
+    mask[rng.permutation(n)[: num_masked(units, ratio)]] = True
+    mask = mask.reshape(units)
+    return mask.repeat(ut, 0).repeat(uh, 1).repeat(uw, 2).reshape(-1)
 
 
 def tube_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -155,7 +163,7 @@ def cube_count(grid: Grid, ratio: float, unit_size: Sequence[int] = (1, 1, 1), *
 MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask,
                                "running_cell": running_cell_mask}
 MASK_COUNTS: dict[str, Callable[..., int]] = {
-    "random": lambda grid, ratio: num_masked(grid, ratio),
+    "random": cube_count,
     "tube": lambda grid, ratio: grid[0] * num_masked((1, grid[1], grid[2]), ratio),
     "cube": cube_count,
     "running_cell": lambda grid, ratio: int(4 * ratio) * grid[0] * grid[1] * grid[2] // 4,

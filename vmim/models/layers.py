@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
+
+from .rel_pos import RelativePositionBias
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,35 +41,48 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); with ``queries=m`` only the last m tokens query (keys and values from all N):
-        (B, m, D)."""
+        (B, m, D). ``bias``: additive logits, (h, N, N) or (B, h, N, N); with ``queries`` its last m rows are used."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if queries is not None:
             q = q[:, :, n - queries:]
-        x = attention(q, k, v)
+            bias = None if bias is None else bias[..., n - queries:, :]
+        x = attention(q, k, v, None if bias is None else bias.to(q.dtype))
         return self.proj(x.transpose(1, 2).reshape(b, -1, d))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + DropPath(LS(Attn(LN(x)))), then x + DropPath(LS(MLP(LN(x)))).
+
+    Args:
+        layer_scale: initial value of timm's per-channel ``LayerScale`` on both branches (CaiT, BEiT, SimMIM); 0 = off.
+        rel_pos_grid: give the block its own :class:`~vmim.models.rel_pos.RelativePositionBias` (``rel_pos``) for
+            this token grid; the owner computes the bias and passes it to :meth:`forward` (it knows the grid).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, layer_scale: float = 0.0,
+                 rel_pos_grid: tuple[int, int, int] | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale > 0 else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale > 0 else nn.Identity()
+        if rel_pos_grid is not None:
+            self.rel_pos = RelativePositionBias(num_heads, rel_pos_grid)
 
-    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); with ``queries=m`` the outputs at the last m tokens only, (B, m, D): attention
-        rows, projection and MLP of the other tokens are skipped (a last block whose other outputs nobody reads)."""
+        rows, projection and MLP of the other tokens are skipped (a last block whose other outputs nobody reads).
+        ``bias``: additive attention logits over all N tokens, (h, N, N) or (B, h, N, N)."""
         kept = x if queries is None else x[:, x.shape[1] - queries:]
-        x = kept + self.drop_path(self.attn(self.norm1(x), queries))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = kept + self.drop_path(self.ls1(self.attn(self.norm1(x), queries, bias)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def init_weights(module: nn.Module) -> None:

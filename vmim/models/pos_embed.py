@@ -4,7 +4,9 @@
 quarters, half for rows and half for columns). ``sincos_1d`` is VideoMAE's table over the flattened token index,
 kept so that VideoMAE weights reproduce their features. In both an image is the t=0 slice of the clip's table, so
 images and videos share one embedding, and any grid size works without interpolation. ``learned`` is a trainable
-table (MAE-style fine-tuning checkpoints, timm ViTs).
+table (MAE-style fine-tuning checkpoints, timm ViTs). ``none`` adds nothing (SimMIM, BEiT: a relative position bias
+in the attention carries the positions instead); the backbone skips the addition and decoders fall back to
+``sincos_3d``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ FIXED_TABLES = {"sincos_3d": sincos_3d, "sincos_1d": sincos_flat}
 
 
 class PositionEmbedding(nn.Module):
-    """A backbone's position embedding, one of ``vmim.config.POS_EMBEDS``.
+    """A backbone's position embedding, one of ``vmim.config.POS_EMBEDS``, or ``none`` (no positions).
 
     ``sincos_3d`` and ``sincos_1d`` are fixed tables for any grid. ``learned`` is a trainable ``(N, dim)`` table for
     the training clip's grid (``video_grid``), trunc-normal(0.02) initialized; an image takes its t = 0 slice, and
@@ -93,8 +95,8 @@ class PositionEmbedding(nn.Module):
 
     def __init__(self, kind: str, dim: int, video_grid: tuple[int, int, int] | None = None):
         super().__init__()
-        if kind not in (*FIXED_TABLES, "learned"):
-            raise ValueError(f"unknown position embedding '{kind}'; one of {(*FIXED_TABLES, 'learned')}")
+        if kind not in (*FIXED_TABLES, "learned", "none"):
+            raise ValueError(f"unknown position embedding '{kind}'; one of {(*FIXED_TABLES, 'learned', 'none')}")
         self.kind, self.dim = kind, dim
         if kind == "learned":
             if video_grid is None:
@@ -104,7 +106,9 @@ class PositionEmbedding(nn.Module):
             nn.init.trunc_normal_(self.table, std=0.02)
 
     def forward(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """(T'*H'*W', dim) rows in (t, h, w) row-major order."""
+        """(T'*H'*W', dim) rows in (t, h, w) row-major order (zeros for ``none``, which callers skip)."""
+        if self.kind == "none":
+            return torch.zeros(math.prod(grid), self.dim, device=device)
         if self.kind != "learned":
             return FIXED_TABLES[self.kind](grid, self.dim, device)
         t, h, w = grid

@@ -5,11 +5,17 @@ embedding (OmniMAE's ``PadIm2Video``), so images and videos share every weight, 
 t=0 slice of the position table. By default the encoder processes only the visible tokens (MAE / VideoMAE);
 ``dense=True`` keeps every token and replaces the masked ones by a learned mask token right after the patch
 embedding, before the position embedding (SimMIM, MaskFeat with a ViT), so that linear heads can read them.
+
+Relative positions (SimMIM, BEiT): ``rel_pos_bias`` adds a learned per-head bias for each token offset to every
+block's attention logits (:mod:`vmim.models.rel_pos`), either one table ``shared`` by all blocks (SimMIM
+pretraining, ``rel_pos.table``) or one ``per_block`` (fine-tuning, ``blocks.<i>.rel_pos.table``), usually with
+``pos_embed: none``. The visible-only encoder gathers each sample's rows and columns of present tokens from the grid
+bias, so both encoder modes take it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from dataclasses import dataclass
 
@@ -24,6 +30,9 @@ from .grid import token_grid
 from .layers import Block, init_weights
 from .pos_embed import PositionEmbedding
 from .registry import register_backbone
+from .rel_pos import RelativePositionBias, gather_present, pad_prefix
+
+REL_POS_BIASES = ("none", "shared", "per_block")
 
 
 def image_to_clip(x: torch.Tensor, tubelet_size: int) -> torch.Tensor:
@@ -88,22 +97,30 @@ class VisionTransformer(nn.Module):
         tubelet_size: frames per token.
         drop_path: stochastic-depth rate of the last block (linear ramp from 0).
         grad_checkpointing: recompute block activations in backward.
-        pos_embed: sincos_3d, sincos_1d or learned (see :class:`~vmim.models.pos_embed.PositionEmbedding`).
+        pos_embed: sincos_3d, sincos_1d, learned or none (see :class:`~vmim.models.pos_embed.PositionEmbedding`).
         dense: encode every token, masked ones as a learned mask token (else only the visible ones).
         video_grid: the training clip's token grid (needed by a learned position table).
         cls_token: prepend a learned class token (MAE, timm); its position embedding is folded into it.
         global_pool: ``avg`` (mean of the grid tokens) or ``token`` (the class token) for :meth:`forward_features`.
         fc_norm: normalize the pooled features instead of every token (VideoMAE / MAE fine-tuning); ``norm`` is then
             an identity.
+        rel_pos_bias: none, shared (one table for all blocks) or per_block (module docstring); needs ``video_grid``.
+        layer_scale: initial value of each block's LayerScale (0 = none).
     """
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, mlp_ratio: float = 4.0, drop_path: float = 0.0, grad_checkpointing: bool = False,
                  pos_embed: str = "sincos_3d", dense: bool = False, video_grid: tuple[int, int, int] | None = None,
-                 cls_token: bool = False, global_pool: str = "avg", fc_norm: bool = False):
+                 cls_token: bool = False, global_pool: str = "avg", fc_norm: bool = False, rel_pos_bias: str = "none",
+                 layer_scale: float = 0.0):
         super().__init__()
         if global_pool not in ("avg", "token") or (global_pool == "token" and not cls_token):
             raise ValueError(f"global_pool must be avg, or token with cls_token=True; got {global_pool!r}")
+        if rel_pos_bias not in REL_POS_BIASES:
+            raise ValueError(f"rel_pos_bias must be one of {REL_POS_BIASES}; got {rel_pos_bias!r}")
+        if rel_pos_bias != "none" and video_grid is None:
+            raise ValueError("a relative position bias needs the training clip's token grid (video_grid)")
+        self.rel_pos_bias = rel_pos_bias
         self.embed_dim, self.depth, self.dense, self.global_pool = embed_dim, depth, dense, global_pool
         self.num_prefix_tokens = int(cls_token)
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
@@ -111,7 +128,10 @@ class VisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dense else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
+        block_grid = video_grid if rel_pos_bias == "per_block" else None
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r, layer_scale=layer_scale,
+                                          rel_pos_grid=block_grid) for r in rates)
+        self.rel_pos = RelativePositionBias(num_heads, video_grid) if rel_pos_bias == "shared" else None
         self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if fc_norm else nn.Identity()
         self.grad_checkpointing = grad_checkpointing
@@ -134,7 +154,8 @@ class VisionTransformer(nn.Module):
 
     @property
     def decoder_pos_embed(self) -> str:
-        """Decoder heads use the encoder's own position-embedding kind."""
+        """Decoder heads use the encoder's own position-embedding kind (a decoder takes sincos_3d for learned and
+        none: :class:`~vmim.models.heads.DecoderHead`)."""
         return self.pos_embed.kind
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
@@ -143,13 +164,15 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Position, mask and class tokens, where present (norms and biases are excluded by rank in the optimizer)."""
         names = {name for name in ("mask_token", "cls_token") if getattr(self, name) is not None}
+        names |= {name for name, _ in self.named_parameters() if name.endswith("rel_pos.table")}  # as BEiT / SimMIM
         return names | ({"pos_embed.table"} if self.pos_embed.kind == "learned" else set())
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm-style groups: the stem is group 0, block i is group i + 1, and the final norm comes after the blocks
-        (timm's ``(99999,)`` marker; layer-wise lr decay gives it, like the unmatched fc_norm, the full lr as MAE)."""
+        (timm's ``(99999,)`` marker; layer-wise lr decay gives it, like the unmatched fc_norm, the full lr as MAE), and
+        so does a shared relative position table (BEiT's layer id for its shared ``rel_pos_bias``)."""
         return {"stem": r"^patch_embed|^pos_embed|^mask_token|^cls_token",
-                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,)), (r"^rel_pos", (99999,))]}
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch + position embedding; visible-only: the visible tokens; the class token first, if any. Returns (tokens
@@ -159,20 +182,35 @@ class VisionTransformer(nn.Module):
         tokens = self.patch_embed(x, present)  # visible-only: only the visible tubelets are embedded
         if self.dense and mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        pos = self.pos_embed(grid, x.device).to(tokens.dtype)
-        if present is not None:
-            b, n = present.shape
-            pos = pos.expand(b, n, pos.shape[-1])[present].reshape(b, -1, pos.shape[-1])
-        tokens = tokens + pos
+        if self.pos_embed.kind != "none":
+            pos = self.pos_embed(grid, x.device).to(tokens.dtype)
+            if present is not None:
+                b, n = present.shape
+                pos = pos.expand(b, n, pos.shape[-1])[present].reshape(b, -1, pos.shape[-1])
+            tokens = tokens + pos
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return tokens, present
 
-    def _run_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+    def _fit_bias(self, bias: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        """A grid bias (h, N, N) -> the logits of the tokens the blocks see: present tokens only, (B, h, M, M), when
+        visible-only; zero rows and columns for the class token."""
+        if present is not None:
+            bias = gather_present(bias, present)
+        return pad_prefix(bias, self.num_prefix_tokens)
+
+    def _biases(self, grid: tuple[int, int, int], present: torch.Tensor | None) -> Iterator[torch.Tensor | None]:
+        """Each block's additive attention logits in block order (None without a relative position bias): a shared
+        table is mapped once, per-block tables one at a time (a clip's 12 (h, N, N) biases at once would be GBs)."""
+        shared = None if self.rel_pos is None else self._fit_bias(self.rel_pos(grid), present)
+        for block in self.blocks:
+            yield (self._fit_bias(block.rel_pos(grid), present) if self.rel_pos_bias == "per_block" else shared)
+
+    def _run_block(self, index: int, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         block = self.blocks[index]
         if self.grad_checkpointing and self.training:
-            return checkpoint(block, tokens, use_reentrant=False)
-        return block(tokens)
+            return checkpoint(block, tokens, None, bias, use_reentrant=False)
+        return block(tokens, None, bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, blocks: Sequence[int] = ()
                 ) -> EncoderOutput:
@@ -187,9 +225,10 @@ class VisionTransformer(nn.Module):
         """
         wanted = {b % self.depth: b for b in blocks}
         tokens, present = self.embed(x, mask)
+        biases = self._biases(self.grid(x.shape), present)
         kept = {}
-        for i in range(self.depth):
-            tokens = self._run_block(i, tokens)
+        for i, bias in enumerate(biases):
+            tokens = self._run_block(i, tokens, bias)
             if i in wanted:
                 kept[wanted[i]] = tokens[:, self.num_prefix_tokens:]
         return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape), kept)
@@ -212,9 +251,10 @@ class VisionTransformer(nn.Module):
         else:
             wanted = {i % self.depth for i in indices}
         tokens, present = self.embed(x, mask)
+        biases = self._biases(self.grid(x.shape), present)
         outputs = []
-        for i in range(self.depth):
-            tokens = self._run_block(i, tokens)
+        for i, bias in enumerate(biases):
+            tokens = self._run_block(i, tokens, bias)
             if i in wanted:
                 out = tokens[:, self.num_prefix_tokens:]
                 outputs.append(self.norm(out) if norm else out)
@@ -223,9 +263,10 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, D) pooled features, as timm's ViT: the final norm on every token (unless fc_norm),
         then the class token or the mean of the grid tokens, then fc_norm (if on)."""
-        tokens, _ = self.embed(x, mask)
-        for i in range(self.depth):
-            tokens = self._run_block(i, tokens)
+        tokens, present = self.embed(x, mask)
+        biases = self._biases(self.grid(x.shape), present)
+        for i, bias in enumerate(biases):
+            tokens = self._run_block(i, tokens, bias)
         tokens = self.norm(tokens)
         pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens:].mean(dim=1)
         return self.fc_norm(pooled)
