@@ -115,6 +115,9 @@ class ViTConfig(Entry):
     dense: bool = False
     """False: the encoder sees only the visible tokens (MAE, VideoMAE). True: every token, masked ones replaced by a
     learned mask token after the patch embedding (SimMIM, MaskFeat with a ViT); heads can then be linear."""
+    mask_in: str = "tokens"
+    """Where a dense encoder's mask token goes: tokens (a learned token replaces a masked token after the patch
+    embedding: SimMIM, MaskFeat) or pixels (a learned colour replaces the masked pixels before it: FastMIM)."""
     cls_token: bool = False
     """Prepend a learned class token (MAE, timm ViTs; its position is folded into it). Pretraining heads never see
     it; ``global_pool: token`` reads it."""
@@ -137,6 +140,7 @@ class ViTConfig(Entry):
         _choice(f"{key}.pos_embed", self.pos_embed, (*POS_EMBEDS, "none"))  # none: no table (not a POS_EMBEDS kind)
         _choice(f"{key}.rel_pos_bias", self.rel_pos_bias, REL_POS_BIASES)
         _check(self.layer_scale >= 0.0, f"{key}.layer_scale", f"{self.layer_scale} must be >= 0 (0 = off)")
+        _choice(f"{key}.mask_in", self.mask_in, ("tokens", "pixels"))
         _choice(f"{key}.global_pool", self.global_pool, ("avg", "token"))
         _check(self.global_pool != "token" or self.cls_token, f"{key}.global_pool",
                "token pooling reads the class token: set model.cls_token=true, or use avg")

@@ -82,7 +82,8 @@ class MaskedModeling(nn.Module):
                      head_blocks={n: t.head.block for n, t in cfg.targets.items()})
         for name, t in cfg.targets.items():
             method.heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
-                                            method.targets[name].dim, backbone.decoder_pos_embed)
+                                            method.targets[name].dim, backbone.decoder_pos_embed,
+                                            dense=getattr(backbone, "dense", True))
         return method
 
     def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderOutput]:

@@ -260,7 +260,10 @@ def _mvit(m: MViT, shape: Sequence[int], n_masked: int = 0) -> int:
 @macs_for(DecoderHead)
 def _decoder(m: DecoderHead, batch: int, n_in: int, n_query: int) -> int:
     """Embedding of the encoder tokens, blocks over ``n_in + n_query`` tokens (the last one for the query rows only),
-    the output layer on the queries."""
+    the output layer on the queries; a dense decoder runs its blocks over the ``n_in`` encoder tokens alone."""
+    if m.dense:
+        return (_linear(m.embed, batch * n_in) + sum(block_macs(blk, batch, n_in) for blk in m.blocks)
+                + _linear(m.head, batch * n_query))
     length, depth = n_in + n_query, len(m.blocks)
     return (_linear(m.embed, batch * n_in) + _linear(m.head, batch * n_query)
             + sum(block_macs(blk, batch, length, n_query if i == depth - 1 else None)

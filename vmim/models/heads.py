@@ -6,7 +6,7 @@ row-major order of the query positions. Which positions are queried is the metho
 so one head serves MAE (the masked tokens), MR-MAE (the visible ones) and VideoMAE V2 (the decoder-kept ones).
 
 Registry: :data:`HEADS` maps a config ``kind`` (``vmim.config.HEADS``) to a builder
-``(cfg, in_dim, out_dim, pos_embed) -> nn.Module``.
+``(cfg, in_dim, out_dim, pos_embed, dense) -> nn.Module``.
 """
 
 from __future__ import annotations
@@ -37,28 +37,36 @@ class DecoderHead(nn.Module):
     is MAE's decoder (the visible tokens and one mask token per masked position, in another order, which attention
     does not see); with VideoMAE V2's decoder-kept positions it builds only those (160 + 784 tokens instead of 1568
     for ViT-B at 16x224², 90% + 50%).
+
+    ``dense=True`` (built so behind a dense encoder, whose masked positions already carry its mask token: SimMIM,
+    FastMIM, MaskFeat, MViT): nothing is appended and the head has no mask token of its own (a parameter without
+    gradient would stop DDP); the blocks run over the N encoder tokens and the head reads the query positions
+    (FastMIM's one-block decoder).
     """
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 4, dim: int = 384, heads: int = 6,
-                 mlp_ratio: float = 4.0, pos_embed: str = "sincos_3d"):
+                 mlp_ratio: float = 4.0, pos_embed: str = "sincos_3d", dense: bool = False):
         super().__init__()
-        self.dim = dim
+        self.dim, self.dense = dim, dense
         self.pos_table = FIXED_TABLES[pos_embed if pos_embed in FIXED_TABLES else "sincos_3d"]
         self.embed = nn.Linear(in_dim, dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = None if dense else nn.Parameter(torch.zeros(1, 1, dim))  # dense: the encoder's serves
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, out_dim)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        return {"mask_token"}
+        return set() if self.dense else {"mask_token"}
 
     def forward(self, encoded: EncoderOutput, query: torch.Tensor) -> torch.Tensor:
         """encoded tokens (B, N_present, in_dim), query (B, N) bool -> (B, M, out_dim)."""
         x = self.embed(encoded.tokens)
         pos = self.pos_table(encoded.grid, self.dim, x.device).to(x.dtype)
+        if self.dense:
+            return self._decode_in_place(x, pos, query)
         x = x + (pos if encoded.present is None else _gather(pos, encoded.present))
         queries = self.mask_token.to(x.dtype) + _gather(pos, query)
         m = queries.shape[1]
@@ -68,6 +76,16 @@ class DecoderHead(nn.Module):
         if len(self.blocks):  # the last block computes only the query rows: no loss reads the others
             x = self.blocks[-1](x, queries=m)
         return self.head(self.norm(x[:, -m:]))
+
+    def _decode_in_place(self, x: torch.Tensor, pos: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """A dense encoder's (B, N, dim) embedded tokens and the (N, dim) positions: the blocks over them, the head at
+        the query."""
+        if x.shape[1] != query.shape[1]:
+            raise ValueError(f"a dense decoder needs a token at every position: got {x.shape[1]} of {query.shape[1]}")
+        x = x + pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[query].reshape(x.shape[0], -1, self.dim)))
 
 
 class LinearHead(nn.Module):
@@ -84,20 +102,21 @@ class LinearHead(nn.Module):
         return self.proj(encoded.at(query))
 
 
-def _decoder(cfg: Any, in_dim: int, out_dim: int, pos_embed: str) -> nn.Module:
-    return DecoderHead(in_dim, out_dim, cfg.depth, cfg.dim, cfg.heads, cfg.mlp_ratio, pos_embed)
+def _decoder(cfg: Any, in_dim: int, out_dim: int, pos_embed: str, dense: bool) -> nn.Module:
+    return DecoderHead(in_dim, out_dim, cfg.depth, cfg.dim, cfg.heads, cfg.mlp_ratio, pos_embed, dense)
 
 
-def _linear(cfg: Any, in_dim: int, out_dim: int, pos_embed: str) -> nn.Module:
+def _linear(cfg: Any, in_dim: int, out_dim: int, pos_embed: str, dense: bool) -> nn.Module:
     return LinearHead(in_dim, out_dim)
 
 
-HEADS: dict[str, Callable[[Any, int, int, str], nn.Module]] = {"decoder": _decoder, "linear": _linear}
+HEADS: dict[str, Callable[[Any, int, int, str, bool], nn.Module]] = {"decoder": _decoder, "linear": _linear}
 
 
-def build_head(cfg: Any, in_dim: int, out_dim: int, pos_embed: str = "sincos_3d") -> nn.Module:
+def build_head(cfg: Any, in_dim: int, out_dim: int, pos_embed: str = "sincos_3d", dense: bool = False) -> nn.Module:
     """A head from its config (a dataclass of ``vmim.config.HEADS``); ``pos_embed`` is the backbone's kind (a
-    decoder uses the same fixed table, sincos_3d for a learned one)."""
+    decoder uses the same fixed table, sincos_3d for a learned one); ``dense``: the encoder keeps a token at every
+    position."""
     if cfg.kind not in HEADS:
         raise KeyError(f"unknown head '{cfg.kind}'; registered: {', '.join(HEADS)}")
-    return HEADS[cfg.kind](cfg, in_dim, out_dim, pos_embed)
+    return HEADS[cfg.kind](cfg, in_dim, out_dim, pos_embed, dense)

@@ -106,14 +106,19 @@ class VisionTransformer(nn.Module):
             an identity.
         rel_pos_bias: none, shared (one table for all blocks) or per_block (module docstring); needs ``video_grid``.
         layer_scale: initial value of each block's LayerScale (0 = none).
+        mask_in: where a dense encoder puts its mask token: ``tokens`` (a learned (D,) token replaces a masked token
+            after the patch embedding: SimMIM, MaskFeat) or ``pixels`` (a learned (C,) colour replaces a masked
+            tubelet's pixels before it: FastMIM).
     """
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, mlp_ratio: float = 4.0, drop_path: float = 0.0, grad_checkpointing: bool = False,
                  pos_embed: str = "sincos_3d", dense: bool = False, video_grid: tuple[int, int, int] | None = None,
                  cls_token: bool = False, global_pool: str = "avg", fc_norm: bool = False, rel_pos_bias: str = "none",
-                 layer_scale: float = 0.0):
+                 layer_scale: float = 0.0, mask_in: str = "tokens"):
         super().__init__()
+        if mask_in not in ("tokens", "pixels"):
+            raise ValueError(f"mask_in must be tokens or pixels; got {mask_in!r}")
         if global_pool not in ("avg", "token") or (global_pool == "token" and not cls_token):
             raise ValueError(f"global_pool must be avg, or token with cls_token=True; got {global_pool!r}")
         if rel_pos_bias not in REL_POS_BIASES:
@@ -125,7 +130,9 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(cls_token)
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
         self.pos_embed = PositionEmbedding(pos_embed, embed_dim, video_grid)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dense else None
+        self.mask_in = mask_in
+        token_shape = (1, 1, embed_dim) if mask_in == "tokens" else (1, in_chans, 1, 1, 1)
+        self.mask_token = nn.Parameter(torch.zeros(token_shape)) if dense else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
         block_grid = video_grid if rel_pos_bias == "per_block" else None
@@ -179,8 +186,10 @@ class VisionTransformer(nn.Module):
         (B, prefix + N_present, D), present or None)."""
         grid = self.grid(x.shape)
         present = None if mask is None or self.dense else ~mask
+        if self.dense and mask is not None and self.mask_in == "pixels":
+            x = torch.where(self._pixel_mask(mask, x.shape, grid), self.mask_token.to(x.dtype), x)
         tokens = self.patch_embed(x, present)  # visible-only: only the visible tubelets are embedded
-        if self.dense and mask is not None:
+        if self.dense and mask is not None and self.mask_in == "tokens":
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if self.pos_embed.kind != "none":
             pos = self.pos_embed(grid, x.device).to(tokens.dtype)
@@ -191,6 +200,13 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return tokens, present
+
+    def _pixel_mask(self, mask: torch.Tensor, shape: torch.Size, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, N) token mask -> (B, 1, T, H, W) over the pixels of the masked tubelets (an image's one frame stands
+        for its whole tubelet)."""
+        t, p, _ = self.patch_size
+        m = mask.view(mask.shape[0], 1, *grid)
+        return m.repeat_interleave(min(t, shape[2]), 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
 
     def _fit_bias(self, bias: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """A grid bias (h, N, N) -> the logits of the tokens the blocks see: present tokens only, (B, h, M, M), when
