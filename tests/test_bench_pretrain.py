@@ -150,3 +150,17 @@ def test_reference_is_videomae_s_model_and_loss() -> None:
     step = ReferenceStep(ref, (clip.float() / 255 - mean) / std, mask, "fp32")
     with torch.no_grad():
         torch.testing.assert_close(step.forward_loss(), method(timer.batch)["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_at_its_own_size(capsys) -> None:
+    """--baseline-own-size: the baseline config keeps its image size (a low-resolution method against a full one)."""
+    argv = ["--config", str(REPO / "configs/demo/digits.yaml"), "--modality", "image", "--steps", "1", "--warmup",
+            "0", "--no-rss", "--no-baseline", "--json", *TINY, "--baseline-own-size", "--baseline-config",
+            str(REPO / "configs/demo/digits.yaml"), "--baseline-overrides", "model.backbone=vit_test",
+            "model.patch_size=4", "data.img_size=32"]
+    assert bench_pretrain.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "data.img_size" not in out["baseline"]["forced"] and out["baseline"]["forced"]["data.batch_size"] == 2
+    variants = out["results"][0]["variants"]
+    assert variants["config"]["input"] == [1, 16, 16] and variants["baseline"]["input"] == [1, 32, 32]
+    assert variants["baseline"]["tokens"] == 4 * variants["config"]["tokens"]

@@ -13,8 +13,10 @@ and variants are timed in interleaved rounds so that machine noise hits them ali
   predicting all encoder-masked tokens, the VideoMAE V2 decoder-masking baseline;
 * ``baseline`` (``--baseline-config PATH`` [``--baseline-overrides k=v ...``]): another config's step (e.g. VideoMAE
   ViT-B against MaskFeat MViT-S) at this config's input: its data.img_size, data.num_frames, data.batch_size,
-  train.precision and train.device are forced to this config's (printed, with the values they replace). Give
-  ``--baseline-overrides`` after the main config's own overrides: it takes every ``k=v`` that follows.
+  train.precision and train.device are forced to this config's (printed, with the values they replace);
+  ``--baseline-own-size`` leaves it its own data.img_size and data.num_frames (a low-resolution method against one at
+  full resolution, per sample). Give ``--baseline-overrides`` after the main config's own overrides: it takes every
+  ``k=v`` that follows.
 
 * ``reference`` (``--baseline videomae``): the model a user would otherwise run, at this config's shapes (its ViT
   size, patch, tubelet, decoder, input, batch and encoder mask): VideoMAE's own pre-training step rebuilt from timm
@@ -532,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time this config's step, at --config's input (img_size, frames, batch, precision)")
     parser.add_argument("--baseline-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of --baseline-config (give them after the main config's overrides)")
+    parser.add_argument("--baseline-own-size", action="store_true",
+                        help="the --baseline-config keeps its own data.img_size and data.num_frames (e.g. FastMIM at "
+                             "128 px against MAE at 224 px: per-sample cost at each method's resolution)")
     parser.add_argument("--baseline", choices=sorted(REFERENCES), dest="reference",
                         help="also time a reference model at this config's shapes (videomae: VideoMAE's own step)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], metavar="P",
@@ -569,12 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = {n: (args.config, overrides + variant_overrides(cfg, n)) for n in names}
     summary: dict[str, Any] = {"config": args.config, "backbone": cfg.model.backbone, "overrides": overrides}
     if args.baseline_config:
-        forced = {key: _get(cfg, key) for key in FORCED_KEYS}
+        keys = FORCED_KEYS[2:] if args.baseline_own_size else FORCED_KEYS
+        forced = {key: _get(cfg, key) for key in keys}
         base_cfg, base_overrides = load_bench_config(
             args.baseline_config, args.baseline_overrides + [f"{k}={v}" for k, v in forced.items()])
         try:
             own, _ = load_bench_config(args.baseline_config, args.baseline_overrides)
-            replaced = {k: _get(own, k) for k in FORCED_KEYS if _get(own, k) != forced[k]}
+            replaced = {k: _get(own, k) for k in keys if _get(own, k) != forced[k]}
         except ConfigError:  # valid only at the forced input
             replaced = {}
         variants["baseline"] = (args.baseline_config, base_overrides)
