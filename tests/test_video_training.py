@@ -112,8 +112,8 @@ def test_maskfeat_pretrains_on_a_video_list(tmp_path, video_list, method, model)
         f"output_dir={tmp_path}", *model, "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}",
         "data.datasets.clips.missing=drop", "data.datasets.clips.stride=2", "data.max_bad_fraction=0.5",
         "data.img_size=32", "data.num_frames=4", "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=4",
-        "train.epochs=1", "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false",
-        "log.image_every_steps=0"]
+        "train.epochs=1", "train.precision=fp32", "optim.warmup_epochs=0", "log.every_steps=1",
+        "log.progress_bar=false", "log.image_every_steps=0"]  # fp32: auto is bf16 on AVX512-BF16 CPUs
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
                            str(REPO / f"configs/methods/{method}.yaml"), *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -135,7 +135,7 @@ def test_dense_image_methods_pretrain_on_a_video_list(tmp_path, video_list, meth
         f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=8", "model.tubelet_size=2", *extra,
         "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}", "data.datasets.clips.missing=drop",
         "data.datasets.clips.stride=2", "data.max_bad_fraction=0.5", "data.img_size=32", "data.num_frames=4",
-        "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=3", "train.epochs=1",
+        "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=3", "train.epochs=1", "train.precision=fp32",
         "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0"]
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
                            str(REPO / f"configs/methods/{method}.yaml"), *overrides],
