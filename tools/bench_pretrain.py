@@ -469,7 +469,8 @@ def print_table(summary: dict) -> None:
     if base:
         forced = ", ".join(f"{k}={v}" + (f" (file: {base['replaced'][k]})" if k in base["replaced"] else "")
                            for k, v in base["forced"].items())
-        print(f"baseline: {base['backbone']} ({base['config']}) at this config's input, forced: {forced}")
+        where = "at this config's input" if "data.img_size" in base["forced"] else "at its own input size"
+        print(f"baseline: {base['backbone']} ({base['config']}) {where}, forced: {forced}")
     mem_key, mem_label = ("cuda_peak_mib", "CUDA peak MiB") if first["device"].startswith("cuda") \
         else ("peak_rss_mib", "peak RSS MiB")
     for r in summary["results"]:
