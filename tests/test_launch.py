@@ -122,3 +122,13 @@ def test_signal_during_job_start_up_is_kept_for_the_trainer(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "requested requeue" in proc.stdout
+
+
+def test_master_port_is_the_jobs_own_and_below_the_ephemeral_range():
+    """Every task of a job derives the same port from the job id, outside the kernel's ephemeral range, where another
+    process's socket could already hold it (rank 0 then fails with EADDRINUSE and the others wait forever)."""
+    from vmim.launch.job import master_port
+
+    ports = {job: master_port(job) for job in ("371", "372", "4242_3", "4242_4")}
+    assert ports["371"] == master_port("371")
+    assert all(20000 <= p < 32768 for p in ports.values()) and len(set(ports.values())) == 4

@@ -3,9 +3,9 @@ config's ``task``) or evaluation, requeue on preemption.
 
 submitit pickles a :class:`PretrainJob` and calls it in each task. The task exports torch.distributed's env://
 variables from submitit's job environment (rank, world size, local rank, master = first node, port derived from
-the job id), then runs :func:`vmim.engine.pretrain.pretrain` or :func:`vmim.engine.finetune.finetune`, which pick
-gloo or NCCL and the local GPU and resume from the run's newest complete checkpoint (``resume=auto``), or
-:func:`vmim.engine.eval_run.run_eval` for ``vmim submit --eval``.
+the job id below the kernel's ephemeral port range), then runs :func:`vmim.engine.pretrain.pretrain` or
+:func:`vmim.engine.finetune.finetune`, which pick gloo or NCCL and the local GPU and resume from the run's newest
+complete checkpoint (``resume=auto``), or :func:`vmim.engine.eval_run.run_eval` for ``vmim submit --eval``.
 
 Signals are the trainer's own (:mod:`vmim.engine.preemption`), replacing submitit's: they checkpoint at a step
 boundary on every rank instead of inside a signal handler. After a SIGUSR2 stop, rank 0 runs ``scontrol requeue``
@@ -19,6 +19,8 @@ import logging
 import os
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
@@ -28,10 +30,30 @@ from ..signals import ignore_stop_signals
 log = logging.getLogger("vmim")
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+"""The kernel's range for outgoing and port-0 sockets: a master port inside it can be taken by any of them."""
+
+
+def master_port(job_id: str) -> int:
+    """The job's rendezvous port: derived from the job id (every task computes the same one), from 20000 up to the
+    kernel's ephemeral range (Linux: 32768). submitit draws from 20000-60000, mostly inside that range, where another
+    process's connection or ``bind(0)`` socket can hold it: rank 0 then fails with EADDRINUSE while the others wait
+    for its store until the job is cancelled (seen in CI)."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return 20000 + zlib.crc32(job_id.encode()) % max(1000, low - 20000)
+
+
 def export_distributed_env() -> int:
-    """Set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the Slurm/submitit job; returns the rank."""
+    """Set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the Slurm/submitit job (the port: :func:`master_port`
+    unless MASTER_PORT is set); returns the rank."""
+    import submitit
     from submitit.helpers import TorchDistributedEnvironment
 
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(master_port(str(submitit.JobEnvironment().job_id)))
     env = TorchDistributedEnvironment()
     env.export(set_cuda_visible_devices=False, overwrite=True)  # one task per GPU: cuda:LOCAL_RANK
     return env.rank
