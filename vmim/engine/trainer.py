@@ -309,6 +309,8 @@ class Trainer:
                 for hook in self.hooks:
                     hook.after_train(self)
                 self.log.info(f"done: {self.state.step} steps, {self.state.skipped_steps} skipped")
+                if self.dist.world_size > 1:  # leave together: a rank tearing down its process group while another
+                    dist.barrier()  # still writes the gathered last.pt aborted once ("terminate called ...", CI)
                 return self.state
         finally:
             self.close()
