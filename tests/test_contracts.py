@@ -8,7 +8,8 @@ encoded tokens, a loss's known answer), a registry test fails until the new kind
   ``forward_intermediates``, ``no_weight_decay``, ``group_matcher``, every position embedding. Backbones under
   :data:`REAL_FORWARD_PARAMS` parameters run real forwards on tiny inputs; the others are checked on the meta device
   (no memory, no init), where the visible-only gather (a data-dependent shape) cannot run.
-* Maskings (``vmim.masking``): bool, flat, the exact count, deterministic per seed, varying across seeds.
+* Maskings (``vmim.masking``): bool, flat (a windowed one: over its window tokens, with in-grid window indices), the
+  exact count, deterministic per seed, varying across seeds.
 * Targets (``vmim.targets``): no trainable state, ``(B, N, D)`` float32 without grad, also under autocast.
 * Heads (``vmim.models.heads``): ``(B, M, out_dim)`` for visible-only and dense encoders, batch order, gradients.
 * Losses and token sets (``vmim.meta_arch``): shapes, zeros, known answers by hand.
@@ -16,6 +17,8 @@ encoded tokens, a loss's known answer), a registry test fails until the new kind
 """
 
 from __future__ import annotations
+
+import math
 
 import dataclasses
 import functools
@@ -30,7 +33,7 @@ from timm.models import group_parameters
 from tests.conftest import clip_batch, make_mask, rng
 from vmim import config
 from vmim.config import load_config, video_grid
-from vmim.masking import MASKINGS, build_mask_generator, build_mask_generators
+from vmim.masking import MASKINGS, WindowedMask, build_mask_generator, build_mask_generators, draw_masks
 from vmim.meta_arch import LOSSES, TOKEN_SETS, build_loss, build_method
 from vmim.meta_arch.losses import weighted_mean
 from vmim.models import BACKBONES, HEADS, DecoderHead, EncoderOutput, InputNormalizer, LinearHead, build_head
@@ -388,19 +391,29 @@ def mask_generator(kind: str):
 @pytest.mark.parametrize("grid", MASK_GRIDS, ids=str)
 @pytest.mark.parametrize("kind", list(MASKINGS))
 def test_masking_contract(kind, grid):
+    """A mask over the grid's N tokens (a windowed kind: over its K x w window tokens, with each window's grid
+    indices), the registered count masked, a function of the seed, not the same for every seed."""
     gen = mask_generator(kind)
-    n = grid[0] * grid[1] * grid[2]
+    windowed = isinstance(gen(grid, rng(0)), WindowedMask)
+    n = gen(grid, rng(0)).mask.size if windowed else grid[0] * grid[1] * grid[2]
     count = gen.num_masked(grid)
     assert 0 < count < n, "at least one token masked and one visible"
     ratio = config.MASKINGS[kind]().ratio_image if grid[0] == 1 else config.MASKINGS[kind]().ratio_video
     assert abs(count / n - ratio) <= 1 / (grid[1] * grid[2]), f"{count} of {n} masked for ratio {ratio}"
     patterns = set()
     for seed in MASK_SEEDS:
-        mask = gen(grid, rng(seed))
+        drawn, again = gen(grid, rng(seed)), gen(grid, rng(seed))
+        mask = drawn.mask if windowed else drawn
         assert isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (n,)
         assert int(mask.sum()) == count
-        assert np.array_equal(gen(grid, rng(seed)), mask), "not a function of the generator's seed"
-        patterns.add(mask.tobytes())
+        assert np.array_equal(again.mask if windowed else again, mask), "not a function of the generator's seed"
+        pattern = mask.tobytes()
+        if windowed:
+            assert drawn.windows.dtype == np.int64 and drawn.windows[0].size * len(drawn.windows) == n
+            assert 0 <= drawn.windows.min() and drawn.windows.max() < math.prod(grid)
+            assert np.array_equal(again.windows, drawn.windows)
+            pattern += drawn.windows.tobytes()
+        patterns.add(pattern)
     assert len(patterns) > 1, f"the same mask for all of {len(MASK_SEEDS)} seeds"
 
 
@@ -822,8 +835,8 @@ def test_shipped_config_masks_serve_its_token_sets(path):
         per_sample = []
         for seed in range(3):  # as the data pipeline: every mask of a sample from that sample's generator, in order
             g = rng(seed)
-            per_sample.append({role: gen(grid, g) for role, gen in generators.items()})
-        masks = {role: torch.from_numpy(np.stack([m[role] for m in per_sample])) for role in generators}
+            per_sample.append(draw_masks(generators, grid, g))
+        masks = {role: torch.from_numpy(np.stack([m[role] for m in per_sample])) for role in per_sample[0]}
         for name, t in cfg.targets.items():
             query, weight = TOKEN_SETS[t.token_set](masks)
             counts = query.sum(1)

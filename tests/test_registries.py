@@ -70,9 +70,12 @@ def test_package_registry_equals_config_mapping(family):
     assert package == cfg, f"{family}: same names in another order: package {package} vs vmim.config {cfg}"
 
 
-def test_decoder_maskings_are_the_maskings_plus_none():
-    assert list(config.DECODER_MASKINGS) == ["none", *config.MASKINGS]
-    assert all(config.DECODER_MASKINGS[k] is config.MASKINGS[k] for k in config.MASKINGS)
+def test_decoder_maskings_are_the_grid_maskings_plus_none():
+    """Every masking over the grid can be a decoder mask; a windowed one (LoMaR: over window tokens) cannot."""
+    grid_kinds = [k for k, c in config.MASKINGS.items() if getattr(c, "decoder_mask", True)]
+    assert "window" in config.MASKINGS and "window" not in grid_kinds
+    assert list(config.DECODER_MASKINGS) == ["none", *grid_kinds]
+    assert all(config.DECODER_MASKINGS[k] is config.MASKINGS[k] for k in grid_kinds)
 
 
 # ----------------------------------------------------------------------------------------------------

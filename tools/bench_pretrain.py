@@ -83,7 +83,7 @@ from vmim.engine.compile import compile_blocks
 from vmim.engine.optim import build_optimizer
 from vmim.engine.precision import autocast, resolve_device, resolve_precision
 from vmim.engine.throughput import measure_matmul_tflops, peak_tflops, step_flops
-from vmim.masking import build_mask_generators
+from vmim.masking import build_mask_generators, draw_masks
 from vmim.meta_arch import build_method
 from vmim.models.vit import VIT_SIZES
 
@@ -212,13 +212,17 @@ class StepTimer:
         clip = torch.randint(0, 256, (b, cfg.model.in_chans, frames, s, s), dtype=torch.uint8, device=self.device)
         self.grid = self.model.backbone.grid(clip.shape)
         rng = np.random.default_rng(0)
-        masks = {name: torch.from_numpy(np.stack([gen(self.grid, rng) for _ in range(b)])).to(self.device)
-                 for name, gen in build_mask_generators(cfg).items()}
+        generators = build_mask_generators(cfg)
+        drawn = [draw_masks(generators, self.grid, rng) for _ in range(b)]
+        masks = {name: torch.from_numpy(np.stack([d[name] for d in drawn])).to(self.device) for name in drawn[0]}
         self.batch = {"clip": clip, "masks": masks}
+        encoded = masks["encoder"].shape[1]  # the grid's tokens, or a windowed encoder's window tokens
         self.info = {"backbone": cfg.model.backbone, "optimizer": f"AdamW {self.optimizer.impl}", "modality": modality,
                      "batch": b, "input": [frames, s, s],
                      "device": str(self.device), "precision": self.precision, "tokens": int(np.prod(self.grid)),
-                     "visible_tokens": int(np.prod(self.grid)) - int(masks["encoder"][0].sum())}
+                     "visible_tokens": encoded - int(masks["encoder"][0].sum())}
+        if "encoder_windows" in masks:
+            self.info["window_tokens"] = encoded
         if "decoder" in masks:
             self.info["decoder_kept_tokens"] = int((~masks["decoder"][0]).sum())
         self.flops = step_flops(self.model, self.batch)  # model FLOPs of one step (forward + backward)

@@ -232,7 +232,7 @@ BACKBONES: dict[str, type] = {**{name: ViTConfig for name in VIT_NAMES},
 @dataclass
 class MaskingConfig(Entry):
     kind: str = "tube"
-    """A registered masking (random, tube, cube, running_cell)."""
+    """A registered masking (random, tube, cube, running_cell, window)."""
     ratio_video: float = 0.9
     """Fraction of tokens masked in clips with more than one token in time."""
     ratio_image: float = 0.75
@@ -311,6 +311,40 @@ class RunningCellMaskingConfig(MaskingConfig):
 
 
 @dataclass
+class WindowMaskingConfig(MaskingConfig):
+    """LoMaR: K random local windows per sample, a ratio of each window's tokens masked; the encoder runs each window
+    as its own dense sequence (``vmim.masking.window_mask``). Needs the dense ViT (mask token on tokens) and a
+    relative position bias (LoMaR has no absolute positions); an encoder mask only (no decoder masking)."""
+
+    kind: str = "window"
+    ratio_video: float = 0.8
+    ratio_image: float = 0.8
+    num_windows: int = 4
+    """Windows per sample (LoMaR: 4)."""
+    window_size: int = 7
+    """Window side in tokens (LoMaR: 7, i.e. 7x7 patches of 16 px)."""
+    window_frames: int = 0
+    """Window length in tokens in time; 0 = the whole clip (space-time tubes)."""
+    decoder_mask = False
+    """Not a decoder masking (a class attribute, not a key)."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        _check(self.num_windows >= 1, f"{key}.num_windows", f"{self.num_windows} must be >= 1")
+        _check(self.window_frames >= 0, f"{key}.window_frames", f"{self.window_frames} must be >= 0 (0 = all)")
+        _, h, w = video_grid(cfg)
+        _check(1 < self.window_size <= min(h, w), f"{key}.window_size",
+               f"{self.window_size} tokens must be in 2..{min(h, w)} (the {h}x{w} token grid of data.img_size)")
+        m = cfg.model
+        _check(isinstance(m, ViTConfig) and m.dense and m.mask_in == "tokens", "model.dense",
+               "local windows (masking.kind=window) run on the dense ViT: set model.dense=true (mask_in tokens), with "
+               "a vit_* backbone")
+        _check(m.rel_pos_bias != "none" or m.pos_embed != "none", "model.rel_pos_bias",
+               "a windowed encoder without positions sees a bag of tokens: set model.rel_pos_bias (LoMaR: per_block) "
+               "or a model.pos_embed")
+
+
+@dataclass
 class NoMaskingConfig(Entry):
     """No mask of this role (the default decoder masking: the decoder predicts every encoder-masked token)."""
 
@@ -318,8 +352,9 @@ class NoMaskingConfig(Entry):
 
 
 MASKINGS: dict[str, type] = {"random": RandomMaskingConfig, "tube": TubeMaskingConfig, "cube": CubeMaskingConfig,
-                             "running_cell": RunningCellMaskingConfig}
-DECODER_MASKINGS: dict[str, type] = {"none": NoMaskingConfig, **MASKINGS}
+                             "running_cell": RunningCellMaskingConfig, "window": WindowMaskingConfig}
+DECODER_MASKINGS: dict[str, type] = {"none": NoMaskingConfig,
+                                     **{k: c for k, c in MASKINGS.items() if getattr(c, "decoder_mask", True)}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -835,7 +870,7 @@ class Config:
     model: Any = None
     """The backbone: ``backbone`` names it and picks its keys (ViTConfig for vit_*)."""
     masking: Any = None
-    """The encoder's mask: ``kind`` random, tube, cube or running_cell, with that kind's keys."""
+    """The encoder's mask: ``kind`` random, tube, cube, running_cell or window (LoMaR), with that kind's keys."""
     decoder_masking: Any = None
     """A second mask for the decoder (VideoMAE V2: running_cell 0.5); kind none (default) = no decoder mask."""
     targets: Dict[str, Any] = field(default_factory=dict)

@@ -10,6 +10,13 @@ Contract: a generator returns a flat bool array of ``T'*H'*W'`` entries in (t, h
 True = masked, with exactly :func:`num_masked` True entries, so every sample of a batch (same grid,
 same ratio) hides the same number of tokens and visible tokens can be gathered with a reshape.
 
+Windowed masks (LoMaR, :func:`window_mask`) are the one exception, and a seam of their own: the encoder does not see
+the grid but K local windows of it, each as its own sequence, so the mask is over the K x w window tokens, and a
+:class:`WindowedMask` carries it with the windows' grid indices (windows may overlap, so no (N,) mask can say which
+copy of a token is hidden). :func:`draw_masks` turns it into two batch entries, ``encoder`` (the mask over window
+tokens, still the same count per sample) and ``encoder_windows``; the backbone encodes the windows, and the method
+gathers the targets at the window tokens, so heads, losses and token sets work unchanged.
+
 Registry: :data:`MASKINGS` maps a config ``kind`` to its function ``fn(grid, ratio, rng, **keys)``, where ``keys``
 are the kind's own config keys (``vmim.config.MASKINGS`` holds their dataclasses), so a new masking is one function
 here plus one dataclass and one registry line in the config.
@@ -127,6 +134,68 @@ def running_cell_mask(grid: Grid, ratio: float, rng: np.random.Generator) -> np.
     return np.stack(slices).ravel()
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowedMask:
+    """A mask over the tokens of K local windows (LoMaR) rather than over the grid.
+
+    Attributes:
+        mask: bool ``(K * w,)``, True = masked, window-major (window k's ``w`` tokens in (t, h, w) row-major order).
+        windows: int64 ``(K, wt, wh, ww)``: the grid index (row-major over ``(T', H', W')``) of each window token.
+    """
+
+    mask: np.ndarray
+    windows: np.ndarray
+
+
+def window_mask(grid: Grid, ratio: float, rng: np.random.Generator, num_windows: int = 4, window_size: int = 7,
+                window_frames: int = 0) -> WindowedMask:
+    """LoMaR: ``num_windows`` windows of ``window_frames`` x ``window_size``² tokens (frames 0 = all T'), each with
+    exactly ``round(ratio * w)`` of its ``w`` tokens masked, uniformly at random.
+
+    Window origins are drawn per sample from that sample's generator (the reference draws one set of offsets for the
+    whole batch and pairs them so that each image gets a single window four times: not copied). As the reference,
+    the K top offsets are distinct, and so are the K left offsets (``permutation(H' - k + 1)[:K]``); a sample's windows
+    may overlap, and a token in two windows is encoded in each, in its own context with its own mask draw. The
+    temporal offset is uniform. Grids smaller than a window shrink it to the grid.
+    """
+    t, h, w = grid
+    wt = t if window_frames <= 0 else min(window_frames, t)
+    wh, ww = min(window_size, h), min(window_size, w)
+    tops, lefts = _offsets(h - wh + 1, num_windows, rng), _offsets(w - ww + 1, num_windows, rng)
+    starts = rng.integers(0, t - wt + 1, size=num_windows)
+    cells = np.arange(t * h * w).reshape(t, h, w)
+    windows = np.stack([cells[s:s + wt, top:top + wh, left:left + ww] for s, top, left in zip(starts, tops, lefts)])
+    size = wt * wh * ww
+    mask = np.stack([random_mask((1, 1, size), ratio, rng) for _ in range(num_windows)]).reshape(-1)
+    return WindowedMask(mask, windows.astype(np.int64))
+
+
+def _offsets(choices: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct offsets in [0, choices) in random order; repeats only when there are fewer choices."""
+    distinct = rng.permutation(choices)[:count]
+    return np.concatenate([distinct, rng.integers(0, choices, size=count - len(distinct))])
+
+
+def window_count(grid: Grid, ratio: float, num_windows: int = 4, window_size: int = 7, window_frames: int = 0
+                 ) -> int:
+    """Window tokens hidden by :func:`window_mask` (of ``num_windows`` x w encoded)."""
+    wt = grid[0] if window_frames <= 0 else min(window_frames, grid[0])
+    return num_windows * num_masked((wt, min(window_size, grid[1]), min(window_size, grid[2])), ratio)
+
+
+def draw_masks(generators: dict[str, "MaskGenerator"], grid: Grid, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One sample's masks, drawn in order from its generator: ``name`` -> bool mask; a windowed mask adds
+    ``<name>_windows`` (its window indices: :class:`WindowedMask`)."""
+    masks = {}
+    for name, make in generators.items():
+        drawn = make(grid, rng)
+        if isinstance(drawn, WindowedMask):
+            masks[name], masks[f"{name}_windows"] = drawn.mask, drawn.windows
+        else:
+            masks[name] = drawn
+    return masks
+
+
 class MaskGenerator:
     """Picks the ratio for a grid (image vs video) and calls one strategy.
 
@@ -148,8 +217,8 @@ class MaskGenerator:
         """How many tokens every mask of this grid hides (the same for every draw)."""
         return MASK_COUNTS[self.kind](grid, self.ratio(grid), **self.strategy_kwargs)
 
-    def __call__(self, grid: Grid, rng: np.random.Generator) -> np.ndarray:
-        """Bool mask (T'*H'*W',), True = masked."""
+    def __call__(self, grid: Grid, rng: np.random.Generator) -> np.ndarray | WindowedMask:
+        """Bool mask (T'*H'*W',), True = masked; a windowed kind's :class:`WindowedMask`."""
         return MASKINGS[self.kind](grid, self.ratio(grid), rng, **self.strategy_kwargs)
 
 
@@ -161,12 +230,13 @@ def cube_count(grid: Grid, ratio: float, unit_size: Sequence[int] = (1, 1, 1), *
 
 
 MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask,
-                               "running_cell": running_cell_mask}
+                               "running_cell": running_cell_mask, "window": window_mask}
 MASK_COUNTS: dict[str, Callable[..., int]] = {
     "random": cube_count,
     "tube": lambda grid, ratio: grid[0] * num_masked((1, grid[1], grid[2]), ratio),
     "cube": cube_count,
     "running_cell": lambda grid, ratio: int(4 * ratio) * grid[0] * grid[1] * grid[2] // 4,
+    "window": window_count,
 }
 """Kind -> ``(grid, ratio, **keys) -> masked token count``: each kind hides a fixed count, which the tests hold
 every draw to."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from ..masking import MaskGenerator
+from ..masking import MaskGenerator, draw_masks
 from ..models.grid import token_grid
 from .bad_files import Failure, failure_reason
 from .isolation import IsolatedWorker
@@ -146,13 +146,13 @@ class MaskedClipDataset:
         if self.clip_transform is not None:  # e.g. fine-tuning's RandAugment, from the same per-sample generator
             clips = [(self.clip_transform(clip, rng), label) for clip, label in clips]
         grid = token_grid(clips[0][0].shape, self.patch_size)
-        masks = [{name: torch.from_numpy(make(grid, rng)) for name, make in self.mask_generators.items()}
+        masks = [{name: torch.from_numpy(m) for name, m in draw_masks(self.mask_generators, grid, rng).items()}
                  for _ in clips]
         if self.repeat == 1:
             (clip, label), = clips
             return {"clip": clip, "masks": masks[0], "label": label, "dataset": dataset, "bad": failures}
         return {"clip": torch.stack([c for c, _ in clips]),
-                "masks": {name: torch.stack([m[name] for m in masks]) for name in self.mask_generators},
+                "masks": {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
                 "label": torch.tensor([label for _, label in clips]), "dataset": dataset, "bad": failures}
 
     def __getitem__(self, key: SampleKey) -> dict:

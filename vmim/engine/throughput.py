@@ -170,8 +170,12 @@ def _masked_modeling(m: MaskedModeling, batch: Mapping[str, Any]) -> tuple[int, 
     shape, masks = tuple(batch["clip"].shape), batch["masks"]
     first = {k: v[:1] for k, v in masks.items()}  # every sample has the same counts
     n_masked = int(first["encoder"].sum())
-    n_in = encoded_tokens(m.backbone, shape, n_masked)
-    trained, frozen = module_macs(m.backbone, shape, n_masked), 0
+    if "encoder_windows" in masks:  # LoMaR: K windows of w tokens, each its own sequence
+        k, w = masks["encoder_windows"].shape[1], math.prod(masks["encoder_windows"].shape[2:])
+        n_in, trained = k * w, module_macs(m.backbone, shape, n_masked, windows=(k, w))
+    else:
+        n_in, trained = encoded_tokens(m.backbone, shape, n_masked), module_macs(m.backbone, shape, n_masked)
+    frozen = 0
     for name, head in m.heads.items():
         query, _ = TOKEN_SETS[m.token_sets[name]](first)
         trained += module_macs(head, shape[0], n_in, int(query.sum()))

@@ -9,6 +9,7 @@ set (:mod:`vmim.meta_arch.token_sets`), so MAE, VideoMAE, VideoMAE V2, MaskFeat 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,6 +23,25 @@ from .losses import LossFn, build_loss, weighted_mean
 from .token_sets import TOKEN_SETS
 
 Batch = dict[str, Any]
+
+
+def _slots(masks: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """(B, L) grid index of each encoder token slot when the encoder ran over local windows (LoMaR), else None (the
+    slots are the grid)."""
+    windows = masks.get("encoder_windows")
+    return None if windows is None else windows.flatten(1)
+
+
+def _at_slots(values: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    """Per-grid-token (B, N, D) values -> per slot (B, L, D) (a window token takes its grid cell's target)."""
+    return values if slots is None else values.gather(1, slots.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+def _upsample(tokens: torch.Tensor, grid: tuple[int, int, int], patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """(B, N) per-token values -> (B, 1, T, H, W) per pixel (each token's tubelet)."""
+    t, p, _ = patch_size
+    x = tokens.float().view(-1, 1, *grid)
+    return x.repeat_interleave(t, 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
 
 
 def _head_width(backbone: nn.Module, block: int | None, key: str) -> int:
@@ -86,14 +106,15 @@ class MaskedModeling(nn.Module):
                                             dense=getattr(backbone, "dense", True))
         return method
 
-    def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, EncoderOutput]:
-        """uint8 clip (B, C, T, H, W) and encoder mask (B, N) -> ([0, 1] pixels, encoder output with the blocks the
-        heads read)."""
+    def encode(self, clip: torch.Tensor, mask: torch.Tensor | None = None, windows: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, EncoderOutput]:
+        """uint8 clip (B, C, T, H, W) and encoder mask (B, N) (with LoMaR's ``windows`` (B, K, wt, wh, ww): (B, K*w)
+        over the window tokens) -> ([0, 1] pixels, encoder output with the blocks the heads read)."""
         pixels = self.normalizer.pixels(clip)
-        blocks = sorted(set(self.head_blocks.values()))
-        if blocks:
-            return pixels, self.backbone(self.normalizer(pixels), mask, blocks=blocks)
-        return pixels, self.backbone(self.normalizer(pixels), mask)
+        kwargs = {"blocks": sorted(set(self.head_blocks.values()))} if self.head_blocks else {}
+        if windows is not None:  # only a backbone that runs local windows takes them
+            kwargs["windows"] = windows
+        return pixels, self.backbone(self.normalizer(pixels), mask, **kwargs)
 
     def after_step(self, step: int, total_steps: int) -> None:
         """After optimizer step ``step`` (1-based) of ``total_steps``: targets that follow the student update."""
@@ -103,7 +124,7 @@ class MaskedModeling(nn.Module):
     def predict(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """[0, 1] pixels and, per target, (query (B, N) bool, loss weight (B, M), prediction (B, M, D))."""
         masks = batch["masks"]
-        pixels, encoded = self.encode(batch["clip"], masks["encoder"])
+        pixels, encoded = self.encode(batch["clip"], masks["encoder"], masks.get("encoder_windows"))
         out = {}
         for name, head in self.heads.items():
             query, weight = TOKEN_SETS[self.token_sets[name]](masks)
@@ -116,8 +137,9 @@ class MaskedModeling(nn.Module):
         pixels, predictions = self.predict(batch)
         losses: dict[str, torch.Tensor] = {}
         total = pixels.new_zeros(())
+        slots = _slots(batch["masks"])
         for name, (query, weight, pred) in predictions.items():
-            target = self.targets[name](pixels)
+            target = _at_slots(self.targets[name](pixels), slots)
             target = target[query].reshape(query.shape[0], -1, target.shape[-1])
             loss = weighted_mean(self.losses[name](pred.float(), target), weight)
             losses[f"loss/{name}"] = loss
@@ -139,17 +161,26 @@ class MaskedModeling(nn.Module):
         to pixels; (3, rows*H, cols*W) in [0, 1], or None when no target does."""
         batch = {"clip": batch["clip"][:max_items], "masks": {k: m[:max_items] for k, m in batch["masks"].items()}}
         pixels, predictions = self.predict(batch)
+        grid, slots, encoder_mask = self.backbone.grid(pixels.shape), _slots(batch["masks"]), batch["masks"]["encoder"]
+        if slots is None:
+            keep, fill = ~encoder_mask, encoder_mask
+        else:  # windows: visible = seen in some window; filled = predicted there and seen in none; the rest stays black
+            seen = pixels.new_zeros(pixels.shape[0], math.prod(grid)).scatter_add_(1, slots, (~encoder_mask).float())
+            keep = seen > 0
         for name, (query, _, pred) in predictions.items():
             full = self.targets[name](pixels)  # the clean clip's targets, the prediction written over its positions
-            full[query] = pred.float().reshape(-1, full.shape[-1])
+            if slots is None:
+                full[query] = pred.float().reshape(-1, full.shape[-1])
+            else:
+                rows = slots[query].reshape(query.shape[0], -1)
+                full.scatter_(1, rows.unsqueeze(-1).expand(-1, -1, full.shape[-1]), pred.float())
+                fill = torch.zeros_like(keep).scatter_(1, rows, True) & ~keep
             recon = self.targets[name].to_pixels(full, pixels)
             if recon is None:
                 continue
-            t, p, _ = self.backbone.patch_size
-            keep = (~batch["masks"]["encoder"]).float().view(-1, 1, *self.backbone.grid(pixels.shape))
-            keep = keep.repeat_interleave(t, 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
+            keep_px, fill_px = (_upsample(m, grid, self.backbone.patch_size) for m in (keep, fill))
             frames = [x[:, :3, 0].expand(-1, 3, -1, -1).clamp(0, 1) if x.shape[1] == 1 else x[:, :3, 0].clamp(0, 1)
-                      for x in (pixels, pixels * keep, recon * (1 - keep) + pixels * keep)]
+                      for x in (pixels, pixels * keep_px, recon * fill_px + pixels * keep_px)]
             rows = [torch.cat(list(f), dim=-1) for f in frames]  # each (C, H, B*W)
             return torch.cat(rows, dim=-2)
         return None

@@ -43,12 +43,16 @@ class EncoderOutput:
         grid: ``(T', H', W')``.
         blocks: requested block index (as asked, e.g. -1) -> that block's output ``(B, N_present, D_i)`` before the
             final norm, class token dropped, at the same positions as ``tokens``.
+        index: int ``(B, L)``: the grid position of each of the ``L`` tokens when the encoder ran over local windows
+            (LoMaR: ``L`` = K windows x w tokens, window-major; a position in two windows appears twice), else None.
+            Token sets and masks then address these ``L`` slots, not the grid.
     """
 
     tokens: torch.Tensor
     present: torch.Tensor | None
     grid: Grid
     blocks: dict[int, torch.Tensor] = field(default_factory=dict)
+    index: torch.Tensor | None = None
 
     def select(self, block: int | None) -> "EncoderOutput":
         """This output with ``tokens`` replaced by block ``block``'s (None: unchanged).

@@ -13,7 +13,8 @@ configuration without a table of sizes, and they cost microseconds (no tensors):
 step. The arguments, per kind:
 
 * backbone ``(m, shape, n_masked=0)``: ``shape`` = the input ``(B, C, T, H, W)``; ``n_masked`` = masked tokens per
-  sample, which a visible-only ViT does not encode (dense backbones ignore it);
+  sample, which a visible-only ViT does not encode (dense backbones ignore it); a ViT also takes ``windows=(K, w)``
+  (LoMaR's local windows);
 * head ``(m, batch, n_in, n_query)``: ``n_in`` encoder tokens per sample in, ``n_query`` predicted positions out;
 * classifier ``(m, shape)``: the backbone's pooled features and the linear layer.
 
@@ -187,10 +188,15 @@ def encoded_tokens(backbone: nn.Module, shape: Sequence[int], n_masked: int = 0)
 
 
 @macs_for(VisionTransformer)
-def _vit(m: VisionTransformer, shape: Sequence[int], n_masked: int = 0) -> int:
+def _vit(m: VisionTransformer, shape: Sequence[int], n_masked: int = 0, windows: Sequence[int] | None = None) -> int:
     """Patch embedding of the encoded tokens (visible-only: the visible ones; an image is repeated to the tubelet),
-    then the blocks over the class token and the encoded tokens."""
+    then the blocks over the class token and the encoded tokens; with ``windows`` (K, w) (LoMaR), the blocks over
+    B x K sequences of the class token and w window tokens."""
     b = shape[0]
+    if windows is not None:
+        k, w = windows
+        return _conv(m.patch_embed.proj, b * k * w) + sum(block_macs(blk, b * k, m.num_prefix_tokens + w)
+                                                           for blk in m.blocks)
     encoded = encoded_tokens(m, shape, n_masked)
     length = m.num_prefix_tokens + encoded
     return _conv(m.patch_embed.proj, b * encoded) + sum(block_macs(blk, b, length) for blk in m.blocks)

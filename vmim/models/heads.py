@@ -65,8 +65,8 @@ class DecoderHead(nn.Module):
         """encoded tokens (B, N_present, in_dim), query (B, N) bool -> (B, M, out_dim)."""
         x = self.embed(encoded.tokens)
         pos = self.pos_table(encoded.grid, self.dim, x.device).to(x.dtype)
-        if self.dense:
-            return self._decode_in_place(x, pos, query)
+        if self.dense:  # a windowed encoder's tokens (LoMaR) take the positions of the grid cells they stand for
+            return self._decode_in_place(x, pos if encoded.index is None else pos[encoded.index], query)
         x = x + (pos if encoded.present is None else _gather(pos, encoded.present))
         queries = self.mask_token.to(x.dtype) + _gather(pos, query)
         m = queries.shape[1]
@@ -78,8 +78,8 @@ class DecoderHead(nn.Module):
         return self.head(self.norm(x[:, -m:]))
 
     def _decode_in_place(self, x: torch.Tensor, pos: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """A dense encoder's (B, N, dim) embedded tokens and the (N, dim) positions: the blocks over them, the head at
-        the query."""
+        """A dense encoder's (B, N, dim) embedded tokens and their (N, dim) or (B, N, dim) positions: the blocks over
+        them, the head at the query."""
         if x.shape[1] != query.shape[1]:
             raise ValueError(f"a dense decoder needs a token at every position: got {x.shape[1]} of {query.shape[1]}")
         x = x + pos

@@ -11,6 +11,14 @@ block's attention logits (:mod:`vmim.models.rel_pos`), either one table ``shared
 pretraining, ``rel_pos.table``) or one ``per_block`` (fine-tuning, ``blocks.<i>.rel_pos.table``), usually with
 ``pos_embed: none``. The visible-only encoder gathers each sample's rows and columns of present tokens from the grid
 bias, so both encoder modes take it.
+
+Local windows (LoMaR): given ``windows`` (B, K, wt, wh, ww) grid indices (:func:`vmim.masking.window_mask`) and a
+mask over those K x w window tokens, the dense encoder embeds only the window tokens and runs each window as its own
+sequence, B x K sequences of w tokens (plus the class token, if any), with the relative position bias of the window
+grid: attention stays inside the window, so the cost does not grow with the image. Outputs come back window-major,
+(B, K x w, D), with ``EncoderOutput.index`` saying where each token sits on the grid. A window reads the bias
+table's offsets unchanged (an offset means the same at any grid size), so fine-tuning on the whole image uses the
+same tables: offsets beyond a window's were never trained there and start at their zero init.
 """
 
 from __future__ import annotations
@@ -57,15 +65,19 @@ class PatchEmbed3d(nn.Module):
         return token_grid(shape, self.patch_size)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, T, H, W) -> (B, T'*H'*W', D); with ``keep`` ((B, N) bool, the same count per sample) only the kept
-        tokens, (B, N_keep, D): their tubelets through the conv's weights as one linear layer (kernel = stride, so
-        the conv is exactly that), skipping the others' work (90 % of it under VideoMAE's masking)."""
+        """(B, C, T, H, W) -> (B, T'*H'*W', D); with ``keep`` only some tokens, (B, M, D): bool (B, N) (the same count
+        per sample) keeps those, int (B, M) grid indices gathers those (repeats allowed: LoMaR's windows). Kept
+        tubelets go through the conv's weights as one linear layer (kernel = stride, so the conv is exactly that),
+        skipping the others' work (90 % of it under VideoMAE's masking)."""
         x = image_to_clip(x, self.patch_size[0])
         if keep is None:
             return self.proj(x).flatten(2).transpose(1, 2)
         t, p, _ = self.patch_size
         patches = rearrange(x, "b c (n t) (h p) (w q) -> b (n h w) (c t p q)", t=t, p=p, q=p)
-        patches = patches[keep].reshape(x.shape[0], -1, patches.shape[-1])
+        if keep.dtype == torch.bool:
+            patches = patches[keep].reshape(x.shape[0], -1, patches.shape[-1])
+        else:
+            patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
@@ -181,10 +193,13 @@ class VisionTransformer(nn.Module):
         return {"stem": r"^patch_embed|^pos_embed|^mask_token|^cls_token",
                 "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,)), (r"^rel_pos", (99999,))]}
 
-    def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None, windows: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch + position embedding; visible-only: the visible tokens; the class token first, if any. Returns (tokens
-        (B, prefix + N_present, D), present or None)."""
+        (B, prefix + N_present, D), present or None); with ``windows``, (B*K, prefix + w, D) and None."""
         grid = self.grid(x.shape)
+        if windows is not None:
+            return self._embed_windows(x, mask, windows, grid), None
         present = None if mask is None or self.dense else ~mask
         if self.dense and mask is not None and self.mask_in == "pixels":
             x = torch.where(self._pixel_mask(mask, x.shape, grid), self.mask_token.to(x.dtype), x)
@@ -200,6 +215,30 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return tokens, present
+
+    def _embed_windows(self, x: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor, grid: tuple[int, int, int]
+                       ) -> torch.Tensor:
+        """(B, C, T, H, W), mask (B, K*w) over the window tokens and windows (B, K, wt, wh, ww) grid indices -> one
+        sequence per window, (B*K, prefix + w, D): the window tokens' tubelets embedded, masked ones replaced by the
+        mask token, positions (if any) from the grid's table."""
+        if not self.dense or self.mask_in != "tokens":
+            raise ValueError("local windows (LoMaR) need a dense encoder with its mask token on tokens "
+                             "(model.dense=true, model.mask_in=tokens)")
+        b, k = windows.shape[:2]
+        index = windows.flatten(1)  # (B, K*w), window-major
+        tokens = self.patch_embed(x, index)
+        tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        if self.pos_embed.kind != "none":
+            tokens = tokens + self.pos_embed(grid, x.device).to(tokens.dtype).reshape(-1, self.embed_dim)[index]
+        tokens = tokens.reshape(b * k, -1, self.embed_dim)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return tokens
+
+    @staticmethod
+    def _unwindow(tokens: torch.Tensor, windows: torch.Tensor | None) -> torch.Tensor:
+        """Per-window (B*K, w, D) -> (B, K*w, D), window-major; without windows ``tokens`` unchanged."""
+        return tokens if windows is None else tokens.reshape(windows.shape[0], -1, tokens.shape[-1])
 
     def _pixel_mask(self, mask: torch.Tensor, shape: torch.Size, grid: tuple[int, int, int]) -> torch.Tensor:
         """(B, N) token mask -> (B, 1, T, H, W) over the pixels of the masked tubelets (an image's one frame stands
@@ -228,26 +267,31 @@ class VisionTransformer(nn.Module):
             return checkpoint(block, tokens, None, bias, use_reentrant=False)
         return block(tokens, None, bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, blocks: Sequence[int] = ()
-                ) -> EncoderOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, blocks: Sequence[int] = (),
+                windows: torch.Tensor | None = None) -> EncoderOutput:
         """Encode a clip.
 
         Args:
             x: (B, C, T, H, W) normalized clip (T = 1 for images).
-            mask: (B, N) bool, True = masked, the same count per sample; None keeps every token.
+            mask: (B, N) bool, True = masked, the same count per sample; None keeps every token. With ``windows``:
+                (B, K*w) over the window tokens.
             blocks: block indices (negative from the end) whose outputs to return as well.
+            windows: (B, K, wt, wh, ww) int grid indices of K local windows (LoMaR; module docstring), or None.
         Returns:
-            EncoderOutput with tokens (B, N_present, D) after the final LayerNorm, and ``blocks``.
+            EncoderOutput with tokens (B, N_present, D) after the final LayerNorm (windows: (B, K*w, D) and
+            ``index``), and ``blocks``.
         """
         wanted = {b % self.depth: b for b in blocks}
-        tokens, present = self.embed(x, mask)
-        biases = self._biases(self.grid(x.shape), present)
+        tokens, present = self.embed(x, mask, windows)
+        biases = self._biases(self.grid(x.shape) if windows is None else tuple(windows.shape[2:]), present)
         kept = {}
         for i, bias in enumerate(biases):
             tokens = self._run_block(i, tokens, bias)
             if i in wanted:
-                kept[wanted[i]] = tokens[:, self.num_prefix_tokens:]
-        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape), kept)
+                kept[wanted[i]] = self._unwindow(tokens[:, self.num_prefix_tokens:], windows)
+        out = self.norm(self._unwindow(tokens[:, self.num_prefix_tokens:], windows))
+        index = None if windows is None else windows.flatten(1)
+        return EncoderOutput(out, present, self.grid(x.shape), kept, index)
 
     def forward_intermediates(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                               indices: int | list[int] | None = None, norm: bool = False
