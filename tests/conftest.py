@@ -11,7 +11,9 @@ files agree on what a mask, a clip batch and a tiny config are:
 * :func:`clip_batch` -- a uint8 ``(B, C, T, H, W)`` clip batch (T = 1: images), as the loaders ship it;
 * :func:`rng` -- the ``numpy.random.Generator`` a mask generator receives;
 * :data:`TINY_OVERRIDES` -- config overrides for the smallest valid model (ViT ``vit_test``, 4 px patches,
-  16 px x 4 frames, a one-block decoder), and :data:`TINY_RUN_OVERRIDES` for an in-process training run.
+  16 px x 4 frames, a one-block decoder), and :data:`TINY_RUN_OVERRIDES` for an in-process training run;
+* :func:`pretrain_with_falling_loss` -- a method config, shrunk, pretrained in-process on the digit images for 40
+  steps at a constant lr, its loss checked to fall.
 """
 
 import os
@@ -64,3 +66,25 @@ def rng(seed: int) -> np.random.Generator:
 def pytest_collection_modifyitems(config, items):
     """Slurm tests first: they mostly wait on cluster jobs, and the longest should overlap the rest of the suite."""
     items.sort(key=lambda item: item.path.name != "test_slurm.py")  # stable: the order is otherwise kept
+
+
+def pretrain_with_falling_loss(config, run_dir, *overrides: str, steps: int = 40):
+    """Pretrain ``config`` shrunk to ``vit_test`` with 4 px patches on the built-in digit images (plus ``overrides``),
+    in this process, for ``steps`` steps at a constant lr of 2e-2; asserts finite losses whose last 8 average under
+    0.8 x the first 8. Returns the resolved config."""
+    from vmim.config import load_config
+    from vmim.engine.metrics import read_metrics
+    from vmim.engine.pretrain import pretrain
+
+    cfg = load_config(config, [
+        f"output_dir={run_dir}", "model.backbone=vit_test", "model.patch_size=4", "data.img_size=16",
+        "data.num_workers=0", "data.datasets.digits_images.weight=1", "data.batch_size=16",
+        f"train.steps_per_epoch={steps}", "train.epochs=1", "train.precision=fp32", "optim.warmup_epochs=0",
+        "optim.lr=2e-2", "optim.min_lr=2e-2", "log.every_steps=1", "log.progress_bar=false",
+        "log.image_every_steps=0", *overrides])
+    assert pretrain(cfg).step == steps
+    losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == steps and all(np.isfinite(losses))
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.8 * first, (first, last)
+    return cfg

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_mask
-from vmim.config import load_config
+from tests.conftest import make_mask, pretrain_with_falling_loss
 from vmim.models import EncoderOutput
 from vmim.models.heads import DecoderHead
 from vmim.models.pos_embed import sincos_3d
@@ -83,17 +81,5 @@ def test_dense_decoder_runs_over_the_encoder_tokens_and_reads_the_queries():
 
 @pytest.mark.slow
 def test_fastmim_pretrains_on_builtin_digits_with_a_falling_loss(tmp_path):
-    from vmim.engine.metrics import read_metrics
-    from vmim.engine.pretrain import pretrain
-
-    steps = 40
-    cfg = load_config(METHOD, [
-        f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=4", "data.img_size=16",
-        "targets.hog.cell_size=4", "targets.hog.head.dim=32", "targets.hog.head.heads=2", "data.num_workers=0",
-        "data.datasets.digits_images.weight=1", "data.batch_size=16", f"train.steps_per_epoch={steps}",
-        "train.epochs=1", "train.precision=fp32", "optim.warmup_epochs=0", "optim.lr=2e-2", "optim.min_lr=2e-2",
-        "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0"])
-    assert pretrain(cfg).step == steps
-    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
-    assert len(losses) == steps and all(np.isfinite(losses))
-    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+    pretrain_with_falling_loss(METHOD, tmp_path, "targets.hog.cell_size=4", "targets.hog.head.dim=32",
+                               "targets.hog.head.heads=2")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import pretrain_with_falling_loss
 from vmim.config import load_config
 from vmim.masking import build_mask_generator
 
@@ -38,21 +39,8 @@ def test_masking_is_uniform_random_mask_units_on_images():
 @pytest.mark.slow
 def test_simmim_pretrains_on_builtin_digits_with_a_falling_loss(tmp_path):
     from vmim.engine.checkpoint import load
-    from vmim.engine.metrics import read_metrics
-    from vmim.engine.pretrain import pretrain
 
-    steps = 40
-    cfg = load_config(METHOD, [
-        f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=4", "data.img_size=16",
-        "data.num_workers=0", "data.datasets.digits_images.weight=1", "data.batch_size=16",
-        f"train.steps_per_epoch={steps}", "train.epochs=1", "train.precision=fp32", "optim.warmup_epochs=0",
-        "optim.lr=2e-2", "optim.min_lr=2e-2", "log.every_steps=1", "log.progress_bar=false",
-        "log.image_every_steps=0"])
-    assert pretrain(cfg).step == steps
-    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
-    assert len(losses) == steps and all(np.isfinite(losses))
-    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
-    assert last < 0.8 * first, (first, last)
+    cfg = pretrain_with_falling_loss(METHOD, tmp_path)
     state = load(tmp_path / "checkpoints" / "last.pt")["model"]
     assert "backbone.rel_pos.table" in state and not any(k.startswith("backbone.pos_embed") for k in state)
     assert "backbone.blocks.0.ls1.gamma" in state

@@ -125,21 +125,24 @@ def test_maskfeat_pretrains_on_a_video_list(tmp_path, video_list, method, model)
 @pytest.mark.parametrize("method,target,extra", [
     ("simmim_vit_b", "pixel", []),
     ("fastmim_vit_b", "hog", ["targets.hog.cell_size=4", "targets.hog.head.dim=32", "targets.hog.head.heads=2"]),
+    ("lomar_vit_b", "pixel", ["masking.window_size=3", "log.image_every_steps=2"]),
 ])
 def test_dense_image_methods_pretrain_on_a_video_list(tmp_path, video_list, method, target, extra):
-    """SimMIM (shared relative position bias, 2x2-token units) and FastMIM (pixel-space mask token, dense decoder),
+    """SimMIM (shared relative position bias, 2x2-token units), FastMIM (pixel-space mask token, dense decoder) and
+    LoMaR (space-time window tubes drawn in the loader's worker, per-block relative position bias, with its preview),
     shrunk and given tubelets of 2 frames, on real decoded clips: finite losses."""
     from vmim.engine.metrics import read_metrics
 
     overrides = [
-        f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=8", "model.tubelet_size=2", *extra,
+        f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=8", "model.tubelet_size=2",
         "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}", "data.datasets.clips.missing=drop",
         "data.datasets.clips.stride=2", "data.max_bad_fraction=0.5", "data.img_size=32", "data.num_frames=4",
         "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=3", "train.epochs=1", "train.precision=fp32",
-        "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0"]
+        "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=0", *extra]
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
                            str(REPO / f"configs/methods/{method}.yaml"), *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [r[f"loss/{target}"] for r in read_metrics(tmp_path / "metrics.jsonl") if f"loss/{target}" in r]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses), losses
+
