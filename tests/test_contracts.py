@@ -358,8 +358,10 @@ def test_backbone_position_embedding_kinds(name, pos_embed):
     own = dict(model.pos_embed.named_parameters())
     if pos_embed == "learned":
         assert set(own) == {"table"} and own["table"].shape == (N, model.embed_dim)
-        with pytest.raises(ValueError):
-            model.pos_embed((GRID[0], GRID[1] + 1, GRID[2]), device)
+        resampled = model.pos_embed((GRID[0], GRID[1] + 1, GRID[2]), device)  # another resolution: resampled
+        assert resampled.shape == (GRID[0] * (GRID[1] + 1) * GRID[2], model.embed_dim)
+        with pytest.raises(ValueError):  # another clip length is not
+            model.pos_embed((GRID[0] + 1, GRID[1], GRID[2]), device)
     else:
         assert not own, "a fixed table has no parameters"
         bigger = model.pos_embed((4, 5, 7), device)  # any grid, no interpolation

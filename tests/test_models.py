@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import make_mask
@@ -347,10 +348,27 @@ def test_learned_position_table_for_its_grid_and_first_slice():
     assert pos.table.shape == (12, 16) and pos.table.requires_grad
     assert torch.equal(pos((2, 2, 3), torch.device("cpu")), pos.table)
     assert torch.equal(pos((1, 2, 3), torch.device("cpu")), pos.table[:6])
-    with pytest.raises(ValueError, match="grid"):
-        pos((2, 4, 3), torch.device("cpu"))
+    with pytest.raises(ValueError, match="time slices"):
+        pos((3, 2, 3), torch.device("cpu"))
     with pytest.raises(ValueError, match="needs"):
         PositionEmbedding("learned", 16)
+
+
+def test_learned_position_table_is_resampled_for_another_resolution():
+    """Progressive resolution: another spatial size reads the table resampled per time slice, bicubic (a constant
+    table stays constant; by hand: F.interpolate of each slice), and the gradient reaches the table."""
+    torch.manual_seed(0)
+    pos = PositionEmbedding("learned", 8, video_grid=(2, 4, 4))
+    out = pos((2, 3, 3), torch.device("cpu"))
+    slices = pos.table.detach().reshape(2, 4, 4, 8).permute(0, 3, 1, 2)
+    by_hand = F.interpolate(slices, size=(3, 3), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(out.detach(), by_hand.permute(0, 2, 3, 1).reshape(18, 8))
+    torch.testing.assert_close(pos((1, 3, 3), torch.device("cpu")).detach(), out[:9].detach())
+    out.sum().backward()
+    assert pos.table.grad is not None and pos.table.grad.abs().sum() > 0
+    with torch.no_grad():
+        pos.table.fill_(0.25)
+    torch.testing.assert_close(pos((2, 6, 6), torch.device("cpu")), torch.full((72, 8), 0.25))
 
 
 @pytest.mark.parametrize("kind", ["sincos_3d", "sincos_1d", "learned"])

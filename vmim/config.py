@@ -247,9 +247,10 @@ class MaskingConfig(Entry):
 def _check_unit_size(key: str, unit_size: List[int], cfg: "Config") -> None:
     _check(len(unit_size) == 3 and all(u > 0 for u in unit_size), f"{key}.unit_size",
            f"{unit_size} must be three positive ints (t, h, w)")
-    grid = video_grid(cfg)
-    _check(all(g % u == 0 for g, u in zip(grid, unit_size)), f"{key}.unit_size",
-           f"{unit_size} does not tile the video token grid {list(grid)}")
+    for grid in stage_grids(cfg):
+        _check(all(g % u == 0 for g, u in zip(grid, unit_size)), f"{key}.unit_size",
+               f"{unit_size} does not tile the video token grid {list(grid)}"
+               + (" (a stage of data.img_size_schedule)" if grid != video_grid(cfg) else ""))
 
 
 @dataclass
@@ -305,9 +306,9 @@ class RunningCellMaskingConfig(MaskingConfig):
             ratio = getattr(self, name)
             _check(0 < int(4 * ratio) < 4 and math.isclose(4 * ratio, int(4 * ratio)), f"{key}.{name}",
                    f"{ratio} must be 0.25, 0.5 or 0.75 (a whole number of the 4 cells)")
-        _, h, w = video_grid(cfg)
-        _check(h % 2 == 0 and w % 2 == 0, f"{key}.kind",
-               f"running_cell tiles 2x2 cells over the {h}x{w} token grid; both sides must be even")
+        for _, h, w in stage_grids(cfg):
+            _check(h % 2 == 0 and w % 2 == 0, f"{key}.kind",
+                   f"running_cell tiles 2x2 cells over the {h}x{w} token grid; both sides must be even")
 
 
 @dataclass
@@ -757,11 +758,24 @@ FAMILIES: dict[str, Family] = {
 
 
 @dataclass
+class ResolutionStage:
+    """From ``epoch`` on, clips are resized to ``img_size`` (progressive resolution: FastMIM-P)."""
+
+    epoch: int = 0
+    img_size: int = 224
+
+
+@dataclass
 class DataConfig:
     datasets: Dict[str, Any] = field(default_factory=dict)
     """name -> a dataset entry (its kind: digits_images, digits_clips, video, image)."""
     img_size: int = 224
-    """Side of the square crop fed to the model."""
+    """Side of the square crop fed to the model (with img_size_schedule: the largest stage's, which sources crop at
+    and the model's tables are built for)."""
+    img_size_schedule: List[ResolutionStage] = field(default_factory=list)
+    """Progressive resolution (FastMIM-P): ``[{epoch: 0, img_size: 128}, {epoch: 200, img_size: 160}, ...]``, from
+    epoch 0, epochs increasing; each stage's clips are cropped at img_size and resized to its own (antialiased
+    bilinear) in the loader, so every batch of an epoch has that epoch's size. Empty: img_size throughout."""
     num_frames: int = 16
     """Frames per video clip; images are one frame."""
     batch_size: int = 32
@@ -1142,6 +1156,7 @@ def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express. Raises ConfigError naming the key."""
     _check(cfg.task == "pretrain", "task", f"'{cfg.task}' is not a pretraining run")
     cfg.model.check("model", cfg)
+    _check_img_size_schedule(cfg)  # before the maskings check their units on every stage's grid
     cfg.masking.check("masking", cfg)
     cfg.decoder_masking.check("decoder_masking", cfg)
     _check(len(cfg.targets) > 0, "targets", "at least one target is required (e.g. targets.pixel.weight=1)")
@@ -1156,10 +1171,31 @@ def validate(cfg: Config) -> None:
     validate_common(cfg)
 
 
+def _check_img_size_schedule(cfg: Any) -> None:
+    d, patch = cfg.data, getattr(cfg.model, "patch_size", None)
+    for i, stage in enumerate(d.img_size_schedule):
+        key = f"data.img_size_schedule[{i}]"
+        _check(stage.epoch == 0 if i == 0 else stage.epoch > d.img_size_schedule[i - 1].epoch, f"{key}.epoch",
+               f"{stage.epoch}: the first stage starts at epoch 0 and each later one after the one before")
+        _check(0 < stage.img_size <= d.img_size, f"{key}.img_size",
+               f"{stage.img_size} must be in 1..data.img_size={d.img_size} (sources crop at data.img_size, then "
+               f"resize to the stage's)")
+        _check(patch is None or stage.img_size % patch == 0, f"{key}.img_size",
+               f"{stage.img_size} is not a multiple of model.patch_size={patch}")
+
+
+def stage_grids(cfg: Any) -> list[tuple[int, int, int]]:
+    """The training clip's token grid at data.img_size and at every img_size_schedule stage's size."""
+    t, h, _ = video_grid(cfg)
+    sizes = [cfg.data.img_size] + [s.img_size for s in cfg.data.img_size_schedule]
+    return [(t, h * size // cfg.data.img_size, h * size // cfg.data.img_size) for size in sizes]
+
+
 def validate_common(cfg: Any) -> None:
     """Checks of what every task's config has: model, data, optim, train, log, checkpoint, resume."""
     d = cfg.data
     _check(len(d.datasets) > 0, "data.datasets", "at least one dataset is required")
+    _check_img_size_schedule(cfg)
     for name, ds in d.datasets.items():
         ds.check(f"data.datasets.{name}", cfg)
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"{d.max_bad_fraction} is outside [0, 1]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Callable
 
 from ..masking import build_mask_generators
@@ -10,7 +11,7 @@ from .bad_files import BadFileMonitor, Failure, TooManyBadFiles
 from .digits import DigitClips, DigitImages, DigitMotion
 from .pretrain_data import PretrainData, build_loader
 from .pretrain_dataset import ClipSource, MaskedClipDataset, collate
-from .sampler import MixedBatchSampler
+from .sampler import MixedBatchSampler, stage_size
 
 __all__ = ["DATASET_KINDS", "DigitClips", "DigitImages", "DigitMotion", "ClipSource", "MaskedClipDataset",
            "MixedBatchSampler", "BadFileMonitor", "Failure", "TooManyBadFiles", "PretrainData", "build_loader",
@@ -111,8 +112,10 @@ def build_train_data(cfg, built: list[tuple[str, ClipSource, int, int]], patch_s
     names = [b[0] for b in built]
     sources = [b[1] for b in built]
     steps = cfg.train.steps_per_epoch * cfg.optim.accum_steps or None
+    schedule = [(stage.epoch, stage.img_size) for stage in cfg.data.img_size_schedule]
     sampler = MixedBatchSampler([len(s) for s in sources], [cfg.data.datasets[n].weight for n in names],
-                                cfg.data.batch_size, world_size, rank, cfg.train.seed, steps)
+                                cfg.data.batch_size, world_size, rank, cfg.train.seed, steps,
+                                partial(stage_size, schedule) if schedule else None)
     dataset = MaskedClipDataset(sources, masks, patch_size, cfg.data.decode_timeout_s,
                                 cfg.data.repeat, isolate=cfg.data.decode_isolation, clip_transform=clip_transform)
     loader = build_loader(dataset, sampler, cfg.data.num_workers, cfg.data.pin_memory)

@@ -14,6 +14,7 @@ exit hooks (registered earlier, so run later), which would otherwise join worker
 from __future__ import annotations
 
 import atexit
+import logging
 import weakref
 from typing import Iterator
 
@@ -26,6 +27,7 @@ from .pretrain_dataset import MaskedClipDataset, collate, describe_sample
 from .sampler import MixedBatchSampler
 
 PREFETCH_BATCHES = 4  # per worker
+log = logging.getLogger("vmim")
 
 _open: weakref.WeakSet = weakref.WeakSet()  # PretrainData objects whose workers may be alive
 
@@ -56,12 +58,18 @@ class PretrainData:
 
     def __init__(self, loader: DataLoader, sampler: MixedBatchSampler, names: list[str], monitor: BadFileMonitor):
         self.loader, self.sampler, self.names, self.monitor = loader, sampler, list(names), monitor
+        self._img_size: int | None = None  # the current progressive-resolution stage's size (logged as it changes)
         sampler.known_bad = monitor.known_bad
         _open.add(self)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The next iteration yields epoch ``epoch`` from micro-batch ``start_batch`` on (a resumed run)."""
+        """The next iteration yields epoch ``epoch`` from micro-batch ``start_batch`` on (a resumed run); logs the
+        epoch's clip size when a progressive-resolution stage begins (or a run resumes into one)."""
         self.sampler.set_epoch(epoch, start_batch)
+        size = None if self.sampler.img_size_at is None else self.sampler.img_size_at(epoch)
+        if size is not None and size != self._img_size:
+            log.info(f"epoch {epoch}: clips resized to {size}x{size} (data.img_size_schedule)")
+        self._img_size = size
 
     def __len__(self) -> int:
         """Micro-batches in a whole epoch (also when iteration starts at ``start_batch``)."""

@@ -16,6 +16,7 @@ from .isolation import IsolatedWorker
 from .sampler import SampleKey
 from .stderr_capture import StderrCapture, with_decoder_output
 from .time_limit import time_limit
+from .transforms import resize_clip
 
 MAX_ATTEMPTS = 20  # the key's own index, then up to 19 replacements
 
@@ -140,11 +141,14 @@ class MaskedClipDataset:
         last = f"; last: {failures[-1]}" if failures else " (all known to be bad)"
         raise RuntimeError(f"{MAX_ATTEMPTS} samples in a row failed to load{last}")
 
-    def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None) -> dict:
+    def _sample(self, key: SampleKey, rng: np.random.Generator, ticket: int | None = None,
+                img_size: int | None = None) -> dict:
         dataset, index, seed = key
         clips, failures, rng = self._load(dataset, index, seed, rng, ticket)
         if self.clip_transform is not None:  # e.g. fine-tuning's RandAugment, from the same per-sample generator
             clips = [(self.clip_transform(clip, rng), label) for clip, label in clips]
+        if img_size is not None:  # progressive resolution: the batch's stage size (KeyBatch.img_size)
+            clips = [(resize_clip(clip, img_size), label) for clip, label in clips]
         grid = token_grid(clips[0][0].shape, self.patch_size)
         masks = [{name: torch.from_numpy(m) for name, m in draw_masks(self.mask_generators, grid, rng).items()}
                  for _ in clips]
@@ -169,10 +173,12 @@ class MaskedClipDataset:
     def __getitems__(self, keys: list[SampleKey]) -> list[dict]:
         """A batch (the DataLoader's batched fetch). With isolation, the child reads sample i + 1 while this process
         augments and masks sample i, and, given a :class:`KeyBatch` hint, the first sample of this worker's next
-        batch while this process finishes the batch. Each sample is the same as ``self[key]``."""
+        batch while this process finishes the batch. Each sample is the same as ``self[key]``, resized to the batch's
+        ``img_size`` if it has one (progressive resolution: before its masks are drawn, on its grid)."""
         self.known_bad.update(getattr(keys, "known_bad", ()))
+        size = getattr(keys, "img_size", None)
         if self.isolated is None:
-            return [self[key] for key in keys]
+            return [self._sample(tuple(key), attempt_rng(key[2], 0), img_size=size) for key in keys]
         hint = getattr(keys, "next_key", None)
         keys = [tuple(key) for key in keys]
         rngs = [attempt_rng(seed, 0) for _, _, seed in keys]
@@ -194,7 +200,7 @@ class MaskedClipDataset:
                     rng = attempt_rng(hint[2], 0)
                     if (ticket := self._submit(tuple(hint), rng)) is not None:
                         self._ahead = (os.getpid(), tuple(hint), ticket, rng)
-                samples.append(self._sample(key, rngs[i], tickets[i]))
+                samples.append(self._sample(key, rngs[i], tickets[i], size))
                 tickets[i] = None
             return samples
         finally:  # after an error: answers still on their way are dropped

@@ -7,8 +7,10 @@ take disjoint slices of the same global batch, and ``start_batch`` skips what a 
 consumed, so a restarted run sees exactly the batches an uninterrupted one would.
 
 Batches also carry what the main process knows for the worker that fetches them (:class:`KeyBatch`): the key that
-worker will fetch next (read ahead), and the samples known to fail (skipped unopened). The batch is the only message
-that goes from the main process to a data-loader worker, so these ride along with it.
+worker will fetch next (read ahead), the samples known to fail (skipped unopened), and the size to resize the batch's
+clips to (progressive resolution: a function of the epoch, so a resumed run gets the same). The batch is the only
+message that goes from the main process to a data-loader worker (persistent workers keep their own copy of the
+dataset, which the main process cannot reach), so these ride along with it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class KeyBatch(list):
     ``next_key``: the first key of the batch that the same data-loader worker gets next (the loader hands batches to
     its workers in turn), or None. The dataset may start reading it early; a wrong guess costs only that read.
     ``known_bad``: the ``(dataset, index)`` pairs known to fail when the batch was handed out (from the main
-    process's :class:`~vmim.data.bad_files.BadFileMonitor`).
+    process's :class:`~vmim.data.bad_files.BadFileMonitor`). ``img_size``: the epoch's stage size, or None.
     """
 
     next_key: SampleKey | None = None
     known_bad: frozenset[tuple[int, int]] = frozenset()
+    img_size: int | None = None
+    """Resize this batch's clips to this side (progressive resolution); None: as the sources crop them."""
 
 
 def batches_per_dataset(sizes: Sequence[int], weights: Sequence[float], global_batch: int,
@@ -56,11 +60,14 @@ class MixedBatchSampler:
         world_size, rank: data-parallel layout.
         seed: run seed.
         batches_per_epoch: fixed epoch length in batches, or None for one weighted pass.
+        img_size_at: epoch -> the size every batch of that epoch is resized to (:func:`stage_size`), or None.
     """
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, world_size: int = 1,
-                 rank: int = 0, seed: int = 0, batches_per_epoch: int | None = None):
+                 rank: int = 0, seed: int = 0, batches_per_epoch: int | None = None,
+                 img_size_at: Callable[[int], int | None] | None = None):
         self.sizes, self.weights = list(sizes), list(weights)
+        self.img_size_at = img_size_at
         self.batch_size, self.world_size, self.rank, self.seed = batch_size, world_size, rank, seed
         self.counts = batches_per_dataset(sizes, weights, batch_size * world_size, batches_per_epoch)
         self.epoch = 0
@@ -97,13 +104,23 @@ class MixedBatchSampler:
             if step >= self.start_batch:
                 batches.append([(int(dataset), int(i), int(s))
                                 for i, s in zip(indices[dataset][j, lo:hi], seeds[dataset][j, lo:hi])])
-        return self._hand_out(with_next_keys(batches, self.loader_workers))
+        batches = with_next_keys(batches, self.loader_workers)
+        size = None if self.img_size_at is None else self.img_size_at(self.epoch)
+        for batch in batches:
+            batch.img_size = size
+        return self._hand_out(batches)
 
     def _hand_out(self, batches: list[KeyBatch]) -> Iterator[KeyBatch]:
         for batch in batches:
             if self.known_bad is not None:
                 batch.known_bad = self.known_bad()  # as of now: the loader asks for batches as it needs them
             yield batch
+
+
+def stage_size(schedule: Sequence[tuple[int, int]], epoch: int) -> int | None:
+    """The size of the last ``(first epoch, size)`` stage that has begun by ``epoch`` (None before any, or none)."""
+    started = [size for first, size in schedule if first <= epoch]
+    return started[-1] if started else None
 
 
 def with_next_keys(batches: Sequence[Sequence[SampleKey]], loader_workers: int) -> list[KeyBatch]:

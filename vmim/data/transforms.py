@@ -80,6 +80,16 @@ def crop_resize(frames: torch.Tensor, box: Box, size: int, flip: bool = False) -
     return x.permute(1, 0, 2, 3).contiguous()
 
 
+def resize_clip(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (C, T, H, W) -> uint8 (C, T, size, size), antialiased bilinear (progressive resolution's stage size;
+    the same resampling as :func:`crop_resize`)."""
+    if clip.shape[-2:] == (size, size):
+        return clip
+    x = clip.permute(1, 0, 2, 3)  # (T, C, H, W)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
 def train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator, kind: str, flip: bool,
                scale: tuple[float, float] = (0.2, 1.0)) -> torch.Tensor:
     """Training augmentation: ``kind`` is ``multi_scale`` (VideoMAE) or ``random_resized`` (MaskFeat, images; the box

@@ -58,10 +58,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
-from .pos_embed import FIXED_TABLES
+from .pos_embed import FIXED_TABLES, resample_table
 from .registry import create_backbone
 from .vit import VIT_SIZES
 
@@ -136,33 +135,6 @@ def inflate_patch_weight(weight: torch.Tensor, tubelet_size: int) -> torch.Tenso
     if weight.ndim == 5:
         weight = weight[:, :, 0]
     return weight.unsqueeze(2).repeat(1, 1, tubelet_size, 1, 1) / tubelet_size
-
-
-def resample_table(table: torch.Tensor, src_grid: Grid, dst_grid: Grid) -> torch.Tensor:
-    """A position table (T*H*W, D) in (t, h, w) row-major order for ``src_grid`` -> the table for ``dst_grid``.
-
-    Space: bicubic (antialiased) interpolation of every t-slice. Time: the slices repeated when they are all equal
-    (a 2-D table, or one imported from it: exact), else linear interpolation over t.
-    """
-    st, sh, sw = src_grid
-    dt, dh, dw = dst_grid
-    if table.shape[0] != st * sh * sw:
-        raise ValueError(f"position table of {table.shape[0]} rows does not fit the grid {src_grid}")
-    if tuple(src_grid) == tuple(dst_grid):
-        return table
-    dtype, dim = table.dtype, table.shape[1]
-    grid = table.float().reshape(st, sh, sw, dim)
-    if (sh, sw) != (dh, dw):
-        grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(dh, dw), mode="bicubic", align_corners=False,
-                             antialias=True).permute(0, 2, 3, 1)
-    if st != dt:
-        if all(torch.equal(grid[0], grid[i]) for i in range(1, st)):
-            grid = grid[:1].expand(dt, -1, -1, -1)
-        else:
-            flat = grid.permute(1, 2, 3, 0).reshape(1, dh * dw * dim, st)
-            grid = F.interpolate(flat, size=dt, mode="linear", align_corners=False).reshape(dh, dw, dim, dt)
-            grid = grid.permute(3, 0, 1, 2)
-    return grid.reshape(dt * dh * dw, dim).to(dtype).contiguous()
 
 
 def match_fixed_table(table: torch.Tensor, grid: Grid, atol: float = 1e-4) -> str | None:

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -82,6 +83,34 @@ def sincos_flat(grid: tuple[int, int, int], dim: int, device: torch.device | Non
     return _sincos_flat_on(n, dim, torch.device(device or "cpu"))
 
 
+def resample_table(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]
+                   ) -> torch.Tensor:
+    """A position table (T*H*W, D) in (t, h, w) row-major order for ``src_grid`` -> the table for ``dst_grid``.
+
+    Space: bicubic (antialiased) interpolation of every t-slice. Time: the slices repeated when they are all equal
+    (a 2-D table, or one imported from it: exact), else linear interpolation over t.
+    """
+    st, sh, sw = src_grid
+    dt, dh, dw = dst_grid
+    if table.shape[0] != st * sh * sw:
+        raise ValueError(f"position table of {table.shape[0]} rows does not fit the grid {src_grid}")
+    if tuple(src_grid) == tuple(dst_grid):
+        return table
+    dtype, dim = table.dtype, table.shape[1]
+    grid = table.float().reshape(st, sh, sw, dim)
+    if (sh, sw) != (dh, dw):
+        grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(dh, dw), mode="bicubic", align_corners=False,
+                             antialias=True).permute(0, 2, 3, 1)
+    if st != dt:
+        if all(torch.equal(grid[0], grid[i]) for i in range(1, st)):
+            grid = grid[:1].expand(dt, -1, -1, -1)
+        else:
+            flat = grid.permute(1, 2, 3, 0).reshape(1, dh * dw * dim, st)
+            grid = F.interpolate(flat, size=dt, mode="linear", align_corners=False).reshape(dh, dw, dim, dt)
+            grid = grid.permute(3, 0, 1, 2)
+    return grid.reshape(dt * dh * dw, dim).to(dtype).contiguous()
+
+
 FIXED_TABLES = {"sincos_3d": sincos_3d, "sincos_1d": sincos_flat}
 
 
@@ -90,7 +119,8 @@ class PositionEmbedding(nn.Module):
 
     ``sincos_3d`` and ``sincos_1d`` are fixed tables for any grid. ``learned`` is a trainable ``(N, dim)`` table for
     the training clip's grid (``video_grid``), trunc-normal(0.02) initialized; an image takes its t = 0 slice, and
-    another grid is an error (reference weights are loaded at their own resolution).
+    another spatial size reads the table resampled to it (:func:`resample_table`: bicubic, as MAE / DeiT interpolate
+    position embeddings; progressive resolution trains through the resampling); another clip length is an error.
     """
 
     def __init__(self, kind: str, dim: int, video_grid: tuple[int, int, int] | None = None):
@@ -113,10 +143,13 @@ class PositionEmbedding(nn.Module):
             return FIXED_TABLES[self.kind](grid, self.dim, device)
         t, h, w = grid
         vt, vh, vw = self.video_grid
-        if (h, w) != (vh, vw) or t not in (1, vt):
-            raise ValueError(f"learned position embedding is for the grid {self.video_grid} (or its first slice), "
-                             f"got {tuple(grid)}")
-        return self.table[: t * h * w]
+        if t not in (1, vt):
+            raise ValueError(f"learned position embedding is for {vt} time slices (or the first one), got the grid "
+                             f"{tuple(grid)}")
+        table = self.table
+        if (h, w) != (vh, vw):  # another resolution (progressive resizing): the table resampled, differentiably
+            table = resample_table(table, self.video_grid, (vt, h, w))
+        return table[: t * h * w]
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, dim={self.dim}"
