@@ -146,3 +146,31 @@ def test_dense_image_methods_pretrain_on_a_video_list(tmp_path, video_list, meth
     losses = [r[f"loss/{target}"] for r in read_metrics(tmp_path / "metrics.jsonl") if f"loss/{target}" in r]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses), losses
 
+
+def test_progressive_resolution_on_a_video_list_through_decode_isolation(tmp_path, video_list):
+    """FastMIM-P, shrunk, on real decoded clips read in the isolated decoder child: the stage size travels with each
+    batch to the loader worker, epoch 0 at 16 px and epoch 1 at 32 px (the previews' sizes: a pixel target in place
+    of HOG, which has no image to show), finite losses."""
+    from vmim.engine.metrics import read_metrics
+
+    overrides = [
+        f"output_dir={tmp_path}", "model.backbone=vit_test", "model.patch_size=8", "model.tubelet_size=2",
+        "~targets.hog", "targets.pixel.head.kind=linear",
+        "data.datasets.clips.kind=video", f"data.datasets.clips.path={video_list}", "data.datasets.clips.missing=drop",
+        "data.datasets.clips.stride=2", "data.max_bad_fraction=0.5", "data.img_size=32", "data.num_frames=4",
+        "data.img_size_schedule=[{epoch: 0, img_size: 16}, {epoch: 1, img_size: 32}]", "data.decode_isolation=true",
+        "data.batch_size=4", "data.num_workers=1", "train.steps_per_epoch=2", "train.epochs=2", "train.precision=fp32",
+        "optim.warmup_epochs=0", "log.every_steps=1", "log.progress_bar=false", "log.image_every_steps=1"]
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "pretrain", "--config",
+                           str(REPO / "configs/methods/fastmim_p_vit_b.yaml"), *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [r["loss/pixel"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss/pixel" in r]
+    assert len(losses) == 4 and all(0 < x < 10 for x in losses), losses
+    log = (tmp_path / "log.txt").read_text()
+    assert "epoch 0: clips resized to 16x16" in log and "epoch 1: clips resized to 32x32" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    sides = [(e.step, e.height // 3) for e in events.Images("reconstruction")]  # input / masked / reconstruction rows
+    assert sides == [(1, 16), (2, 16), (3, 32), (4, 32)], sides
