@@ -38,8 +38,8 @@ demo-video: setup
 	scratch=$$($(BIN)/vmim eval $(DEMO_VIDEO_DIR)/from_scratch | tail -1); \
 	echo "motion task, 10% of the labels: from pretrained $$pre | from scratch $$scratch"
 
-# MaskFeat on the motion clips: an MViTv2 in its pre-training layout predicts HOG of masked cubes; fine-tuned in the
-# fine-tuning layout with 10 % of the labels vs from scratch; its frozen features probed on the digits vs random init.
+# MaskFeat on motion clips stepping 8 px: an MViTv2 in its pre-training layout predicts HOG of masked cubes; fine-tuned
+# (same layout) with 5 % of the labels vs from scratch; its frozen features probed on the digits vs random init.
 demo-maskfeat: setup
 	rm -rf $(DEMO_MASKFEAT_DIR)
 	$(BIN)/vmim pretrain --config configs/demo/maskfeat_motion_pretrain.yaml output_dir=$(DEMO_MASKFEAT_DIR)/pretrain
@@ -50,7 +50,7 @@ demo-maskfeat: setup
 	$(BIN)/vmim probe $(DEMO_MASKFEAT_DIR)/pretrain
 	@pre=$$($(BIN)/vmim eval $(DEMO_MASKFEAT_DIR)/from_pretrained | tail -1); \
 	scratch=$$($(BIN)/vmim eval $(DEMO_MASKFEAT_DIR)/from_scratch | tail -1); \
-	echo "MaskFeat, motion task, 10% of the labels: from pretrained $$pre | from scratch $$scratch"
+	echo "MaskFeat, motion task (8 px steps), 5% of the labels: from pretrained $$pre | from scratch $$scratch"
 
 # MVD: stage 1 trains an image teacher (MAE on the digits images) and a video teacher (VideoMAE on the motion clips,
 # also the pixel-only student to compare with); stage 2 distils a student of the same size and steps from both.

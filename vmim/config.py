@@ -636,6 +636,24 @@ class DigitsDatasetConfig(DatasetConfig):
 
 
 @dataclass
+class DigitMotionDatasetConfig(DigitsDatasetConfig):
+    """Built-in digits motion clips (label = the direction the digit steps, on a torus from a random start: one frame
+    alone is at chance), with the step's size and rhythm."""
+
+    speed: int = 3
+    """Pixels per step (3: the video and MVD demos); not a multiple of half of data.img_size (left would be right)."""
+    hold: int = 2
+    """Frames per position: the digit steps every ``hold`` frames."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        super().check(key, cfg)
+        size = cfg.data.img_size
+        _check(self.speed > 0 and (2 * self.speed) % size != 0, f"{key}.speed",
+               f"{self.speed} must be positive and not a multiple of half the {size} px canvas (data.img_size)")
+        _check(self.hold > 0, f"{key}.hold", f"{self.hold} must be positive")
+
+
+@dataclass
 class FileDatasetConfig(DatasetConfig):
     """Files listed in an index (videos or images)."""
 
@@ -715,7 +733,7 @@ class ImageDatasetConfig(FileDatasetConfig):
 
 
 DATASETS: dict[str, type] = {"digits_images": DigitsDatasetConfig, "digits_clips": DigitsDatasetConfig,
-                             "digits_motion": DigitsDatasetConfig, "video": VideoDatasetConfig,
+                             "digits_motion": DigitMotionDatasetConfig, "video": VideoDatasetConfig,
                              "image": ImageDatasetConfig}
 
 

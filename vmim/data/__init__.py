@@ -55,7 +55,7 @@ def _digit_clips(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
 
 
 def _digit_motion(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
-    source = DigitMotion(ds_cfg.split, data_cfg.img_size, data_cfg.num_frames, in_chans)
+    source = DigitMotion(ds_cfg.split, data_cfg.img_size, data_cfg.num_frames, in_chans, ds_cfg.speed, ds_cfg.hold)
     return source, len(source), 0
 
 

@@ -154,8 +154,19 @@ class DigitMotion(_DigitsBase):
     speed = 3
     hold = 2
 
-    def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 8, in_chans: int = 3):
+    def __init__(self, split: str = "train", img_size: int = 32, num_frames: int = 8, in_chans: int = 3,
+                 speed: int | None = None, hold: int | None = None):
+        """``speed`` (pixels per step) and ``hold`` (frames per position) default to the class values (3 and 2,
+        the published demos' clips); a step of half the canvas would make opposite directions the same clip."""
         super().__init__(split, img_size, num_frames, in_chans)
+        if speed is not None:
+            if speed <= 0 or (2 * speed) % img_size == 0:
+                raise ValueError(f"speed {speed} must be > 0 and not a multiple of half the canvas ({img_size} px)")
+            self.speed = int(speed)
+        if hold is not None:
+            if hold <= 0:
+                raise ValueError(f"hold {hold} must be > 0")
+            self.hold = int(hold)
         n = len(self.labels)
         self.labels = np.random.default_rng((SPLIT_SEED, n)).permutation(np.arange(n) % len(MOTION_DIRECTIONS))
 
