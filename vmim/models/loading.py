@@ -49,8 +49,9 @@ import yaml
 from torch import nn
 
 from ..config import FAMILIES, MViTConfig, build_config, build_entry, video_grid
-from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight, resample_table
+from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight
 from .convert_slowfast import mvit_init_state
+from .pos_embed import resample_table
 from .registry import create_backbone
 from .rel_pos import resize_table
 

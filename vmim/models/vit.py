@@ -212,9 +212,7 @@ class VisionTransformer(nn.Module):
                 b, n = present.shape
                 pos = pos.expand(b, n, pos.shape[-1])[present].reshape(b, -1, pos.shape[-1])
             tokens = tokens + pos
-        if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return tokens, present
+        return self._with_prefix(tokens), present
 
     def _embed_windows(self, x: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor, grid: tuple[int, int, int]
                        ) -> torch.Tensor:
@@ -230,10 +228,13 @@ class VisionTransformer(nn.Module):
         tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if self.pos_embed.kind != "none":
             tokens = tokens + self.pos_embed(grid, x.device).to(tokens.dtype).reshape(-1, self.embed_dim)[index]
-        tokens = tokens.reshape(b * k, -1, self.embed_dim)
-        if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return tokens
+        return self._with_prefix(tokens.reshape(b * k, -1, self.embed_dim))
+
+    def _with_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(S, L, D) sequences -> (S, prefix + L, D): the class token first, if any."""
+        if self.cls_token is None:
+            return tokens
+        return torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
     @staticmethod
     def _unwindow(tokens: torch.Tensor, windows: torch.Tensor | None) -> torch.Tensor:
