@@ -294,7 +294,7 @@ def test_eval_of_a_pretraining_checkpoint_is_refused_in_one_line(tmp_path):
                           (tmp_path / "nothing", "is neither a run directory nor a checkpoint file")):
         proc = subprocess.run([sys.executable, "-m", "vmim.cli", "eval", str(target)], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
-        assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_missing_init_stops_before_the_run_folder(tmp_path):

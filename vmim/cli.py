@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, config_to_yaml, load_config
+from .config import config_to_yaml, load_config
+from .errors import VmimError
 from .preflight import check_data_paths
 
 
@@ -226,14 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except VmimError as err:  # ConfigError and every other one-line error: the run's own words, no traceback
         print(f"vmim: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        known = ("TooManyBadFiles", "NonFiniteLossError", "FileNotFoundError", "IndexFormatError", "EvalTargetError")
-        if type(err).__name__ not in known:
-            raise
-        print(f"vmim: {type(err).__name__}: {err}", file=sys.stderr)  # the run's own words; no traceback needed
+        return err.exit_code
+    except FileNotFoundError as err:  # a path named on the command line (not a config key: those are ConfigErrors)
+        print(f"vmim: FileNotFoundError: {err}", file=sys.stderr)
         return 1
 
 

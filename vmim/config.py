@@ -34,6 +34,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .errors import InputError
+
 PIXEL_NORMS = ("per_channel", "joint", "none")
 TOKEN_SETS: dict[str, tuple[str, ...]] = {"masked": ("encoder",), "visible": ("encoder",),
                                           "decoder_kept": ("encoder", "decoder")}
@@ -55,7 +57,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, reported with the dotted key it concerns."""
 
     def __init__(self, key: str, message: str):

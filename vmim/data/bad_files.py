@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, NamedTuple
 
+from ..errors import RunError
+
 log = logging.getLogger("vmim")
 
 
@@ -31,7 +33,7 @@ class Failure(NamedTuple):
     reason: str
 
 
-class TooManyBadFiles(RuntimeError):
+class TooManyBadFiles(RunError):
     pass
 
 

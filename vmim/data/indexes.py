@@ -28,6 +28,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 PathLike = str | os.PathLike
 
 INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
@@ -62,7 +64,7 @@ class Entry:
         return f"{self.list_file} line {self.line}" if self.line else self.path
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(InputError):
     """A malformed index line: ``"{file} line {n}: {problem}, got '{text}'"``.
 
     JSON indexes report the 1-based item number instead (``unit="item"``); ``line=None`` means the whole file.

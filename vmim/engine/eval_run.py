@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from ..config import ConfigError, apply_overrides, build_config, load_config
+from ..errors import InputError
 from .checkpoint import load
 
 
-class EvalTargetError(ValueError):
+class EvalTargetError(InputError):
     """What ``vmim eval`` was pointed at is not a fine-tuned run or checkpoint (said in one line, no traceback)."""
 
 

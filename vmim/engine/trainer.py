@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, config_to_yaml
+from ..errors import RunError
 from ..preflight import check_data_paths
 from .checkpoint import CheckpointManager, load, rng_state, set_rng_state
 from .compile import compile_blocks
@@ -37,7 +38,7 @@ from .preemption import StopSignals
 from .task import Task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """Raised after ``train.nan_patience`` optimizer steps in a row with a non-finite loss or gradient."""
 
 
