@@ -83,7 +83,7 @@ def test_timm_parity_images_and_repeated_frames(tmp_path, capsys, global_pool, c
     rc, out = run_convert_cli(["--from", "timm", str(src), str(dst), "--num-frames", "4"], capsys)
     assert rc == 0 and "vit_test" in out and "pos_embed learned" in out and str(dst) in out
     model = load_backbone(dst)
-    cfg = torch.load(dst, weights_only=False)["model"]
+    cfg = torch.load(dst, weights_only=True)["model"]
     assert (cfg["global_pool"], cfg["fc_norm"], cfg["tubelet_size"]) == (global_pool, global_pool == "avg", 2)
     assert cfg["cls_token"] is class_token
 
@@ -420,7 +420,7 @@ def test_load_init_dense_mask_token_and_inflation(tmp_path):
 def test_position_table_over_time_and_space(tmp_path):
     ref, dst = converted_timm(tmp_path, num_frames=8)  # tubelet 2: a (4, 4, 4) table, every slice the 2-D one
     table_2d = ref.pos_embed[0, 1:].detach()
-    assert torch.load(dst, weights_only=False)["video_grid"] == [4, 4, 4]
+    assert torch.load(dst, weights_only=True)["video_grid"] == [4, 4, 4]
     for grid in ((8, 4, 4), (2, 4, 4)):
         cfg = vit_cfg()
         backbone = create_backbone(cfg, grid)

@@ -107,7 +107,7 @@ def test_maskfeat_pretraining_checkpoint_converts_exactly(tmp_path, capsys):
     assert rc == 0, out
     assert "mvitv2_demo" in out and "q_pool_blocks [1]" in out and "dropped 7 keys" in out and str(dst) in out
 
-    converted = torch.load(dst, weights_only=False)
+    converted = torch.load(dst, weights_only=True)
     m = converted["model"]
     assert (m["backbone"], m["cls_token"], m["dim_mul_in_att"], m["q_pool_blocks"], m["global_pool"]) == \
         ("mvitv2_demo", True, False, [1], "avg")
@@ -279,7 +279,7 @@ def test_load_init_pretraining_layout_into_finetuning_layout(tmp_path):
         torch.testing.assert_close(backbone.state_dict()[key], want, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(backbone.state_dict()[key],
                                    F.interpolate(t.t()[None], size=3, mode="linear")[0].t(), rtol=0, atol=0)
-    file_sd = torch.load(dst, weights_only=False)["state_dict"]
+    file_sd = torch.load(dst, weights_only=True)["state_dict"]
     for key, value in backbone.state_dict().items():
         if key not in tables:
             assert torch.equal(value, file_sd[key]), key
@@ -301,7 +301,7 @@ def test_load_init_refuses_what_changes_the_meaning(tmp_path):
         load_init(create_backbone(vit, (2, 4, 4)), dst, vit)
 
     # anything else mis-shaped is one error, and a table only resampled when it fits the weights' own layout
-    converted = torch.load(dst, weights_only=False)
+    converted = torch.load(dst, weights_only=True)
     converted["state_dict"]["blocks.0.mlp.fc1.bias"] = torch.zeros(5)
     converted["state_dict"]["blocks.4.attn.rel_pos_w"] = torch.zeros(5, 48)  # 7 rows in the weights' layout
     torch.save(converted, tmp_path / "bad.pt")

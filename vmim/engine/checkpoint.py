@@ -13,6 +13,15 @@ Atomic too: everything goes to ``last.tmp/``, then rank 0 renames ``last/`` to `
 DCP reshards on load, so a sharded checkpoint resumes on another number of ranks, or unsharded (:func:`load` reads
 it whole, on one process). The newest of ``last.pt``, ``last/`` (and ``last.old/``) by modification time is tried
 first: a run may switch between ddp and fsdp, and an fsdp run also writes a whole ``last.pt`` at its end.
+
+Only tensors and plain data (numbers, strings, lists, tuples, dicts), so every file reads with ``weights_only=True``
+(:mod:`vmim.safe_load`, which every read here goes through): numpy's RNG state, an ndarray of 624 words, is saved
+as an int64 tensor and turned back on restore (:func:`rng_state`, :func:`set_rng_state`; checkpoints written
+before that hold the ndarray, which :mod:`vmim.safe_load` still reads, safely). A file that holds anything else is
+refused with :class:`~vmim.errors.UnsafeFileError` and never skipped: resuming past a tampered ``last.pt`` to an
+older checkpoint would hide it. A sharded folder's DCP ``.metadata`` is checked the same way before DCP reads it.
+A failed save (disk full) raises :class:`vmim.safe_load.SaveError` naming the file and the OS error, after
+removing its ``.tmp``; the previous checkpoint is untouched.
 """
 
 from __future__ import annotations
@@ -26,31 +35,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UnsafeFileError
+from ..safe_load import SaveError, check_dcp_metadata, copy, load_dict, save, save_failed
+
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's, torch's (and CUDA's) generator states, as tensors and plain data: numpy's
+    ``('MT19937', keys, pos, has_gauss, cached_gaussian)`` with its uint32 ``keys`` as an int64 tensor."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` (numpy's keys as a tensor, or as the ndarray older checkpoints hold)."""
+    kind, keys, *rest = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((kind, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """torch.save to ``path.tmp``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save to ``path.tmp``, fsync, rename over ``path``.
+
+    Raises:
+        SaveError: the write failed (disk full ...): one line naming ``path`` and the OS error; the ``.tmp`` is
+            removed and the previous file at ``path`` is unchanged.
+    """
+    save(state, path)
 
 
 SHARDED_STATE = "state.pt"
@@ -74,9 +92,15 @@ def save_sharded_atomic(tensors: dict, state: dict, path: Path, is_main: bool) -
         shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(tensors, checkpoint_id=str(tmp))  # returns on rank 0 after every rank wrote and .metadata is written
+    try:
+        dcp.save(tensors, checkpoint_id=str(tmp))  # returns on rank 0 after every rank wrote and .metadata is written
+        if is_main:
+            save_atomic(state, tmp / SHARDED_STATE)
+    except (OSError, RuntimeError) as err:  # disk full: the unfinished folder goes, the previous last/ stays
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise err if isinstance(err, SaveError) else save_failed(path, err) from None
     if is_main:
-        save_atomic(state, tmp / SHARDED_STATE)
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -112,10 +136,7 @@ class CheckpointManager:
         """``last.pt`` (and a ``step_XXXXXXXX.pt`` copy when ``keep`` and the step is a keep-every step)."""
         save_atomic(state, self.last)
         if keep and self._keeps(step):
-            dst = self.dir / f"step_{step:08d}.pt"
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(self.last, tmp)  # an independent copy: a hard link would share any damage to last.pt
-            os.replace(tmp, dst)
+            copy(self.last, self.dir / f"step_{step:08d}.pt")  # independent: a hard link would share any damage
         return self.last
 
     def save_sharded(self, tensors: dict, state: dict, step: int, is_main: bool) -> Path:
@@ -145,10 +166,16 @@ class CheckpointManager:
     def load_latest(self, sharded: bool = False) -> dict | None:
         """The newest checkpoint that loads (last.pt is written at every save, so it is the newest unless
         damaged); unreadable files are reported and skipped. ``sharded``: a sharded folder comes without its
-        tensors, which the caller reads in place (:func:`load`)."""
+        tensors, which the caller reads in place (:func:`load`).
+
+        Raises:
+            UnsafeFileError: a checkpoint holds objects beyond tensors and plain data: never skipped, never read.
+        """
         for path in self.candidates():
             try:
                 return load(path, sharded)
+            except UnsafeFileError:
+                raise
             except Exception as err:  # corrupt or truncated by a crash outside our atomic writes
                 print(f"[vmim] skipping unreadable checkpoint {path}: {err}")
         return None
@@ -157,13 +184,21 @@ class CheckpointManager:
 def load(path: str | Path, sharded: bool = False) -> dict:
     """A checkpoint file, or a sharded checkpoint folder: whole (its ``model`` and ``optimizer`` read on this one
     process, the optimizer keyed by parameter name), or with ``sharded`` its ``state.pt`` only, plus ``"sharded":
-    <folder>`` for :func:`vmim.engine.fsdp.load_sharded`."""
+    <folder>`` for :func:`vmim.engine.fsdp.load_sharded`.
+
+    Raises:
+        UnsafeFileError: the file (or ``state.pt``, or the folder's ``.metadata``) holds more than tensors and plain
+            data; nothing of it was built.
+        InputError: not a torch file, or not a dict.
+        FileNotFoundError: nothing there, or a folder without ``.metadata`` / ``state.pt``.
+    """
     path = Path(path)
     if not path.is_dir():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_dict(path)
     if not is_sharded_checkpoint(path):
         raise FileNotFoundError(f"{path} is a folder but not a sharded checkpoint (no .metadata or {SHARDED_STATE})")
-    state = torch.load(path / SHARDED_STATE, map_location="cpu", weights_only=False)
+    state = load_dict(path / SHARDED_STATE)
+    check_dcp_metadata(path)
     if sharded:
         return {**state, "sharded": str(path)}
     from torch.distributed.checkpoint import FileSystemReader
@@ -174,3 +209,7 @@ def load(path: str | Path, sharded: bool = False) -> dict:
     _load_state_dict(tensors, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(),
                      no_dist=True)
     return {**state, **tensors}
+
+
+__all__ = ["CheckpointManager", "SaveError", "is_sharded_checkpoint", "load",
+           "rng_state", "save_atomic", "save_sharded_atomic", "set_rng_state"]

@@ -43,7 +43,12 @@ Decisions, and why:
 * ``data.mean`` / ``data.std`` are recorded as ImageNet's (what VideoMAE, MAE and MVD train with); timm models
   trained with other statistics (0.5 / 0.5 for augreg) need them set in the fine-tuning config.
 
-Reference checkpoints are pickles (they hold ``args`` namespaces): convert only files you trust.
+Reference checkpoints are pickles (they hold ``args`` namespaces). They are read with ``weights_only=True``
+(:func:`vmim.safe_load.load`, ``argparse.Namespace`` the only class allowed besides tensors, containers and numpy
+arrays): a file that would run code is refused with :class:`~vmim.errors.UnsafeFileError` naming it and what it
+holds; random bytes, an empty file or a dict without a state dict with :class:`~vmim.errors.InputError` naming the
+file (both exit 2, one ``vmim convert:`` line). The result is written atomically (:func:`vmim.safe_load.save`): a
+failed write (disk full) removes its ``.tmp`` and exits 1 with one line naming the file and the OS error.
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -60,6 +64,8 @@ from typing import Any
 import torch
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from ..errors import InputError
+from ..safe_load import load, save
 from .pos_embed import FIXED_TABLES, resample_table
 from .registry import create_backbone
 from .vit import VIT_SIZES
@@ -361,19 +367,15 @@ SAFE_GLOBALS = (argparse.Namespace,)
 
 
 def load_reference(path: str | Path) -> Any:
-    """``torch.load`` of a downloaded checkpoint with ``weights_only=True``: tensors, containers and
-    :data:`SAFE_GLOBALS` only, so a tampered file cannot run code on unpickling.
+    """A downloaded checkpoint, read with ``weights_only=True`` (:func:`vmim.safe_load.load`): tensors, containers,
+    numpy arrays and :data:`SAFE_GLOBALS` only, so a tampered file cannot run code on unpickling.
 
     Raises:
-        ValueError: the file pickles other objects (named by torch); re-save its state dict with ``torch.save``.
+        UnsafeFileError: the file pickles other objects (named); re-save its state dict with ``torch.save``.
+        InputError: not a torch file (random bytes, empty).
+        FileNotFoundError: nothing at ``path``.
     """
-    try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds pickled objects beyond tensors, refused for safety ({str(err)[:300]}); "
-                         "load it in a trusted session and re-save the state dict with torch.save(state_dict, ...)"
-                         ) from None
+    return load(path, extra_globals=SAFE_GLOBALS)
 
 
 def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: int | None = None,
@@ -387,7 +389,13 @@ def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: 
         dropped, notes}}``.
     """
     obj = load_reference(src_path)
-    weights = obj if source_format == "slowfast" else read_state_dict(obj)  # slowfast also reads the ckpt's cfg
+    if source_format == "slowfast":
+        weights = obj  # slowfast also reads the checkpoint's cfg
+    else:
+        try:
+            weights = read_state_dict(obj)
+        except ValueError as err:
+            raise InputError(f"{src_path}: {err}") from None
     out = convert_state_dict(source_format, weights, num_frames=num_frames, img_size=img_size,
                              tubelet_size=tubelet_size, backbone=backbone, q_pool_blocks=q_pool_blocks)
     out["source"]["path"] = str(src_path)
@@ -395,13 +403,13 @@ def convert_checkpoint(source_format: str, src_path: str | Path, *, num_frames: 
 
 
 def save_converted(converted: dict, dst: str | Path) -> Path:
-    """Write a converted dict to ``dst`` (through a temporary name, then renamed)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(converted, tmp)
-    tmp.replace(dst)
-    return dst
+    """Write a converted dict to ``dst`` (through ``dst.tmp``, then renamed).
+
+    Raises:
+        vmim.safe_load.SaveError: the write failed (disk full ...), naming ``dst`` and the OS error; no ``.tmp``
+            is left and a previous ``dst`` is unchanged.
+    """
+    return save(converted, dst)
 
 
 def convert_file(source_format: str, src: str | Path, dst: str | Path, **opts: Any) -> dict:
@@ -430,7 +438,10 @@ def convert_command(args: argparse.Namespace) -> int:
         converted = convert_file(args.source_format, args.src, args.dst, num_frames=args.num_frames,
                                  img_size=args.img_size, tubelet_size=args.tubelet_size, backbone=args.backbone,
                                  q_pool_blocks=getattr(args, "q_pool_blocks", None))
-    except ValueError as err:
+    except FileNotFoundError as err:
+        print(f"vmim convert: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # InputError, UnsafeFileError, and the conversion's own (keys that do not fit)
         print(f"vmim convert: {err}", file=sys.stderr)
         return 2
     print(summary_line(converted, args.dst))

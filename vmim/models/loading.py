@@ -7,6 +7,12 @@ kept ``step_*.pt``, newest first; this mirrors ``vmim.engine.checkpoint.Checkpoi
 not import: models sit below the engine). Reference checkpoints (VideoMAE, MAE, MVD, timm, SlowFast) are converted
 first.
 
+Every file is read by :func:`vmim.safe_load.load` (``weights_only=True``): one that holds more than tensors and
+plain data raises :class:`~vmim.errors.UnsafeFileError` naming it, and in a run directory it is never skipped for an
+older checkpoint (that would hide the tampering); random bytes, an empty file, or a dict without the keys a source
+needs raise :class:`~vmim.errors.InputError` (a ``ValueError``) naming the file and the key. ``vmim finetune``
+checks ``init`` this way before its run folder exists (:func:`vmim.preflight.check_data_paths`, with ``mmap``).
+
 :func:`load_init` is strict about what changes a weight's shape or meaning and lenient, out loud, about what the
 fine-tuning recipes change on purpose. An MViT (:func:`vmim.models.convert_slowfast.mvit_init_state`):
 
@@ -49,6 +55,8 @@ import yaml
 from torch import nn
 
 from ..config import FAMILIES, MViTConfig, build_config, build_entry, video_grid
+from ..errors import InputError, UnsafeFileError
+from ..safe_load import load
 from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight
 from .convert_slowfast import mvit_init_state
 from .pos_embed import resample_table
@@ -85,8 +93,9 @@ def _checkpoint_files(run_dir: Path) -> list[Path]:
     return ([last] if last.exists() else []) + sorted(ckpt.glob("step_*.pt"), reverse=True)
 
 
-def _load_file(path: Path) -> tuple[Any, Path]:
-    """(loaded object, file) for a file, or the newest readable checkpoint of a run directory."""
+def _load_file(path: Path, mmap: bool = False) -> tuple[Any, Path]:
+    """(loaded object, file) for a file, or the newest readable checkpoint of a run directory (a file that would run
+    code is refused, never skipped)."""
     if path.is_dir():
         files = _checkpoint_files(path)
         if not files:
@@ -94,26 +103,46 @@ def _load_file(path: Path) -> tuple[Any, Path]:
         errors = []
         for file in files:
             try:
-                return torch.load(file, map_location="cpu", weights_only=False), file
-            except Exception as err:  # a file damaged outside our atomic writes: try the next one
-                errors.append(f"{file}: {err}")
-        raise ValueError(f"no readable checkpoint in {path / 'checkpoints'}: " + "; ".join(errors))
+                return load(file, mmap=mmap), file
+            except UnsafeFileError:
+                raise
+            except (InputError, OSError) as err:  # a file damaged outside our atomic writes: try the next one
+                errors.append(str(err))
+        raise InputError(f"no readable checkpoint in {path / 'checkpoints'}: " + "; ".join(errors))
     if not path.is_file():
         raise FileNotFoundError(f"no such file or run directory: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False), path
+    return load(path, mmap=mmap), path
 
 
-def read_weights(path: str | Path) -> BackboneWeights:
+BACKBONE_FILE_KEYS = ("version", "model", "video_grid", "state_dict", "data")
+"""Keys of a ``vmim-backbone`` file besides ``format``."""
+
+
+def _need(obj: dict, file: Path, keys: tuple[str, ...], kinds: tuple[type, ...], what: str) -> None:
+    """Each of ``keys`` is in ``obj`` with the type at the same place in ``kinds``, else one InputError naming it."""
+    for key, kind in zip(keys, kinds):
+        if not isinstance(obj.get(key), kind):
+            found = "no such key" if key not in obj else f"a {type(obj[key]).__name__}"
+            raise InputError(f"{file}: {what} without a valid {key!r} ({found}, expected a {kind.__name__})")
+
+
+def read_weights(path: str | Path, mmap: bool = False) -> BackboneWeights:
     """The backbone weights of a converted file, one of our checkpoints, or a run directory.
 
+    Args:
+        path: the file or run directory.
+        mmap: map a zip-format file's tensors instead of reading them (a cheap check before a run).
     Raises:
         FileNotFoundError: nothing at ``path`` (or no checkpoint in the run directory).
-        ValueError: anything else (a reference checkpoint not yet converted, a checkpoint without a backbone).
+        UnsafeFileError: the file holds more than tensors and plain data (named); nothing of it was built.
+        InputError: anything else (not a torch file, a reference checkpoint not yet converted, a checkpoint without
+            a backbone, a missing key: each named with the file).
     """
-    obj, file = _load_file(Path(path))
+    obj, file = _load_file(Path(path), mmap)
     if isinstance(obj, dict) and obj.get("format") == FILE_FORMAT:
+        _need(obj, file, BACKBONE_FILE_KEYS, (int, dict, list, dict, dict), f"a {FILE_FORMAT} file")
         if obj.get("version") != FILE_VERSION:
-            raise ValueError(f"{file}: {FILE_FORMAT} version {obj.get('version')}, this vmim reads {FILE_VERSION}")
+            raise InputError(f"{file}: {FILE_FORMAT} version {obj.get('version')}, this vmim reads {FILE_VERSION}")
         cfg = build_entry("model", obj["model"], FAMILIES["backbones"])
         source = obj.get("source", {})
         origin = f"converted {source.get('format', '?')} file {file}"
@@ -122,13 +151,16 @@ def read_weights(path: str | Path) -> BackboneWeights:
         cfg = build_config(yaml.safe_load(obj["config"]))
         sd = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
         if not sd:
-            raise ValueError(f"{file}: its model has no 'backbone.*' keys")
+            raise InputError(f"{file}: its 'model' has no 'backbone.*' keys")
         origin = f"{obj.get('task', cfg.task)} checkpoint {file} (step {obj.get('step', '?')})"
         data = {"img_size": cfg.data.img_size, "num_frames": cfg.data.num_frames, "mean": list(cfg.data.mean),
                 "std": list(cfg.data.std)}
         return BackboneWeights(cfg.model, video_grid(cfg), sd, origin, data)
-    raise ValueError(f"{file} is neither a vmim checkpoint nor a '{FILE_FORMAT}' file; convert reference "
-                     f"checkpoints first: vmim convert --from {{{','.join(FORMATS)}}} SRC DST")
+    keys = f"its keys: {', '.join(sorted(map(str, obj))[:12])}" if isinstance(obj, dict) else \
+        f"it holds a {type(obj).__name__}"
+    raise InputError(f"{file} is neither a vmim checkpoint (a 'model' dict and a 'config' string) nor a "
+                     f"'{FILE_FORMAT}' file ({keys}); convert reference checkpoints first: vmim convert --from "
+                     f"{{{','.join(FORMATS)}}} SRC DST")
 
 
 def load_backbone(path: str | Path) -> nn.Module:

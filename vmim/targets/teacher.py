@@ -58,6 +58,11 @@ stores every teacher's source and hash in the checkpoint and refuses a resume wh
 still training changes the hash between attempts: point ``path`` at a fixed checkpoint file. On the meta device
 (building a method only to inspect it) a timm teacher is built without reading its file (a vmim source is read for
 its architecture only), and the hash is empty.
+
+Reading is safe: both sources read through :func:`vmim.safe_load.load` (``weights_only=True``, or safetensors), also
+when the config is validated; a file that would run code raises :class:`UnsafeTeacherFile` (an
+:class:`~vmim.errors.UnsafeFileError` and a :class:`TeacherError`, exit 2) naming ``targets.<name>.path``, the file
+and what it holds; an unreadable one a :class:`TeacherError` naming the same.
 """
 
 from __future__ import annotations
@@ -72,7 +77,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .. import safe_load
 from ..config import ConfigError
+from ..errors import InputError, UnsafeFileError
 from ..models.convert import check_and_load
 from ..models.frozen import Frozen
 from ..models.grid import Grid
@@ -94,6 +101,14 @@ class TeacherError(ConfigError):
     def under(self, prefix: str) -> "TeacherError":
         """The same error with its key under ``prefix`` (``targets.<name>``)."""
         return TeacherError(f"{prefix}.{self.key}", self.message)
+
+
+class UnsafeTeacherFile(TeacherError, UnsafeFileError):
+    """The teacher's weights file holds more than tensors and plain data: refused unread (:mod:`vmim.safe_load`),
+    naming ``targets.<name>.path``, the file and what it holds (exit 2)."""
+
+    def under(self, prefix: str) -> "UnsafeTeacherFile":
+        return UnsafeTeacherFile(f"{prefix}.{self.key}", self.message)
 
 
 def state_dict_sha256(state_dict: dict[str, Tensor]) -> str:
@@ -130,12 +145,14 @@ def _on_meta() -> bool:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a torch or safetensors file; one ``state_dict`` / ``model`` / ``module`` wrapper level unwrapped."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """Tensors of a torch or safetensors file (read by :func:`vmim.safe_load.load`, never running code); one
+    ``state_dict`` / ``model`` / ``module`` wrapper level unwrapped."""
+    try:
+        obj = safe_load.load(path)
+    except UnsafeFileError as err:
+        raise UnsafeTeacherFile("path", str(err)) from None
+    except InputError as err:
+        raise TeacherError("path", str(err)) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if isinstance(obj.get(key), dict):
@@ -204,6 +221,8 @@ class VmimSource:
     def __init__(self, path: str):
         try:
             weights = read_weights(path)
+        except UnsafeFileError as err:
+            raise UnsafeTeacherFile("path", str(err)) from None
         except (FileNotFoundError, ValueError) as err:
             raise TeacherError("path", str(err)) from None
         net = create_backbone(weights.config, weights.video_grid)
@@ -450,4 +469,5 @@ def teachers_of(targets: nn.ModuleDict | dict[str, Target]) -> dict[str, Teacher
     return {name: t for name, t in targets.items() if isinstance(t, TeacherTarget)}
 
 
-__all__ = ["TeacherError", "TeacherTarget", "check_records", "resample_grid", "state_dict_sha256", "teachers_of"]
+__all__ = ["TeacherError", "TeacherTarget", "UnsafeTeacherFile", "check_records",
+           "resample_grid", "state_dict_sha256", "teachers_of"]
