@@ -1,6 +1,7 @@
 """Fine-tuning augmentations: per-clip RandAugment (workers), random erasing and Mixup / CutMix (device side)."""
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -149,6 +150,56 @@ def test_rand_augment_no_op_fires_and_grey_clips():
         assert torch.equal(out, ra(rgb, np.random.default_rng(s))[:1])
     with pytest.raises(ValueError, match="uint8"):
         ra(clip.float(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("rand-m7-n4-mstd0.5-inc1", {"m": 7, "n": 4, "mstd": 0.5, "inc": 1}),
+    ("rand-m9-mstd0.5-inc1", {"m": 9, "mstd": 0.5, "inc": 1}),
+    ("rand", {}),
+    ("rand-n3-tweights-p0.7-mmax12-m12", {"n": 3, "t": "weights", "p": 0.7, "mmax": 12, "m": 12}),
+])
+def test_rand_augment_grammar_reads_timm_strings(spec, expected):
+    from vmim.finetune_config import parse_rand_augment
+
+    assert parse_rand_augment(spec) == expected
+    ClipRandAugment(spec, 32)  # timm takes them too
+
+
+# Strings timm took silently (a section without digits dropped, an unknown set read as the default, a magnitude
+# clipped) or failed on later (a bare AssertionError, numpy's "larger sample than population"): refused up front.
+@pytest.mark.parametrize("spec, fragment", [
+    ("rand-m-n4", "bad section 'm'"),  # timm: dropped, magnitude 10
+    ("rand-m7-zz", "unknown section 'zz'"),  # timm: dropped
+    ("rand-x9", "unknown section 'x9'"),  # timm: AssertionError
+    ("rand-m7-tfoo", "'t' takes"),  # timm: the default transform set
+    ("rand-m7-m9", "given twice"),  # timm: the last one
+    ("rand-m11", "above the upper bound 10"),  # timm: clipped to 10
+    ("rand-p1.5", "in [0, 1]"),  # timm: every op always fires
+    ("rand-inc2", "0 or 1"),
+    ("rand-n0", ">= 1"),  # timm: no op ever (off is the empty string)
+    ("rand-n20-tweights", "at most 15"),  # numpy ValueError in the first batch
+    ("rand-m7-", "unknown section ''"),
+    ("random-m7", "starts with 'rand-'"),
+])
+def test_rand_augment_grammar_refuses_what_timm_drops_or_fails_on(spec, fragment):
+    from vmim.finetune_config import parse_rand_augment
+
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_rand_augment(spec)
+    with pytest.raises(ValueError, match=re.escape(fragment)):  # the data path refuses it the same way
+        ClipRandAugment(spec, 32)
+
+
+def test_rand_augment_sets_match_timm():
+    from timm.data import auto_augment as A
+
+    from vmim.finetune_config import RAND_AUGMENT_SETS
+
+    for name, limit in RAND_AUGMENT_SETS.items():
+        transforms = A.rand_augment_choices(name)
+        weighted = isinstance(transforms, dict)
+        assert limit == (sum(1 for w in transforms.values() if w > 0) if weighted else 0), name
+    assert A._LEVEL_DENOM == 10
 
 
 # ----------------------------------------------------------------------------------------------- random erasing

@@ -794,7 +794,7 @@ def test_shipped_config_builds_its_method(path, tmp_path_factory):
             from tests.test_teacher import save_vmim_teacher
 
             t.path = str(tmp_path_factory.mktemp("teacher") / f"{name}.pt")
-            save_vmim_teacher(Path(t.path), patch=cfg.model.patch_size, tubelet=1)
+            save_vmim_teacher(Path(t.path), patch=cfg.model.patch_size, tubelet=1, img=2 * cfg.model.patch_size)
     with torch.device("meta"):
         method = build_method(cfg)
     assert all(p.is_meta for p in method.parameters())

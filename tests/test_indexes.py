@@ -66,6 +66,17 @@ def test_space_list_errors_name_file_line_and_text(tmp_path, line, problem):
     assert (err.value.path, err.value.line, err.value.text) == (str(lst), 4, line)
 
 
+@pytest.mark.parametrize("name, body, text", [
+    ("train.txt", "ok.mp4 1\nb.mp4 -1\n", "b.mp4 -1"),  # read as "unlabeled" before, then "has no label"
+    ("train.csv", "path,label\nb.mp4,-3\n", "b.mp4,-3"),
+])
+def test_a_negative_label_is_a_malformed_line(tmp_path, name, body, text):
+    lst = write(tmp_path / name, body)
+    with pytest.raises(IndexFormatError, match="is negative") as err:
+        read_index("space" if name.endswith(".txt") else "csv", lst)
+    assert (err.value.path, err.value.line, err.value.text) == (str(lst), 2, text)
+
+
 # ----------------------------------------------------------------------------------------------------
 # csv lists
 # ----------------------------------------------------------------------------------------------------
@@ -325,6 +336,16 @@ def test_check_missing_drop_and_error(tmp_path):
         check_missing(entries, "error", "k400")
     with pytest.raises(ValueError, match="'skip'"):
         check_missing(entries, "skip", "k400")
+
+
+@pytest.mark.parametrize("policy", ["error", "drop"])
+def test_check_missing_refuses_a_listed_folder_naming_list_and_line(tmp_path, policy):
+    (tmp_path / "videos" / "a.mp4").mkdir(parents=True)  # a folder named like a video: it counted as present
+    touch(tmp_path / "videos" / "b.mp4")
+    lst = write(tmp_path / "train.txt", "videos/b.mp4 0\nvideos/a.mp4 1\n")
+    with pytest.raises(IndexFormatError, match="lists a folder") as err:
+        check_missing(read_space_list(lst), policy, "k400")
+    assert (err.value.path, err.value.line, err.value.text) == (str(lst), 2, str(tmp_path / "videos" / "a.mp4"))
 
 
 def test_missing_summary_lists_first_ten_then_count(tmp_path):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vmim.config import ConfigError
+from vmim.config import ConfigError, load_config
 from vmim.launch.cluster import ClusterConfig, load_cluster
 from vmim.launch.submit import expand_sweep, point_name, resolve_runs
 
@@ -68,6 +69,38 @@ def test_profile_flags_override_and_typos_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="without dashes"):
         load_cluster(None, {"sbatch": ["--mail-type=END"]})
     assert load_cluster(None, {}) == ClusterConfig()
+
+
+# Options that passed validation and failed (or misbehaved) at submission or in the job; what each did before.
+@pytest.mark.parametrize("flags, key, fragment", [
+    ({"mem_gb": float("nan")}, "mem_gb", "finite"),  # passed mem_gb >= 0; sbatch --mem=nanGB
+    ({"array_parallelism": 0}, "array_parallelism", ">= 1"),  # an array that never starts
+    ({"time_min": 1, "signal_delay_s": 120}, "signal_delay_s", "below time_min x 60"),  # USR2 before the first step
+    ({"executor": "local", "nodes": 2}, "nodes", "nodes=1"),  # submitit's local executor: ValueError, a traceback
+    ({"sbatch": ["time=10"]}, "sbatch", "use time_min"),  # silently overrode time_min (and the signal's timing)
+    ({"sbatch": ["output=/tmp/x"]}, "sbatch", "submitit's own"),  # moved the logs vmim reads
+    ({"sbatch": ["mail type=END"]}, "sbatch", "lower-case option name"),  # sbatch failed after config.yaml was written
+    ({"partition": "gpu large"}, "partition", "whitespace"),
+])
+def test_cluster_values_that_would_fail_later_name_the_option(flags, key, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
+        load_cluster(None, flags)
+    assert err.value.key == key
+
+
+def test_a_cpu_only_submission_of_a_cuda_run_is_refused(tmp_path):
+    from vmim.launch.cluster import check_submission
+
+    cfg = load_config(DEMO, [f"output_dir={tmp_path}/run", "train.device=cuda"])
+    with pytest.raises(ConfigError, match="0 GPUs per node") as err:  # before: RuntimeError inside the job
+        check_submission(cfg, load_cluster(None, {}))
+    assert err.value.key == "gpus_per_node"
+    check_submission(cfg, load_cluster(None, {"gpus_per_node": 1}))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file") as err:  # before: NotADirectoryError writing config.yaml
+        check_submission(load_config(DEMO, [f"output_dir={tmp_path}/file/run"]), load_cluster(None, {}))
+    assert err.value.key == "output_dir"
+    assert not (tmp_path / "run").exists()
 
 
 def test_build_executor_maps_every_option(tmp_path):

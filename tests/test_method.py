@@ -167,7 +167,7 @@ def test_a_head_reads_the_inner_block_it_names():
     torch.testing.assert_close(out["loss/mimic"].detach(), want, atol=1e-5, rtol=1e-5)
     out["loss"].backward()
     assert model.backbone.blocks[0].attn.qkv.weight.grad is not None
-    with pytest.raises(ValueError, match=r"targets\.mimic\.head\.block: 7 is not a block"):
+    with pytest.raises(ValueError, match=r"targets\.mimic\.head\.block': 7 is not a block of the 2-block vit_test"):
         method(["targets.mimic.kind=hog", "targets.mimic.head.kind=linear", "targets.mimic.head.block=7",
                 "model.dense=true"])
 

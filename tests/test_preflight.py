@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmim.config import ConfigError, load_config
-from vmim.preflight import check_data_paths
+from vmim.preflight import check_data_paths, check_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs/demo/digits.yaml")
@@ -31,6 +32,7 @@ def data(tmp_path: Path) -> Path:
     (tmp_path / "images" / "cat").mkdir(parents=True)
     (tmp_path / "labels.json").write_text("{}")
     (tmp_path / "hmdb_splits").mkdir()
+    (tmp_path / "hmdb_splits" / "jump_test_split1.txt").write_text("a.avi 1\n")
     return tmp_path
 
 
@@ -103,3 +105,117 @@ def test_cli_stops_on_a_missing_list_before_torch_and_before_the_run_folder(tmp_
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported and "vmim.engine" not in imported
     assert elapsed < 10, f"took {elapsed:.1f} s"  # ~0.3 s; the data loader found it only after ~6 s
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a list holds (issue 19): read once up front, naming the key, the file and the line
+# ----------------------------------------------------------------------------------------------------
+
+FINETUNE = str(REPO / "configs/demo/motion_finetune.yaml")
+
+
+@pytest.mark.parametrize("name, body, fragment", [
+    ("empty.txt", "# only a comment\n\n", "lists no samples"),  # before: "none of the 0 listed files exist", exit 1
+    ("neg.txt", "a.mp4 0\nb.mp4 -2\n", "line 2: label -2 is negative"),  # before: "has no label" (fine-tuning)
+    ("cat.txt", "a.mp4 0\nb.mp4 cat\n", "line 2: expected 'path [label]' with an integer label"),
+    ("dir.txt", "a.mp4 0\nvideos/c.mp4 1\n", "line 2 lists a folder, not a file"),  # before: decode failures
+    ("empty.csv", "path,label\n", "lists no samples"),
+    ("neg.csv", "path,label\na.mp4,-1\n", "line 2: label -1 is negative"),
+    ("cat.csv", "a.mp4,x\n", "line 1: expected 'path,label' with an integer label"),
+])
+def test_a_bad_list_names_the_key_the_file_and_the_line(tmp_path, name, body, fragment):
+    (tmp_path / "videos" / "c.mp4").mkdir(parents=True)
+    lst = tmp_path / name
+    lst.write_text(body)
+    fmt = "csv" if name.endswith(".csv") else "space"
+    with pytest.raises(ConfigError) as err:
+        check_data_paths(config(bad={"kind": "video", "format": fmt, "path": lst}))
+    assert err.value.key == "data.datasets.bad.path"
+    assert str(lst) in str(err.value) and fragment in str(err.value)
+
+
+@pytest.mark.parametrize("body, overrides, fragment", [
+    ("a.mp4 0\nb.mp4\n", [], "line 2 has no label"),  # before: found after torch, when the data was built
+    ("a.mp4 0\nb.mp4 4\n", ["head.num_classes=4"], "line 2 has label 4, outside 0..3 (head.num_classes=4)"),
+])
+def test_a_supervised_list_needs_labels_below_num_classes(tmp_path, body, overrides, fragment):
+    lst = tmp_path / "train.txt"
+    lst.write_text(body)
+    cfg = load_config(FINETUNE, ["init=", "data.datasets.motion.kind=video", f"data.datasets.motion.path={lst}",
+                                 "data.datasets.motion.fraction=1", *overrides], task="finetune")
+    with pytest.raises(ConfigError) as err:
+        check_data_paths(cfg)
+    assert err.value.key == "data.datasets.motion.path" and fragment in str(err.value)
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ({"format": "kinetics_csv", "path": "k.csv"}, "lists no videos"),  # a header and no row
+    ({"format": "ucf101", "path": "blank.txt", "labels": "classInd.txt"}, "lists no videos"),
+    ({"format": "ssv2", "path": "empty.json", "labels": "labels.json"}, "empty JSON list"),
+    ({"format": "hmdb51", "path": "splits"}, "holds no *_test_split2.txt files", ),  # split 2 of a split-1 folder
+])
+def test_other_formats_must_list_something(tmp_path, entry, fragment):
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    (tmp_path / "blank.txt").write_text("\n")
+    (tmp_path / "classInd.txt").write_text("1 Jump\n")
+    (tmp_path / "empty.json").write_text(" [ ]\n")
+    (tmp_path / "labels.json").write_text("{}")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "jump_test_split1.txt").write_text("a.avi 1\n")
+    entry = {"kind": "video", **{k: tmp_path / v for k, v in entry.items() if k in ("path", "labels")},
+             **{k: v for k, v in entry.items() if k == "format"}}
+    if entry["format"] == "hmdb51":
+        entry["split_number"] = 2
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
+        check_data_paths(config(bad=entry))
+    assert err.value.key == "data.datasets.bad.path"
+
+
+def test_an_image_folder_without_images_or_classes_is_refused(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="holds no image files"):
+        check_data_paths(config(bad={"kind": "image", "format": "image_folder", "path": tmp_path / "images"}))
+
+
+def test_resume_and_teacher_paths_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        check_data_paths(load_config(DEMO, [f"resume={tmp_path}/last.pt"]))
+    assert err.value.key == "resume"  # before: FileNotFoundError after the model was built
+    teacher = ["targets.t.kind=teacher", f"targets.t.path={tmp_path}/teacher.pt", "targets.t.token_set=visible",
+               "targets.t.head.kind=linear", "targets.t.dim=0"]
+    with pytest.raises(ConfigError) as err:
+        check_data_paths(load_config(DEMO, [t for t in teacher if not t.startswith("targets.t.dim")]))
+    assert err.value.key == "targets.t.path"
+
+
+# ----------------------------------------------------------------------------------------------------
+# output_dir
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_output_dir_that_exists_or_can_be_made_passes_and_nothing_is_made(tmp_path):
+    check_output_dir(str(tmp_path))
+    check_output_dir(str(tmp_path / "a" / "b" / "run"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("make, output_dir, fragment", [
+    (lambda d: (d / "file").write_text("x"), "file", "exists and is not a folder"),
+    (lambda d: (d / "file").write_text("x"), "file/run", "file is a file, not a folder"),
+    (lambda d: (d / "link").symlink_to(d / "nowhere"), "link/run", "link is a broken link"),
+])
+def test_output_dir_that_cannot_be_made_names_the_key_and_the_blocker(tmp_path, make, output_dir, fragment):
+    make(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
+        check_output_dir(str(tmp_path / output_dir))
+    assert err.value.key == "output_dir"
+
+
+def test_an_unwritable_output_dir_parent_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    with pytest.raises(ConfigError, match="ro is not writable"):
+        check_output_dir(str(tmp_path / "ro" / "run"))

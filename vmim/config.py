@@ -19,6 +19,17 @@ YAML conventions:
     (``~targets.hog`` removes the inherited HOG target).
   * Changing an entry's ``kind`` (``targets.pixel.head.kind=linear`` over an inherited decoder head) starts that
     entry afresh from the new kind's defaults plus the keys given with it: keys of the old kind do not carry over.
+
+Validation covers every value used at run time (issue 19): a value that passes here must not fail later. Decisions:
+  * Every float key must be finite (:func:`check_finite`, over the whole config tree): an ``inf`` learning rate or a
+    ``nan`` mean passes every range check written as ``x > 0`` and poisons the run much later.
+  * Sizes are checked first (``data.img_size``, ``data.num_frames`` >= 1), before any check divides by them.
+  * What the model code needs but would only check after torch is imported is mirrored here as plain tables:
+    :data:`BACKBONE_DEPTHS` (a head's or momentum target's ``block``), checked against the models by
+    ``tests/test_config.py``.
+  * Seeds are in ``0..2**31-1``: numpy refuses a negative seed (``np.random.seed``, ``default_rng``), and the trainer
+    adds ``1000 x rank`` to ``train.seed``.
+  * Disk checks (lists, folders, ``output_dir``) are :mod:`vmim.preflight`'s, not this module's.
 """
 
 from __future__ import annotations
@@ -75,6 +86,37 @@ def _choice(key: str, value: str, options: tuple[str, ...] | list[str]) -> None:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
+
+
+SEED_LIMIT = 2**31
+"""Seeds are in ``0..SEED_LIMIT-1``: numpy refuses negative seeds, and the trainer adds ``1000 x rank``."""
+
+
+def _check_seed(key: str, seed: int) -> None:
+    _check(0 <= seed < SEED_LIMIT, key, f"{seed} must be in 0..{SEED_LIMIT - 1} (numpy refuses negative seeds)")
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Every float of a config tree (dataclasses, lists, dicts) is finite; raises ConfigError naming the first that is
+    not. ``inf`` and ``nan`` pass checks written as ``x > 0`` or ``x >= 0`` and fail only at run time."""
+    if isinstance(node, float):
+        _check(math.isfinite(node), prefix, f"{node} is not a finite number")
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            check_finite(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            check_finite(value, f"{prefix}.{name}" if prefix else str(name))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_finite(value, f"{prefix}[{i}]")
+
+
+def check_data_sizes(cfg: Any) -> None:
+    """data.img_size and data.num_frames are >= 1: checked before any check divides by them."""
+    d = cfg.data
+    _check(d.img_size >= 1, "data.img_size", f"{d.img_size} must be >= 1 (pixels)")
+    _check(d.num_frames >= 1, "data.num_frames", f"{d.num_frames} must be >= 1")
 
 
 class Entry:
@@ -149,6 +191,23 @@ class ViTConfig(Entry):
 
 
 VIT_NAMES = ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
+
+BACKBONE_DEPTHS: dict[str, int] = {
+    "vit_test": 2, "vit_tiny": 12, "vit_small": 12, "vit_base": 12, "vit_large": 24, "vit_huge": 32, "vit_giant": 40,
+    "mvitv2_test": 3, "mvitv2_demo": 6, "mvitv2_s_16x4": 16, "mvitv2_b_32x3": 24, "mvitv2_l_40x3": 48,
+    "maskfeat_mvitv2_s_16x4": 16, "mvitv2_t": 10, "mvitv2_s": 16, "mvitv2_b": 24}
+"""Blocks of each registered backbone (what a head's or a momentum target's ``block`` may name, negative from the
+end): a copy of the models' size tables that ``tests/test_config.py`` checks, so a wrong block stops at validation
+instead of after the model is built."""
+
+
+def _check_block(key: str, block: int, cfg: Any) -> None:
+    """``block`` is a block of cfg.model's backbone (``-depth <= block < depth``)."""
+    backbone = getattr(cfg.model, "backbone", "")
+    depth = BACKBONE_DEPTHS.get(backbone)
+    if depth is not None:
+        _check(-depth <= block < depth, key, f"{block} is not a block of the {depth}-block {backbone} "
+               f"(-{depth}..{depth - 1})")
 
 MVIT_STAGE_BLOCKS: dict[str, tuple[int, ...]] = {
     "mvitv2_test": (1, 2), "mvitv2_demo": (1, 3), "mvitv2_s_16x4": (1, 3, 14), "mvitv2_b_32x3": (2, 5, 21),
@@ -334,8 +393,9 @@ class WindowMaskingConfig(MaskingConfig):
     def check(self, key: str, cfg: "Config") -> None:
         super().check(key, cfg)
         _check(self.num_windows >= 1, f"{key}.num_windows", f"{self.num_windows} must be >= 1")
-        _check(self.window_frames >= 0, f"{key}.window_frames", f"{self.window_frames} must be >= 0 (0 = all)")
-        _, h, w = video_grid(cfg)
+        t, h, w = video_grid(cfg)
+        _check(0 <= self.window_frames <= t, f"{key}.window_frames",
+               f"{self.window_frames} must be in 0..{t} (0 = all; the clip has {t} tokens in time)")
         _check(1 < self.window_size <= min(h, w), f"{key}.window_size",
                f"{self.window_size} tokens must be in 2..{min(h, w)} (the {h}x{w} token grid of data.img_size)")
         m = cfg.model
@@ -380,6 +440,8 @@ class DecoderHeadConfig(Entry):
     mlp_ratio: float = 4.0
 
     def check(self, key: str, cfg: "Config") -> None:
+        if self.block is not None:
+            _check_block(f"{key}.block", self.block, cfg)
         _check(self.depth >= 0, f"{key}.depth", f"{self.depth} must be >= 0")
         _check(self.dim > 0 and self.heads > 0 and self.dim % self.heads == 0, f"{key}.heads",
                f"{self.heads} must divide dim={self.dim}")
@@ -400,6 +462,10 @@ class LinearHeadConfig(Entry):
     block: Optional[int] = None
     """Encoder block whose output (before the final norm) the head reads, negative from the end; None = the encoder
     output (after the final norm). MR-MAE-style mimicking from an inner block."""
+
+    def check(self, key: str, cfg: "Config") -> None:
+        if self.block is not None:
+            _check_block(f"{key}.block", self.block, cfg)
 
 
 HEADS: dict[str, type] = {"decoder": DecoderHeadConfig, "linear": LinearHeadConfig}
@@ -540,6 +606,11 @@ class MomentumTargetConfig(TargetConfig):
         _check(self.dim >= 0, f"{key}.dim",
                f"{self.dim}: 0 (the student's width at blocks {self.blocks}) or that width")
         _check(len(self.blocks) > 0, f"{key}.blocks", "name at least one encoder block, e.g. [-1]")
+        for i, block in enumerate(self.blocks):
+            _check_block(f"{key}.blocks[{i}]", block, cfg)
+        depth = BACKBONE_DEPTHS.get(getattr(cfg.model, "backbone", ""))
+        _check(depth is None or len({b % depth for b in self.blocks}) == len(self.blocks), f"{key}.blocks",
+               f"{self.blocks} names a block twice")
         for name in ("momentum", "momentum_end"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{key}.{name}", f"{value} is outside [0, 1]")
@@ -622,6 +693,7 @@ class DatasetConfig(Entry):
     def check(self, key: str, cfg: "Config") -> None:
         _check(self.weight > 0, f"{key}.weight", f"{self.weight} must be positive")
         _check(0 < self.fraction <= 1, f"{key}.fraction", f"{self.fraction} is outside (0, 1]")
+        _check_seed(f"{key}.subset_seed", self.subset_seed)
 
 
 @dataclass
@@ -1175,8 +1247,14 @@ def _suggest_key(schema: DictConfig, key: str, prefix: str) -> str:
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express. Raises ConfigError naming the key."""
     _check(cfg.task == "pretrain", "task", f"'{cfg.task}' is not a pretraining run")
+    check_finite(cfg)
+    check_data_sizes(cfg)
     cfg.model.check("model", cfg)
     _check_img_size_schedule(cfg)  # before the maskings check their units on every stage's grid
+    for i, (_, h, w) in enumerate(stage_grids(cfg)):  # masks keep 1..N-1 of a frame's N tokens: 1 leaves nothing
+        key = "data.img_size" if i == 0 else f"data.img_size_schedule[{i - 1}].img_size"
+        _check(h * w >= 2, key, f"a {h}x{w} token grid (over model.patch_size) leaves nothing to mask: each frame "
+               "needs at least 2 tokens")
     cfg.masking.check("masking", cfg)
     cfg.decoder_masking.check("decoder_masking", cfg)
     _check(len(cfg.targets) > 0, "targets", "at least one target is required (e.g. targets.pixel.weight=1)")
@@ -1231,6 +1309,8 @@ def validate_common(cfg: Any) -> None:
     o = cfg.optim
     _check(o.lr > 0, "optim.lr", f"{o.lr} must be positive")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"{o.min_lr} must be in [0, optim.lr]")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"{o.weight_decay} must be >= 0")
+    _check(o.eps > 0, "optim.eps", f"{o.eps} must be positive")
     _check(o.warmup_epochs >= 0, "optim.warmup_epochs", f"{o.warmup_epochs} must be >= 0")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            f"{o.betas} must be 2 values in [0, 1)")
@@ -1248,9 +1328,17 @@ def validate_common(cfg: Any) -> None:
            f"fsdp runs pretraining in fp32 or bf16 (this is {cfg.task} with train.precision={t.precision}); use "
            "train.parallel=ddp, or train.precision=bf16")
     _choice("train.device", t.device, DEVICES)
+    _check(t.precision != "fp16" or t.device != "cpu", "train.precision",
+           "fp16 (with its loss scaler) runs on CUDA only; use bf16 or fp32 with train.device=cpu")
+    _check_seed("train.seed", t.seed)
     _check(t.nan_patience >= 1, "train.nan_patience", f"{t.nan_patience} must be >= 1")
     _check(cfg.log.every_steps >= 1, "log.every_steps", f"{cfg.log.every_steps} must be >= 1")
+    _check(cfg.log.image_every_steps >= 0, "log.image_every_steps", f"{cfg.log.image_every_steps} must be >= 0 "
+           "(0 = never)")
     _check(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"{cfg.checkpoint.every_steps} must be >= 1")
+    _check(cfg.checkpoint.keep_every_steps >= 0, "checkpoint.keep_every_steps",
+           f"{cfg.checkpoint.keep_every_steps} must be >= 0 (0 = keep only last.pt)")
+    _check(bool(cfg.output_dir and cfg.output_dir.strip()), "output_dir", "must name a folder")
     _check(cfg.resume in ("auto", "never") or cfg.resume.endswith((".pt", ".pth")) or Path(cfg.resume).is_dir(),
            "resume", f"'{cfg.resume}' must be auto, never, a path to a .pt checkpoint, or a sharded checkpoint folder "
            f"(train.parallel=fsdp)")
@@ -1259,5 +1347,6 @@ def validate_common(cfg: Any) -> None:
 __all__ = [
     "Config", "ConfigError", "ViTConfig", "MaskingConfig", "TargetConfig", "DatasetConfig", "DataConfig",
     "OptimConfig", "TrainConfig", "LogConfig", "CheckpointConfig", "FAMILIES", "Family", "build_entry",
-    "load_config", "build_config", "validate", "config_to_yaml", "video_grid", "MISSING",
+    "load_config", "build_config", "validate", "config_to_yaml", "video_grid", "MISSING", "BACKBONE_DEPTHS",
+    "check_finite", "check_data_sizes",
 ]

@@ -10,19 +10,91 @@ layer decay 0.75, warm-up 5 epochs, min lr 1e-6, RandAugment ``rand-m7-n4-mstd0.
 mixup 0.8 / cutmix 1.0 with label smoothing 0.1, mean pooling + fc-norm, head init scale 0.001. Shared sections
 (model, data, optim, train, log, checkpoint) are the pretraining config's dataclasses, with these defaults.
 Like :mod:`vmim.config`, this module imports no torch.
+
+The RandAugment string is parsed here (:func:`parse_rand_augment`), not only by timm when the data is built: timm
+silently drops a section without digits (``rand-m-n4``: no magnitude), reads an unknown transform set (``tfoo``) as
+the default one, and fails on an unknown section (``rand-x9``) with a bare ``AssertionError`` seconds after torch is
+imported. The grammar below is timm 1.0's (``rand_augment_transform``), strict: every section must be known, parse
+whole and be in range, so a typo stops at validation naming ``augment.rand_augment``.
+:class:`vmim.data.rand_augment.ClipRandAugment` calls the same parser before timm's.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .config import (
-    CheckpointConfig, ConfigError, DataConfig, LogConfig, OptimConfig, TrainConfig, _check, _choice,
-    fill_kinded_defaults, validate_common,
+    CheckpointConfig, ConfigError, DataConfig, LogConfig, OptimConfig, TrainConfig, _check, _choice, check_data_sizes,
+    check_finite, fill_kinded_defaults, validate_common,
 )
 
 PROBE_METHODS = ("linear", "knn")
+IMAGE_KINDS = ("image", "digits_images")
+"""Dataset kinds whose samples are single images: one temporal view at test time."""
+BUILTIN_CLASSES = {"digits_images": 10, "digits_clips": 10, "digits_motion": 4}
+"""Classes of the built-in datasets (``vmim.data.labels`` reads them from here): ``head.num_classes`` must agree."""
+
+RAND_AUGMENT_SECTIONS = {"m": "magnitude (int)", "n": "ops per clip (int)", "p": "probability of each op (float)",
+                         "mstd": "magnitude std (float)", "mmax": "magnitude upper bound (int)",
+                         "inc": "increasing ops (0 or 1)", "t": "transform set (weights, 3aw or 3a)"}
+"""Sections of a RandAugment string after ``rand`` (timm 1.0), with what each holds."""
+RAND_AUGMENT_SETS = {"weights": 15, "3aw": 14, "3a": 0}
+"""timm's named transform sets (``t<name>``) -> ops drawn without replacement (weighted sets: ``n`` may not exceed
+it), 0 for a set drawn with replacement; ``tests/test_augment.py`` checks these against timm."""
+LEVEL_DENOM = 10
+"""timm's magnitude upper bound when ``mmax`` is not given."""
+
+
+def parse_rand_augment(spec: str) -> dict[str, Any]:
+    """A timm RandAugment string (``rand-m7-n4-mstd0.5-inc1``) -> ``{section: value}`` of the sections given.
+
+    Raises:
+        ValueError: the string does not start with ``rand``, or a section is unknown, repeated, malformed or out of
+            range (the message names the section).
+    """
+    parts = spec.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"'{spec}' is not a RandAugment string: it starts with 'rand-' (e.g. rand-m7-n4-mstd0.5-inc1)")
+    known = ", ".join(f"{k}: {v}" for k, v in RAND_AUGMENT_SECTIONS.items())
+    out: dict[str, Any] = {}
+    for part in parts[1:]:
+        match = re.fullmatch(r"(t)(.*)|([a-z]+)(.*)", part)
+        key, text = (match.group(1), match.group(2)) if match and match.group(1) else (
+            (match.group(3), match.group(4)) if match else (part, ""))
+        if key not in RAND_AUGMENT_SECTIONS:
+            raise ValueError(f"unknown section '{part}' in '{spec}' (sections: {known})")
+        if key in out:
+            raise ValueError(f"section '{key}' given twice in '{spec}'")
+        try:
+            if key == "t":
+                if text not in RAND_AUGMENT_SETS:
+                    raise ValueError
+                value: Any = text
+            elif key in ("p", "mstd"):
+                value = float(text) if text[:1].isdigit() else float("nan")  # timm: the value starts at a digit
+                if not value >= 0 or (key == "p" and value > 1):  # also nan
+                    raise ValueError
+            else:
+                if not text.isdigit():
+                    raise ValueError
+                value = int(text)
+                if (key == "inc" and value > 1) or (key == "n" and value < 1):
+                    raise ValueError
+        except ValueError:
+            raise ValueError(f"bad section '{part}' in '{spec}': '{key}' takes {RAND_AUGMENT_SECTIONS[key]}"
+                             + (" in [0, 1]" if key == "p" else " >= 1" if key == "n" else "")) from None
+        out[key] = value
+    bound = out.get("mmax", LEVEL_DENOM)
+    if out.get("m", 0) > bound:
+        raise ValueError(f"magnitude m{out['m']} in '{spec}' is above the upper bound {bound} (mmax; timm would "
+                         "clip it silently)")
+    limit = RAND_AUGMENT_SETS.get(out.get("t", ""), 0)
+    if limit and out.get("n", 2) > limit:
+        raise ValueError(f"n{out.get('n', 2)} in '{spec}': the weighted set t{out['t']} draws at most {limit} "
+                         "distinct ops")
+    return out
 
 
 @dataclass
@@ -145,15 +217,24 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     """Semantic checks of a supervised config. Raises ConfigError naming the key."""
     _check(cfg.task == "finetune", "task", f"'{cfg.task}' is not a fine-tuning run")
     cfg.init = cfg.init or ""
+    check_finite(cfg)
+    check_data_sizes(cfg)
     cfg.model.check("model", cfg)
     validate_common(cfg)
     h, a, e = cfg.head, cfg.augment, cfg.eval
     _check(h.num_classes >= 0, "head.num_classes", f"{h.num_classes} must be >= 0 (0 = from the training list)")
+    for section, datasets in (("data", cfg.data.datasets), ("eval", e.datasets)):
+        for name, ds in datasets.items():
+            known = BUILTIN_CLASSES.get(ds.kind)
+            _check(not h.num_classes or known is None or known == h.num_classes, "head.num_classes",
+                   f"{h.num_classes}, and {section}.datasets.{name} ({ds.kind}) has {known} classes")
     _check(0 <= h.dropout < 1, "head.dropout", f"{h.dropout} is outside [0, 1)")
     _check(h.init_scale > 0, "head.init_scale", f"{h.init_scale} must be positive")
     if a.rand_augment:
-        _check(a.rand_augment.startswith("rand"), "augment.rand_augment",
-               f"'{a.rand_augment}' is not a RandAugment string (e.g. rand-m7-n4-mstd0.5-inc1)")
+        try:
+            parse_rand_augment(a.rand_augment)
+        except ValueError as err:
+            raise ConfigError("augment.rand_augment", str(err)) from None
     for name in ("random_erasing", "mixup_prob", "switch_prob"):
         value = getattr(a, name)
         _check(0 <= value <= 1, f"augment.{name}", f"{value} is outside [0, 1]")
@@ -168,6 +249,9 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         ds.check(f"eval.datasets.{name}", cfg)
     _check(e.num_views >= 1, "eval.num_views", f"{e.num_views} must be >= 1")
     _check(e.val_views >= 1, "eval.val_views", f"{e.val_views} must be >= 1")
+    images = [name for name, ds in e.datasets.items() if ds.kind in IMAGE_KINDS]
+    _check(e.val_views == 1 or not images, "eval.val_views",
+           f"{e.val_views} temporal views, and eval.datasets.{images[0] if images else ''} holds images (one view)")
     _choice("eval.num_crops", str(e.num_crops), ("1", "3"))
     _choice("eval.val_crops", str(e.val_crops), ("1", "3"))
     _check(e.short_side == 0 or e.short_side >= cfg.data.img_size, "eval.short_side",
@@ -186,4 +270,4 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
 
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "ConfigError", "EMAConfig", "EvalConfig", "FinetuneConfig",
-           "ProbeConfig", "validate_finetune"]
+           "ProbeConfig", "parse_rand_augment", "validate_finetune"]

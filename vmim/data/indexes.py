@@ -16,6 +16,12 @@ starting with ``#`` are skipped. A malformed line raises :class:`IndexFormatErro
 1-based line number and the offending text. Nothing here opens a video or image; :func:`check_missing`
 finds listed files that do not exist, with one directory listing per folder instead of one stat per file.
 This module is pure standard library.
+
+Labels in a list are integers >= 0; a negative one is a malformed line (it used to read as "unlabeled" and be
+reported later as "has no label"): an unlabeled sample has no label field. A listed entry that is a folder is
+refused by :func:`check_missing`, naming the list and line (it used to count as present and fail at decode). The
+line grammar of the space and csv formats lives in :mod:`vmim.preflight` (torch-free), which reads the lists with it
+before any work; the readers here use the same functions, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..preflight import CSV_HEADER_LABELS as CSV_HEADER_LABELS  # re-exported: the header words a CSV list may use
+from ..preflight import IMAGE_EXTENSIONS, as_int, csv_rows, list_lines, split_csv_row, split_space_line
 
 PathLike = str | os.PathLike
 
@@ -36,15 +44,9 @@ INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "im
 MISSING_POLICIES = ("error", "drop")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 """Kinetics file extensions, in order of preference when several exist."""
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-"""Image folder extensions, matched case-insensitively."""
-CSV_HEADER_LABELS = ("label", "labels", "class", "class_id", "class_idx", "class_index", "target", "category")
-"""A first CSV row whose label field is one of these (any case) is a header and is skipped."""
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
 """Required Kinetics CSV columns; ``label`` and ``split`` are used when present, other columns ignored."""
 MISSING_SHOWN = 10
-
-_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +83,7 @@ class IndexFormatError(InputError):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _as_int(text: str) -> int | None:
-    """The int a field spells (``[+-]digits``), else None."""
-    text = text.strip()
-    return int(text) if _INT.fullmatch(text) else None
+_as_int = as_int  # the grammar's, from vmim.preflight
 
 
 def _root_of(list_path: PathLike, root: PathLike | None) -> str:
@@ -98,23 +97,8 @@ def _resolve(root: str, path: str) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
 
 
-def _lines(path: PathLike, comments: bool = True) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) of the non-blank lines, skipping ``#`` comments if ``comments``."""
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            text = line.strip()
-            if text and not (comments and text.startswith("#")):
-                yield number, text
-
-
-def _csv_rows(path: PathLike) -> Iterator[tuple[int, list[str]]]:
-    """(line number, stripped fields) of the non-blank, non-comment CSV rows."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            fields = [field.strip() for field in row]
-            if any(fields) and not fields[0].startswith("#"):
-                yield reader.line_num, fields
+_lines = list_lines  # (line number, stripped text) of the non-blank, non-comment lines
+_csv_rows = csv_rows  # (line number, stripped fields) of the non-blank, non-comment CSV rows
 
 
 class _DirCache:
@@ -122,6 +106,7 @@ class _DirCache:
 
     def __init__(self):
         self._names: dict[str, frozenset[str] | None] = {}
+        self._dirs: dict[str, frozenset[str]] = {}
         self._stems: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
 
     def names(self, directory: str) -> frozenset[str] | None:
@@ -129,8 +114,9 @@ class _DirCache:
         if directory not in self._names:
             try:
                 with os.scandir(directory or ".") as it:
-                    self._names[directory] = frozenset(
-                        e.name for e in it if not e.is_symlink() or os.path.exists(e.path))  # no broken links
+                    found = [e for e in it if not e.is_symlink() or os.path.exists(e.path)]  # no broken links
+                self._names[directory] = frozenset(e.name for e in found)
+                self._dirs[directory] = frozenset(e.name for e in found if e.is_dir())
             except (FileNotFoundError, NotADirectoryError):
                 self._names[directory] = frozenset()
             except OSError:  # e.g. no read permission: fall back to one stat per file
@@ -141,6 +127,13 @@ class _DirCache:
         directory, name = os.path.split(path)
         names = self.names(directory)
         return os.path.exists(path) if names is None else name in names
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is an existing folder (from the same listing as :meth:`exists`)."""
+        directory, name = os.path.split(path)
+        if self.names(directory) is None:
+            return os.path.isdir(path)
+        return name in self._dirs.get(directory, frozenset())
 
     def stems(self, directory: str, extensions: tuple[str, ...]) -> dict[str, str]:
         """``{stem: file name}`` of the files in ``directory`` with one of ``extensions`` (earlier ones win)."""
@@ -163,17 +156,11 @@ class _DirCache:
 
 
 def _space_line(list_path: PathLike, number: int, text: str) -> tuple[str, int]:
-    """``path [label]`` -> (path, label); the label is the last field when it is an int."""
-    fields = text.split()
-    if len(fields) == 1:
-        return text, -1
-    label = _as_int(fields[-1])
-    if label is None:
-        raise IndexFormatError(list_path, number, "expected 'path [label]' with an integer label", text)
-    if len(fields) > 2 and all(_as_int(f) is not None for f in fields[1:-1]):
-        raise IndexFormatError(list_path, number, "expected 'path [label]' (VideoMAEv2 'path start total label' "
-                                                  "lines are not supported)", text)
-    return text[:text.rfind(fields[-1])].strip(), label
+    """``path [label]`` -> (path, label); the label is the last field when it is an int (>= 0)."""
+    try:
+        return split_space_line(text)
+    except ValueError as err:
+        raise IndexFormatError(list_path, number, str(err), text) from None
 
 
 def read_space_list(list_path: PathLike, root: PathLike | None = None) -> list[Entry]:
@@ -195,14 +182,13 @@ def read_csv_list(list_path: PathLike, root: PathLike | None = None) -> list[Ent
     base = _root_of(list_path, root)
     entries = []
     for row, (number, fields) in enumerate(_csv_rows(list_path)):
-        if len(fields) != 2:
-            raise IndexFormatError(list_path, number, "expected 'path,label'", ",".join(fields))
-        path, label_text = fields
-        label = -1 if label_text == "" else _as_int(label_text)
-        if label is None and row == 0 and label_text.lower() in CSV_HEADER_LABELS:
+        try:
+            parsed = split_csv_row(fields, row == 0)
+        except ValueError as err:
+            raise IndexFormatError(list_path, number, str(err), ",".join(fields)) from None
+        if parsed is None:
             continue  # header row
-        if label is None or not path:
-            raise IndexFormatError(list_path, number, "expected 'path,label' with an integer label", ",".join(fields))
+        path, label = parsed
         entries.append(Entry(_resolve(base, path), label, list_file=str(list_path), line=number))
     return entries
 
@@ -480,13 +466,18 @@ def missing_summary(name: str, missing: Sequence[str], total: int) -> str:
 
 def check_missing(entries: Iterable[Entry], policy: str, name: str) -> tuple[list[Entry], list[str]]:
     """(entries whose file exists, paths of the missing ones). ``policy="error"`` raises FileNotFoundError
-    with :func:`missing_summary` if any is missing; ``"drop"`` returns the rest (the caller logs the summary)."""
+    with :func:`missing_summary` if any is missing; ``"drop"`` returns the rest (the caller logs the summary).
+    A listed entry that is a folder raises :class:`IndexFormatError` naming the list and line, whatever the policy:
+    the list is wrong, not the disk."""
     if policy not in MISSING_POLICIES:
         raise ValueError(f"unknown missing-file policy '{policy}' (valid: {', '.join(MISSING_POLICIES)})")
     cache, kept, missing = _DirCache(), [], []
     entries = list(entries)
     for entry in entries:
         (kept if cache.exists(entry.path) else missing).append(entry)
+        if kept and kept[-1] is entry and cache.is_dir(entry.path):
+            raise IndexFormatError(entry.list_file or entry.path, entry.line or None, "lists a folder, not a file",
+                                   entry.path)
     missing_paths = [entry.path for entry in missing]
     if missing and policy == "error":
         raise FileNotFoundError(missing_summary(name, missing_paths, len(entries)))

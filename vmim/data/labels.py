@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
+from ..finetune_config import BUILTIN_CLASSES as BUILTIN_CLASSES  # one table: config validation checks it too
 from .subset import source_labels
-
-BUILTIN_CLASSES = {"digits_images": 10, "digits_clips": 10, "digits_motion": 4}
 
 
 def declared_classes(ds_cfg: Any) -> tuple[int, str] | None:

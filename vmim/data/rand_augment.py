@@ -21,6 +21,10 @@ Decisions and their reasons:
   state seeded from ``rng`` (per op for the level arguments, and re-seeded to the same value before every frame for
   the op itself, so all frames get the same draw), and the previous global state is restored afterwards. Data-loader
   workers are processes, so the brief swap of the global state is not shared with another thread.
+- **A strict grammar first.** The string is parsed by :func:`vmim.finetune_config.parse_rand_augment` (torch-free,
+  so config validation runs the same check) before timm sees it: timm silently drops a section without digits
+  (``rand-m-n4`` has no magnitude), takes an unknown transform set (``tfoo``) for the default one, and clips a
+  magnitude above its bound.
 - **PIL per frame.** Frames go through PIL once (one ``Image.fromarray`` in, one ``np.asarray`` out, all ops in
   between). A clip on which no op fires is returned untouched without any conversion. One-channel clips are
   repeated to RGB, augmented, and reduced back to their first channel (all ops act per channel on a grey image;
@@ -37,6 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data.auto_augment import AugmentOp, rand_augment_transform
+
+from ..finetune_config import parse_rand_augment
 
 __all__ = ["ClipRandAugment", "DrawnOp", "FILL", "LEVEL_DENOM"]
 
@@ -82,8 +88,9 @@ class ClipRandAugment:
     """
 
     def __init__(self, config_str: str, img_size: int) -> None:
-        if not isinstance(config_str, str) or not config_str.startswith("rand"):
+        if not isinstance(config_str, str):
             raise ValueError(f"'{config_str}' is not a RandAugment string (e.g. rand-m7-n4-mstd0.5-inc1)")
+        parse_rand_augment(config_str)  # strict: timm drops malformed sections and reads unknown sets as the default
         if img_size <= 0:
             raise ValueError(f"img_size must be positive, got {img_size}")
         hparams = dict(translate_const=int(0.45 * img_size), img_mean=FILL, interpolation=_BICUBIC)
