@@ -50,7 +50,8 @@ def run_cli(*args: str | Path, timeout: float = 120, cwd: Path = REPO, env: dict
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
-        raise AssertionError(f"vmim {' '.join(map(str, args))} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+        raise AssertionError(f"vmim {' '.join(map(str, args))} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}"
+                             ) from None
     left = _session_members(proc.pid)
     if left:
         os.killpg(proc.pid, 9)

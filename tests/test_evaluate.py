@@ -1,11 +1,15 @@
-"""Multi-view evaluation: exact accuracy on real videos, softmax-then-mean merging, bad files as misses, predictions
-file, and a two-process gloo run that equals the one-process result."""
+"""Multi-view evaluation: exact accuracy on real videos, softmax-then-mean merging, bad files as misses (one line each,
+remembered: a known bad file is not opened again), predictions file, a stop signal ending a pass after the current
+batch (also over two gloo ranks whose shards differ in length), and a two-process gloo run that equals the
+one-process result."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import signal
 import socket
 import time
 from dataclasses import asdict
@@ -21,7 +25,9 @@ from vmim.data.eval_views import build_test_loader
 from vmim.data.indexes import Entry
 from vmim.data.sources import VideoSource
 from vmim.engine.distributed import DistInfo
-from vmim.engine.evaluate import EvalResult, VideoRecord, evaluate, merge_records
+from vmim.data.bad_files import BadFileMonitor, TooManyBadFiles
+from vmim.engine.evaluate import EvalResult, VideoRecord, evaluate, merge_records, report_failures
+from vmim.engine.preemption import Interrupted, StopSignals
 
 NUM_CLASSES = 7
 TRUE_CLASSES = [0, 1, 2, 0, 1, 2]  # dominant colour channel of colour video i
@@ -80,10 +86,11 @@ def colour_entries(videos: dict, with_corrupt: bool = False) -> list[Entry]:
 
 
 def run_eval(entries: list[Entry], model, num_views: int = 2, num_crops: int = 3, batch_size: int = 4,
-             world_size: int = 1, rank: int = 0, isolate: bool = False, **kwargs) -> EvalResult:
+             world_size: int = 1, rank: int = 0, isolate: bool = False, known_bad: dict | None = None,
+             **kwargs) -> EvalResult:
     source = VideoSource(entries, **SOURCE_OPTIONS)
     loader = build_test_loader(source, num_views, num_crops, 0, batch_size, world_size=world_size, rank=rank,
-                               isolate=isolate)
+                               isolate=isolate, known_bad=known_bad)
     return evaluate(model, loader, kwargs.pop("num_classes", NUM_CLASSES), "cpu", **kwargs)
 
 
@@ -92,7 +99,7 @@ def test_exact_accuracy_on_real_videos(videos):
     assert result.summary_line() == "top1 66.67% top5 83.33% (6 videos, 2 x 3 views)"
     assert (result.top1, result.top5) == (4 / 6, 5 / 6)
     assert (result.num_videos, result.num_failed, result.num_views, result.num_crops) == (6, 0, 2, 3)
-    assert result.failed_line() is None
+    assert result.failed_lines() == []
     assert [r.index for r in result.records] == list(range(6))
     assert [r.path for r in result.records] == videos["colour"] and [r.label for r in result.records] == LISTED
     for record, true in zip(result.records, TRUE_CLASSES):
@@ -128,13 +135,13 @@ def test_views_merge_by_softmax_then_mean(videos):
 
 def test_corrupt_file_is_a_reported_miss(videos, tmp_path):
     result = run_eval(colour_entries(videos, with_corrupt=True), ChannelModel(), batch_size=3, isolate=True)
-    assert result.summary_line() == "top1 57.14% top5 71.43% (7 videos, 2 x 3 views)"  # 4 / 7, 5 / 7
+    assert result.summary_line() == ("top1 57.14% top5 71.43% (7 videos, 1 failed to load and count as misses, "
+                                     "2 x 3 views)")  # 4 / 7, 5 / 7
     assert (result.num_videos, result.num_failed) == (7, 1)
     bad = result.records[2]
     assert (bad.index, bad.path, bad.label, bad.top5, bad.label_score) == (2, videos["corrupt"], 1, (), None)
     assert bad.error and not bad.correct and not bad.in_top5
-    assert result.failed_line() == f"1 of 7 videos failed to load and count as misses: {videos['corrupt']} " \
-                                   f"({bad.error})"
+    assert result.failed_lines() == [f"{videos['corrupt']}: {' '.join(bad.error.split())} (failed to load: a miss)"]
     loaded = [r for r in result.records if r.loaded]
     assert result.loss == pytest.approx(np.mean([-math.log(r.label_score) for r in loaded]))  # loaded videos only
 
@@ -194,7 +201,7 @@ def as_json(result: EvalResult) -> dict:
 def _rank_main(rank: int, world_size: int, port: int, entries: list[Entry], out: str) -> None:
     """One rank of the gloo run: evaluate its shard, write the merged result to ``out``/rank{rank}.json."""
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank,  # no port race
                                          world_size=world_size)
     try:
         result = run_eval(entries, ChannelModel(), batch_size=2, world_size=world_size, rank=rank,
@@ -219,10 +226,95 @@ def test_two_gloo_ranks_equal_one_process(videos, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for merged in ranks:  # every rank holds the whole merged result
         assert [r["index"] for r in merged["records"]] == list(range(7))
-        assert merged["summary"] == single["summary"] == "top1 57.14% top5 71.43% (7 videos, 2 x 3 views)"
+        assert merged["summary"] == single["summary"] == ("top1 57.14% top5 71.43% (7 videos, 1 failed to load "
+                                                          "and count as misses, 2 x 3 views)")
         assert merged["loss"] == pytest.approx(single["loss"], abs=1e-6)
         for got, want in zip(merged["records"], single["records"]):
             assert {k: v for k, v in got.items() if k not in ("scores", "label_score")} == {
                 k: v for k, v in want.items() if k not in ("scores", "label_score")}
             assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
     assert (tmp_path / "predictions0.tsv").exists() and not (tmp_path / "predictions1.tsv").exists()  # rank 0 only
+
+
+def test_failures_are_reported_once_and_known_bad_files_are_not_opened_again(videos):
+    """Two passes with one monitor (validation every epoch; the EMA's pass): the corrupt file has one line, and the
+    second pass fails it from memory. A good file marked known bad is not opened: it fails with the given reason."""
+    entries = colour_entries(videos, with_corrupt=True)
+    lines: list[str] = []
+    monitor = BadFileMonitor(["val"], [7], [0], 0.5, action="counted as a miss", report=lines.append)
+    first = run_eval(entries, ChannelModel(), isolate=True, known_bad=monitor.known_reasons(0))
+    report_failures(monitor, 0, first)
+    second = run_eval(entries, ChannelModel(), isolate=True, known_bad=monitor.known_reasons(0))
+    report_failures(monitor, 0, second)
+    assert len(lines) == 1 and lines[0].startswith(f"bad file in dataset 'val': {videos['corrupt']}: ")
+    assert lines[0].endswith("(counted as a miss; 1 bad so far)") and "\n" not in lines[0]
+    assert second.records[2].error == first.records[2].error and second.summary_line() == first.summary_line()
+    remembered = run_eval(entries, ChannelModel(), known_bad={0: "failed before"})  # video 0 decodes fine
+    assert remembered.records[0].error == "failed before" and remembered.num_failed == 2
+    monitor = BadFileMonitor(["val"], [7], [0], 0.1, action="counted as a miss", report=lines.append)
+    with pytest.raises(TooManyBadFiles, match=r"dataset 'val': 0 missing \+ 1 undecodable of 7 listed"):
+        report_failures(monitor, 0, first)  # 1 / 7 > 0.1: the threshold applies to evaluation too
+
+
+class SignalOnCall(ChannelModel):
+    """ChannelModel that sends SIGTERM to this process during its ``at``-th call (a known point of the pass)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)
+
+
+def test_sigterm_ends_the_pass_after_the_current_batch(videos):
+    model = SignalOnCall(at=1)
+    with StopSignals() as stop:
+        with pytest.raises(Interrupted, match=r"SIGTERM received: evaluation stopped after 2 of 6 videos") as info:
+            run_eval(colour_entries(videos), model, batch_size=2, stop=stop)
+    assert model.calls == 1 and info.value.exit_code == 128 + signal.SIGTERM and info.value.request == "stop"
+    assert run_eval(colour_entries(videos), ChannelModel(), stop=StopSignals()).num_videos == 6  # none: runs through
+
+
+def _stopping_rank(rank: int, world_size: int, entries: list[Entry], out: str) -> None:
+    """Rank 1 records a stop during its last batch (3 videos, batch 1); rank 0 has 4 batches. Both must raise
+    Interrupted at the same agreement (rank 1 joins it without a batch), not hang or gather."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world_size)
+    stop = StopSignals()  # not installed: the request is recorded by the model, as a handler would
+    calls = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        if rank == 1 and len(calls) == 3:
+            stop.requested, stop.signal_name = "stop", "SIGTERM"
+        return ChannelModel()(x)
+
+    try:
+        run_eval(entries, model, num_views=1, num_crops=1, batch_size=1, world_size=world_size, rank=rank,
+                 dist=DistInfo(rank, world_size, rank), stop=stop)
+        outcome = "finished"
+    except Interrupted as err:
+        outcome = f"{err.request} {err.signal_name}: {err}"
+    finally:
+        torch.distributed.destroy_process_group()
+    (Path(out) / f"rank{rank}.txt").write_text(outcome)
+
+
+def test_a_stop_on_one_rank_ends_every_rank_at_the_same_batch(videos, tmp_path):
+    entries = colour_entries(videos, with_corrupt=True)  # 7 videos: shards of 4 and 3
+    context = torch.multiprocessing.spawn(_stopping_rank, args=(2, entries, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not agree on the stop within 120 s")
+    # rank 0 is told by rank 1 (no signal of its own) before its 4th batch, rank 1 asks without one
+    assert (tmp_path / "rank0.txt").read_text() == "stop None: a stop signal received: evaluation stopped after 3 " \
+                                                   "of 7 videos"
+    assert (tmp_path / "rank1.txt").read_text() == "stop SIGTERM: SIGTERM received: evaluation stopped after 3 of " \
+                                                   "7 videos"

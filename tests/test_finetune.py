@@ -1,5 +1,7 @@
 """Fine-tuning end to end on the shared trainer: exact resume after SIGKILL with every augmentation on, validation and
-best checkpoint, ``vmim eval`` / ``vmim probe`` last lines, label checks naming the file and line, the motion task."""
+best checkpoint, ``vmim eval`` / ``vmim probe`` last lines, label checks naming the file and line, the motion task;
+bad validation files reported once (one line, remembered over passes and a resume); SIGTERM during a validation pass
+(aborted, saved as pending, validated first on resume) and during start-up (stopped at once, exit 143)."""
 
 from __future__ import annotations
 
@@ -282,8 +284,11 @@ def test_finetune_on_real_videos_skips_and_counts_a_corrupt_file(tmp_path):
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "broken.mp4" in log
     # 3 classes: every loaded video is in its top 5, the broken one counts as a miss
-    assert re.search(r"val val epoch 2: top1 \d+\.\d\d% top5 75\.00% \(4 videos, 1 x 1 views\)", log)
-    assert re.search(r"val val: 1 of 4 videos failed to load and count as misses: \S*broken\.mp4", log)
+    assert re.search(r"val val epoch 2: top1 \d+\.\d\d% top5 75\.00% \(4 videos, 1 failed to load and count as "
+                     r"misses, 1 x 1 views\)", log)
+    # one line for the file, though validated twice (weights and EMA): the second pass knew it and did not open it
+    lines = [line for line in log.splitlines() if "bad file in dataset 'val'" in line]
+    assert len(lines) == 1 and re.search(r"\S*broken\.mp4: .* \(counted as a miss; 1 bad so far\)", lines[0]), lines
     bad = [r["data/bad_files"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "data/bad_files" in r]
     assert bad and bad[-1] == 1  # counted once: a known bad file is not opened again
 
@@ -303,3 +308,130 @@ def test_missing_init_stops_before_the_run_folder(tmp_path):
                            f"output_dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "config key 'init'" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stop signals during validation and start-up
+# ----------------------------------------------------------------------------------------------------
+
+
+def wait_for_reader(fifo: Path, proc: subprocess.Popen, timeout: float = 240) -> int:
+    """Block until some process opens ``fifo`` to read (it is then blocked reading it: the phase under test is
+    running and cannot finish); returns our write end, held open. Polls a condition, no timing assumption."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            if proc.poll() is not None:
+                raise AssertionError(f"exited {proc.returncode} before reading {fifo}: "
+                                     f"{proc.stderr.read()[-3000:]}") from None
+            time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"nothing opened {fifo} within {timeout} s")
+
+
+def colour_videos(root: Path, n: int = 3) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
+        frames[..., i % 3] = 200
+        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
+        from tests.video_fixtures import encode_frames
+        paths.append(encode_frames(str(root / f"v{i}.mp4"), frames))
+    return paths
+
+
+def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_first(tmp_path):
+    """The validation list starts with a FIFO: the pass blocks on it, the test sends SIGTERM, then lets the read
+    fail. The pass stops after that batch (no summary line), last.pt says the validation is pending, there is no
+    best.pt; the resume (FIFO now a broken file) validates epoch 1 before training on, reports the broken file once
+    over four passes (epochs 1 and 2, weights and EMA) and keeps it in the hook's checkpoint state."""
+    fifo = tmp_path / "block.mp4"
+    os.mkfifo(fifo)
+    videos = colour_videos(tmp_path)
+    (tmp_path / "val.txt").write_text(f"{fifo} 0\n" + "".join(f"{p} {i}\n" for i, p in enumerate(videos)))
+    run = tmp_path / "run"
+    overrides = [o for o in TINY_FT if not o.startswith(("eval.datasets.", "~eval."))]
+    command = [sys.executable, "-m", "vmim.cli", "finetune", "--config",
+               str(REPO / "configs/demo/motion_finetune.yaml"), f"output_dir={run}", "init=", *overrides,
+               "~eval.datasets.motion_test", "eval.datasets.val.kind=video",
+               f"eval.datasets.val.path={tmp_path / 'val.txt'}",
+               "eval.datasets.val.stride=2", "eval.batch_size=1", "eval.every_epochs=1", "train.epochs=2",
+               "train.steps_per_epoch=2", "checkpoint.every_steps=100", "data.max_bad_fraction=0.5"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    writer = wait_for_reader(fifo, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    os.close(writer)  # the read ends: the file fails, the batch completes, the stop is honoured
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "vmim: SIGTERM received: stopped after step 2 with a checkpoint" in err, err
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["step"], state["train_state"]["epoch"], state["hooks"]["Validation"]["pending"]) == (2, 1, True)
+    assert not (run / "checkpoints" / "best.pt").exists()
+    assert "val val epoch 1:" not in (run / "log.txt").read_text()  # the pass was aborted, not finished
+
+    fifo.unlink()
+    fifo.write_bytes(os.urandom(4096))
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (run / "log.txt").read_text()
+    after = log[log.index("resumed at step 2"):]
+    assert "validation of epoch 1 was interrupted: running it first" in after
+    assert after.index("val val epoch 1:") < after.index("val val epoch 2:")
+    assert load(run / "checkpoints" / "best.pt")["step"] in (2, 4)
+    assert len([line for line in log.splitlines() if f"bad file in dataset 'val': {fifo}" in line]) == 1
+    final = load(run / "checkpoints" / "last.pt")["hooks"]["Validation"]
+    assert final["pending"] is False and [entry[:2] for entry in final["bad_files"]["val"]] == [[0, str(fifo)]]
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    except OSError:  # gone meanwhile
+        return False
+
+
+def block_in_start_up(fifo: Path, proc: subprocess.Popen, content: bytes) -> int:
+    """Give ``content`` to every read of ``fifo`` made before torch is loaded (the CLI's pre-flight checks, which read
+    lists before importing torch), and hold the first read made after: the trainer's start-up. Returns our write end."""
+    while True:
+        writer = wait_for_reader(fifo, proc)
+        if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
+            return writer
+        os.write(writer, content)
+        os.close(writer)
+        while holds_open(proc.pid, fifo) and proc.poll() is None:  # that reader is done before the next one counts
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("verb, config", [("finetune", "configs/demo/motion_finetune.yaml"),
+                                          ("pretrain", "configs/demo/digits.yaml")])
+def test_sigterm_during_start_up_stops_at_once(tmp_path, verb, config):
+    """The training list is a FIFO: the start-up blocks reading it (finetune: reading and checking the lists before
+    the trainer exists; pretrain: the trainer building its data). SIGTERM then stops the command at once: one line,
+    exit 143, no traceback, no process left (before: killed by the signal's default action, or, under the job
+    launcher's early recorder, held until the first optimizer step)."""
+    from tests.cli_harness import assert_refused
+
+    fifo = tmp_path / "train.txt"
+    os.mkfifo(fifo)
+    (tmp_path / "v.mp4").write_bytes(b"")
+    run = tmp_path / "run"
+    extra = ["init=", "head.num_classes=4", "~eval.datasets.motion_test"] if verb == "finetune" else []
+    proc = subprocess.Popen([sys.executable, "-m", "vmim.cli", verb, "--config", str(REPO / config),
+                             f"output_dir={run}", *extra, "~data.datasets", "data.datasets.clips.kind=video",
+                             f"data.datasets.clips.path={fifo}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    writer = block_in_start_up(fifo, proc, f"{tmp_path / 'v.mp4'} 0\n".encode())
+    try:  # held open: the read stays blocked until the signal ends it
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_refused(done, "SIGTERM received while the run was starting", code=128 + signal.SIGTERM,
+                   no_dirs=(run,) if verb == "finetune" else ())

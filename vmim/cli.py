@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import config_to_yaml, load_config
 from .errors import VmimError
-from .preflight import check_data_paths
+from .preflight import check_data_paths, check_output_dir
 
 
 def _train(args: argparse.Namespace, task: str) -> int:
@@ -21,7 +21,8 @@ def _train(args: argparse.Namespace, task: str) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    check_data_paths(cfg)  # a missing list / folder stops here, naming its key: before torch and the run folder
+    check_output_dir(cfg.output_dir)  # a run folder that cannot be made stops here, naming output_dir
+    check_data_paths(cfg)  # so does a missing or malformed list / folder, naming its key: before the run folder
     import signal
 
     from .engine.trainer import StopRequested
@@ -47,6 +48,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """``vmim eval``: refusals (exit 2), too many bad files (1) and a stop signal (128 + signal: Interrupted) are
+    one-line :class:`~vmim.errors.VmimError` s, printed by :func:`main`."""
     from .engine.eval_run import run_eval
 
     run_eval(args.target, args.checkpoint, args.overrides, args.output)
@@ -56,12 +59,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .launch.cluster import ClusterConfig, load_cluster
+    from .launch.cluster import ClusterConfig, check_submission, load_cluster
 
     flags = {f.name: getattr(args, f.name) for f in fields(ClusterConfig) if hasattr(args, f.name)}
     if args.local:
         flags["executor"] = "local"
     cluster = load_cluster(args.profile, flags)
+    if args.config and not args.eval:  # before anything is queued or written: the config, and it with the cluster
+        check_submission(load_config(args.config, args.overrides), cluster)
     from .launch.submit import submit
 
     if args.eval:
@@ -90,7 +95,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    """``vmim probe --config FILE`` (a fine-tuning config) or ``vmim probe RUN_DIR`` (a pretraining run, on digits)."""
+    """``vmim probe --config FILE`` (a fine-tuning config) or ``vmim probe RUN_DIR`` (a pretraining run, on digits).
+    Bad files and stop signals as ``vmim eval`` (:mod:`vmim.engine.probe`)."""
     if args.config:  # argparse hands the first override to the optional RUN_DIR
         overrides = ([args.run_dir] if args.run_dir else []) + list(args.overrides)
         cfg = load_config(args.config, overrides, task="finetune")
@@ -101,6 +107,10 @@ def _probe(args: argparse.Namespace) -> int:
             print("vmim probe: give a pretraining RUN_DIR or --config FILE", file=sys.stderr)
             return 2
         run_dir = Path(args.run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            print(f"vmim probe: {run_dir} is not a run directory (no config.yaml); give a pretraining run's folder "
+                  "or --config FILE", file=sys.stderr)
+            return 2
         run_cfg = load_config(run_dir / "config.yaml", task="pretrain")
         from .engine.checkpoint import CheckpointManager
         from .engine.probe import probe_config_for_pretraining_run

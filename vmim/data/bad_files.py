@@ -12,6 +12,14 @@ replacement from the sample's seed and the attempt number only (:mod:`vmim.data.
 file yields the same sample as a read that fails again. :meth:`BadFileMonitor.state_dict` stores the memory in a
 checkpoint, so known bad files stay known across a restart (with their paths: an entry whose index now names
 another file, because the list changed, is forgotten).
+
+Every verb keeps its bad files with this one class (issue 19), so they are treated alike: pretraining and fine-tuning
+(a bad sample is replaced), validation and ``vmim eval`` (a bad video is a miss: counted in the denominator), the
+probe (a bad sample is left out: the accuracies are over the files that loaded, and the result says how many were
+skipped). ``action`` says which in each file's line; ``report`` is where the line goes (the log, or ``print`` for
+the evaluation verbs, whose output is their stdout; a no-op on ranks other than 0 where every rank holds the same
+merged records). Evaluation passes hand their known bad indices to :class:`vmim.data.eval_views.MultiViewDataset`,
+which fails them again without opening the file.
 """
 
 from __future__ import annotations
@@ -50,11 +58,16 @@ class BadFileMonitor:
         listed: files listed per dataset (before dropping missing ones).
         missing: files dropped at start-up per dataset.
         max_fraction: allowed bad fraction per dataset.
+        action: what happens to a bad sample, in its line ("skipped, replaced by another sample").
+        report: where each new bad file's line goes (default: the "vmim" logger's warning).
     """
 
-    def __init__(self, names: list[str], listed: list[int], missing: list[int], max_fraction: float):
+    def __init__(self, names: list[str], listed: list[int], missing: list[int], max_fraction: float,
+                 action: str = "skipped, replaced by another sample", report: Callable[[str], None] | None = None):
         self.names, self.listed, self.missing = list(names), list(listed), list(missing)
         self.max_fraction = max_fraction
+        self.action = action
+        self.report = report if report is not None else log.warning
         self.bad: list[dict[str, str]] = [{} for _ in self.names]  # per dataset: path -> first reason
         self.indices: list[dict[int, str]] = [{} for _ in self.names]  # per dataset: failing index -> its path
         self._known: frozenset[tuple[int, int]] | None = frozenset()
@@ -68,9 +81,18 @@ class BadFileMonitor:
             if path in self.bad[dataset]:
                 continue
             self.bad[dataset][path] = reason
-            log.warning(f"bad file in dataset '{self.names[dataset]}': {path}: {reason} (skipped, replaced by "
-                        f"another sample; {len(self.bad[dataset])} bad so far)")
+            reason = " ".join(reason.split())  # one line per file, whatever the decoder wrote
+            self.report(f"bad file in dataset '{self.names[dataset]}': {path}: {reason} ({self.action}; "
+                        f"{len(self.bad[dataset])} bad so far)")
             self._check(dataset)
+
+    def known_reasons(self, dataset: int) -> dict[int, str]:
+        """{index: reason} of every known bad sample of ``dataset`` (for an evaluation pass to skip them)."""
+        return {index: self.bad[dataset].get(path, "failed before") for index, path in self.indices[dataset].items()}
+
+    def num_bad(self, dataset: int) -> int:
+        """Bad files of ``dataset`` met so far (missing ones not included)."""
+        return len(self.bad[dataset])
 
     def known_bad(self) -> frozenset[tuple[int, int]]:
         """Every ``(dataset, index)`` known to fail (the same object until a new one is recorded)."""
@@ -81,14 +103,19 @@ class BadFileMonitor:
     def fraction(self, dataset: int) -> float:
         return (self.missing[dataset] + len(self.bad[dataset])) / max(1, self.listed[dataset])
 
+    def check_all(self) -> None:
+        """Raise TooManyBadFiles for the first dataset already past the threshold (files missing at start-up)."""
+        for dataset in range(len(self.names)):
+            self._check(dataset)
+
     def _check(self, dataset: int) -> None:
         fraction = self.fraction(dataset)
         if fraction > self.max_fraction:
             raise TooManyBadFiles(
                 f"dataset '{self.names[dataset]}': {self.missing[dataset]} missing + {len(self.bad[dataset])} "
                 f"undecodable of {self.listed[dataset]} listed files = {fraction:.1%}, more than "
-                f"data.max_bad_fraction={self.max_fraction:g}. Fix or remove them (log.txt lists each), or "
-                f"raise the threshold.")
+                f"data.max_bad_fraction={self.max_fraction:g}. Fix or remove them (each has its own line above; "
+                f"in a run's log.txt), or raise the threshold.")
 
     def scalars(self) -> dict[str, float]:
         out = {"data/bad_files": float(sum(len(b) for b in self.bad) + sum(self.missing))}

@@ -6,9 +6,13 @@ Decisions:
   softmaxes: the same ranking). Averaging logits instead lets one over-confident view outvote the others.
   ``loss`` is the cross-entropy of that merged distribution, ``-log mean_v p_v(label)``, averaged over the
   videos that loaded: well defined, unlike a cross-entropy of averaged logits.
-* **A video that fails to load is a miss**, not a skipped sample: it stays in the denominator of top-1 / top-5, is
-  named in :meth:`EvalResult.failed_line` and has its row (with the reason) in the predictions file. Dropping it would
-  report accuracy on an easier subset; replacing it (as pretraining does) would count another video twice.
+* **A video that fails to load is a miss**, not a skipped sample: it stays in the denominator of top-1 / top-5, has
+  its row (with the reason) in the predictions file, and :meth:`EvalResult.failed_lines` gives one line per file
+  (a single joined line was unreadable past a few files). Dropping it would report accuracy on an easier subset;
+  replacing it (as pretraining does) would count another video twice. The callers (validation, ``vmim eval``) hand
+  the merged failures to a :class:`~vmim.data.bad_files.BadFileMonitor` (:func:`report_failures`): each file is
+  reported once, remembered (the next pass does not open it again) and counted against ``data.max_bad_fraction``,
+  as in training. From the merged records, so every rank holds the same memory and stops together.
 * **No padding, so no de-duplication.** Each rank evaluates indices ``rank, rank + world, ...``
   (:func:`vmim.data.eval_views.shard`) and the per-video records, with their dataset index, are gathered with
   ``all_gather_object``. VideoMAE pads the last batch through DistributedSampler and drops duplicates by the key
@@ -17,6 +21,11 @@ Decisions:
   failed videos together are exactly 0..N-1, each once.
 * A loader batch names its failed files with their dataset index (``failed_index``), so a failed video is recorded
   under its own index whatever order the loader yields.
+* **Stop signals within a batch.** Given the run's :class:`~vmim.engine.preemption.StopSignals`, the pass asks
+  :meth:`~vmim.engine.preemption.StopSignals.agreed` before every batch and raises
+  :class:`~vmim.engine.preemption.Interrupted` when a stop was requested on any rank; nothing is merged or written.
+  A rank's shard may have one batch fewer than another's, so each rank joins the agreement for as many batches as
+  the largest shard has (the collective calls match) and the stop lands on every rank at the same batch.
 * Every rank gets the merged result (the decision to keep a checkpoint can be taken on any rank); only rank 0
   writes the predictions file, through a temporary file renamed into place.
 """
@@ -38,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data.eval_views import MultiViewDataset
 from .distributed import DistInfo
 from .precision import autocast
+from .preemption import Interrupted, StopSignals
 
 TOP_K = 5
 PREDICTIONS_HEADER = ("path", "label", "top5", "scores", "correct", "error")
@@ -100,19 +110,15 @@ class EvalResult:
                    num_videos=n, num_failed=n - len(loaded), num_views=num_views, num_crops=num_crops, rank=rank)
 
     def summary_line(self) -> str:
-        """``top1 81.25% top5 100.00% (16 videos, 5 x 3 views)``."""
+        """``top1 81.25% top5 100.00% (16 videos, 5 x 3 views)``; with failures ``(16 videos, 2 failed to load and
+        count as misses, 5 x 3 views)``."""
+        failed = f", {self.num_failed} failed to load and count as misses" if self.num_failed else ""
         return (f"top1 {100 * self.top1:.2f}% top5 {100 * self.top5:.2f}% "
-                f"({self.num_videos} videos, {self.num_views} x {self.num_crops} views)")
+                f"({self.num_videos} videos{failed}, {self.num_views} x {self.num_crops} views)")
 
-    def failed_line(self, limit: int = 20) -> str | None:
-        """``2 of 16 videos failed to load and count as misses: a.mp4 (reason); b.mp4 (reason)``, the first ``limit``
-        named; None when every video loaded."""
-        failed = [r for r in self.records if not r.loaded]
-        if not failed:
-            return None
-        named = "; ".join(f"{r.path} ({r.error})" for r in failed[:limit])
-        more = f"; and {len(failed) - limit} more (see the predictions file)" if len(failed) > limit else ""
-        return f"{len(failed)} of {self.num_videos} videos failed to load and count as misses: {named}{more}"
+    def failed_lines(self) -> list[str]:
+        """One line per video that failed to load: ``a.mp4: reason (failed to load: a miss)``, in index order."""
+        return [f"{r.path}: {' '.join(r.error.split())} (failed to load: a miss)" for r in self.records if not r.loaded]
 
     def metrics(self) -> dict[str, float]:
         """Scalars for logs: top1 / top5 (fractions), loss, failed (count)."""
@@ -211,15 +217,40 @@ def view_scores(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tens
     return torch.cat(probs).view(b, v, num_classes).mean(dim=1)
 
 
+def report_failures(monitor, dataset: int, result: EvalResult) -> None:
+    """Hand ``result``'s failed videos to ``monitor`` (a :class:`~vmim.data.bad_files.BadFileMonitor`) as dataset
+    ``dataset``: new files get their line, all are remembered; raises TooManyBadFiles past its threshold."""
+    from ..data.bad_files import Failure
+
+    monitor.update([Failure(dataset, r.index, r.path, r.error) for r in result.records if not r.loaded])
+
+
+def _agreed_stop(stop: StopSignals | None, dist: DistInfo | None, device: torch.device, seen: int,
+                 total: int) -> None:
+    """Raise Interrupted when a stop was requested on any rank (collective when distributed)."""
+    if stop is None:
+        return
+    request = stop.agreed(dist, device)
+    if request:
+        name = stop.signal_name or "a stop signal"
+        raise Interrupted(f"{name} received: evaluation stopped after {seen} of {total} videos", request,
+                          stop.signal_name)
+
+
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, num_classes: int,
              device: torch.device | str, precision: str = "fp32", dist: DistInfo | None = None,
-             chunk_size: int | None = None) -> EvalResult:
+             chunk_size: int | None = None, stop: StopSignals | None = None) -> EvalResult:
     """Evaluate ``model`` (uint8 clips (N, C, T, S, S) on ``device`` -> logits (N, num_classes); it normalizes its
     input itself) on every video of ``loader`` (:func:`vmim.data.eval_views.build_test_loader`, this rank's shard),
     merge the views of each video, gather all ranks' records (``dist.world_size`` > 1: every rank must call) and
     check that each of the N videos was counted exactly once. ``chunk_size`` caps the views per model call.
-    A ``torch.nn.Module`` runs in eval mode and gets its previous mode back."""
+    A ``torch.nn.Module`` runs in eval mode and gets its previous mode back.
+
+    Raises:
+        Interrupted: ``stop`` (installed :class:`~vmim.engine.preemption.StopSignals`) recorded a stop request on
+            some rank; asked before every batch, on every rank alike (see the module docstring).
+    """
     device = torch.device(device)
     dataset = eval_dataset(loader)
     source = dataset.source
@@ -227,8 +258,15 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     if was_training is not None:
         model.eval()
     records: list[VideoRecord] = []
+    world = dist.world_size if dist is not None else 1
+    rounds = math.ceil(math.ceil(len(dataset) / world) / loader.batch_size)  # batches of the largest shard
+    batches = iter(loader)
     try:
-        for batch in loader:
+        for _ in range(rounds):
+            _agreed_stop(stop, dist, device, len(records), len(dataset))
+            batch = next(batches, None)
+            if batch is None:  # this rank's shard is done; it still joins the others' agreements
+                continue
             loaded = batch["index"].tolist()
             for index, (path, reason) in zip(batch["failed_index"].tolist(), batch["failed"]):
                 records.append(VideoRecord(index, path, listed_label(source, index), error=reason))
@@ -242,8 +280,14 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
                                      f"(num_classes={num_classes}); evaluation needs labeled videos")
                 records.append(VideoRecord(index, source.describe(index), label, tuple(top_ids[row].tolist()),
                                            tuple(top_scores[row].tolist()), float(scores[row, label])))
+        if next(batches, None) is not None:  # none: rounds covers every shard (merge_records would say otherwise)
+            raise RuntimeError(f"the loader gave more than the {rounds} batches of its largest shard")
     finally:
         if was_training is not None:
             model.train(was_training)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # now, stopped or not: no worker outlives the pass
+            shutdown()
+        dataset.close()
     merged = merge_records(gather_records(records, dist), len(dataset))
     return EvalResult.from_records(merged, dataset.num_views, dataset.num_crops, dist.rank if dist else 0)

@@ -11,6 +11,20 @@ a pretraining run on the built-in digits: fit on the train split's centred digit
   the temperature);
 * ``probe.labels_per_class`` > 0 fits on that many samples per class, drawn ``probe.seeds`` times; the figures are
   the mean over the draws (low-label curves).
+
+Bad data and stop signals as in training (issue 19):
+
+* decoding is isolated as training's is (``data.decode_isolation``, ``data.decode_timeout_s``): a decoder stuck in C
+  is killed after the timeout instead of hanging the probe;
+* a file that fails to load is **left out**, reported once on stdout (one line per file), remembered (the second
+  model's pass does not open it again) and counted by one :class:`~vmim.data.bad_files.BadFileMonitor` over every
+  fit and test dataset (named by config key); past ``data.max_bad_fraction`` the probe stops with TooManyBadFiles
+  (exit 1). Left out rather than counted as a miss (as ``vmim eval`` does): a probe has no prediction for a sample it
+  never saw on the fit side, and both sides are the same files for both models, so the comparison stays fair; the
+  result says how many were left out and that the accuracies are over the files that loaded;
+* SIGTERM / SIGUSR2 stop the feature extraction after the current batch, and set-up and the classifier fits at
+  once (nothing is written, so nothing is lost): :class:`~vmim.engine.preemption.Interrupted`, one line, exit
+  128 + the signal.
 """
 
 from __future__ import annotations
@@ -23,31 +37,63 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..errors import RunError
+from .preemption import Interrupted, StopSignals
 
 
 @torch.no_grad()
 def extract_features(model, source, views: int = 1, crops: int = 1, short_side: int = 0, batch_size: int = 64,
-                     num_workers: int = 0, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                     num_workers: int = 0, device: torch.device | str = "cpu", decode_timeout_s: float = 0.0,
+                     isolate: bool = True, monitor=None, dataset: int = 0, stop: StopSignals | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(n, D) pooled features (mean over the V = views x crops evaluation views) and (n,) labels of every sample of
     ``source`` that loads; ``model.features`` maps uint8 (N, C, T, S, S) to (N, D).
 
+    A sample that fails to load is left out and handed to ``monitor`` (a
+    :class:`~vmim.data.bad_files.BadFileMonitor`, as its dataset ``dataset``; by default one that only logs): its
+    line once, remembered (known bad samples are not opened again), TooManyBadFiles past its threshold.
+    ``isolate``: decode in a killable child (``data.decode_isolation``), with ``decode_timeout_s`` per sample.
+
     Raises:
-        RuntimeError: a sample failed to load (a probe over a silently smaller set would not be comparable).
+        TooManyBadFiles: from ``monitor``.
+        Interrupted: ``stop`` recorded a stop request (asked before every batch).
     """
+    from ..data.bad_files import BadFileMonitor, Failure
     from ..data.eval_views import build_test_loader
 
+    if monitor is None:
+        monitor, dataset = BadFileMonitor(["probe"], [len(source)], [0], 1.0, action="left out"), 0
     model.eval()
-    loader = build_test_loader(source, views, crops, short_side, batch_size, num_workers, isolate=False)
+    loader = build_test_loader(source, views, crops, short_side, batch_size, num_workers,
+                               decode_timeout_s=decode_timeout_s, isolate=isolate,
+                               known_bad=monitor.known_reasons(dataset))
     feats, labels = [], []
-    for batch in loader:
-        if batch["failed"]:
-            path, reason = batch["failed"][0]
-            raise RuntimeError(f"probe: {path} failed to load: {reason}")
-        clips = batch["clips"]
-        b, v = clips.shape[:2]
-        out = model.features(clips.flatten(0, 1).to(device)).float().view(b, v, -1).mean(dim=1)
-        feats.append(out.cpu().numpy())
-        labels.append(batch["label"].numpy())
+    batches = iter(loader)
+    try:
+        while True:
+            if stop is not None and (request := stop.agreed()):
+                raise Interrupted(f"{stop.signal_name} received: probe stopped while extracting features of "
+                                  f"'{monitor.names[dataset]}' ({sum(map(len, labels))} of {len(source)} samples); "
+                                  "nothing was written", request, stop.signal_name)
+            batch = next(batches, None)
+            if batch is None:
+                break
+            monitor.update([Failure(dataset, int(index), path, reason)
+                            for index, (path, reason) in zip(batch["failed_index"], batch["failed"])])
+            clips = batch["clips"]
+            if not len(clips):
+                continue
+            b, v = clips.shape[:2]
+            out = model.features(clips.flatten(0, 1).to(device)).float().view(b, v, -1).mean(dim=1)
+            feats.append(out.cpu().numpy())
+            labels.append(batch["label"].numpy())
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # no worker outlives the pass, stopped or not
+            shutdown()
+        loader.dataset.dataset.close()  # the isolated decode child of this process (0 workers)
+    if not feats:
+        raise RunError(f"probe: no sample of '{monitor.names[dataset]}' loaded ({len(source)} tried)")
     return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -102,54 +148,82 @@ class ProbeResult:
     accuracy: dict[str, dict[str, float]]
     fit: int
     test: int
+    skipped: int = 0
+    """Files that failed to load and were left out (fit and test together): the accuracies are over the rest."""
 
     def lines(self, labels_per_class: int = 0) -> list[str]:
-        """One line per method, the linear one last: ``probe top1 X%`` (+ the random-init figure)."""
+        """One line per method, the linear one last: ``probe top1 X%`` (+ the random-init figure, + how many files
+        were left out when some failed to load)."""
         budget = f", {labels_per_class} labels per class" if labels_per_class else ""
+        skipped = (f"{self.skipped} file{'s' if self.skipped > 1 else ''} failed to load and left out: accuracies "
+                   f"over the files that loaded") if self.skipped else ""
         out = []
         for method in sorted(self.accuracy["pretrained"], key=lambda m: m == "linear"):
             name = "probe" if method == "linear" else f"{method} probe"
             line = f"{name} top1 {self.accuracy['pretrained'][method]:.2%}"
             if "random_init" in self.accuracy:
                 line += f" (random init {self.accuracy['random_init'][method]:.2%}; {self.fit} fit, {self.test} test" \
-                        f"{budget})"
+                        f"{budget}{'; ' + skipped if skipped else ''})"
+            elif skipped:
+                line += f" ({skipped})"
             out.append(line)
         return out
 
 
 def probe(cfg) -> ProbeResult:
-    """Probe ``cfg.init``'s backbone (and a random init of it) per a :class:`~vmim.finetune_config.FinetuneConfig`."""
+    """Probe ``cfg.init``'s backbone (and a random init of it) per a :class:`~vmim.finetune_config.FinetuneConfig`.
+
+    Raises:
+        TooManyBadFiles: more than ``data.max_bad_fraction`` of a dataset's files failed to load.
+        Interrupted: a stop signal arrived (see the module docstring).
+    """
     from ..data import build_sources
+    from ..data.bad_files import BadFileMonitor
     from ..models.classifier import build_classifier
     from ..models.loading import load_init
 
-    fit_sources = build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
-    test_sources = build_sources(cfg.eval.datasets, cfg.data, cfg.model.in_chans)
-    if not test_sources:
-        from ..config import ConfigError
+    with StopSignals(immediate="probe set-up") as stop:
+        fit_sources = build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
+        test_sources = build_sources(cfg.eval.datasets, cfg.data, cfg.model.in_chans)
+        if not test_sources:
+            from ..config import ConfigError
 
-        raise ConfigError("eval.datasets", "names no dataset for the probe to score on")
-    models = {}
-    if cfg.probe.compare_random_init:  # the backbone is the first draw after seeding: the same weights for a seed
-        torch.manual_seed(cfg.train.seed)
-        models["random_init"] = build_classifier(cfg, 1)
-    models["pretrained"] = build_classifier(cfg, 1)
-    if cfg.init:
-        load_init(models["pretrained"].backbone, cfg.init, cfg.model)
-    accuracy, counts = {}, (0, 0)
-    for key, model in sorted(models.items()):  # "pretrained" first
-        fit, test = (_features_of(model, built, cfg) for built in (fit_sources, test_sources))
-        budget = cfg.probe.labels_per_class
-        counts = (len(per_class_subset(fit[1], budget, 0)) if budget else len(fit[1]), len(test[1]))
-        accuracy[key] = score_features(fit, test, cfg.probe)
-    return ProbeResult(accuracy, *counts)
+            raise ConfigError("eval.datasets", "names no dataset for the probe to score on")
+        sides = {"data.datasets": fit_sources, "eval.datasets": test_sources}
+        keyed = [(f"{side}.{name}", source, listed, missing)
+                 for side, built in sides.items() for name, source, listed, missing in built]
+        monitor = BadFileMonitor([k[0] for k in keyed], [k[2] for k in keyed], [k[3] for k in keyed],
+                                 cfg.data.max_bad_fraction, action="left out",
+                                 report=lambda line: print(line, flush=True))
+        monitor.check_all()
+        models = {}
+        if cfg.probe.compare_random_init:  # the backbone is the first draw after seeding: the same weights for a seed
+            torch.manual_seed(cfg.train.seed)
+            models["random_init"] = build_classifier(cfg, 1)
+        models["pretrained"] = build_classifier(cfg, 1)
+        if cfg.init:
+            load_init(models["pretrained"].backbone, cfg.init, cfg.model)
+        accuracy, counts = {}, (0, 0)
+        for key, model in sorted(models.items()):  # "pretrained" first
+            stop.immediate = None  # extraction: honoured after the current batch
+            fit, test = (_features_of(model, keyed, side, cfg, monitor, stop) for side in sides)
+            stop.immediate = "the probe's classifier fits"
+            budget = cfg.probe.labels_per_class
+            counts = (len(per_class_subset(fit[1], budget, 0)) if budget else len(fit[1]), len(test[1]))
+            accuracy[key] = score_features(fit, test, cfg.probe)
+    # a file that failed for the first model is known bad for the second: both saw the same files
+    skipped = sum(monitor.num_bad(d) for d in range(len(keyed)))
+    return ProbeResult(accuracy, *counts, skipped=skipped)
 
 
-def _features_of(model, built: list, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every source in ``built`` (name, source, ...), concatenated."""
-    e = cfg.eval
+def _features_of(model, keyed: list, side: str, cfg, monitor, stop: StopSignals) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every source of ``side`` ("data.datasets" / "eval.datasets") in ``keyed``
+    (key, source, ...), concatenated."""
+    e, d = cfg.eval, cfg.data
     parts = [extract_features(model, source, e.val_views, e.val_crops, e.short_side, e.batch_size * 8,
-                              cfg.data.num_workers) for _, source, *_ in built]
+                              d.num_workers, decode_timeout_s=d.decode_timeout_s, isolate=d.decode_isolation,
+                              monitor=monitor, dataset=i, stop=stop)
+             for i, (key, source, *_) in enumerate(keyed) if key.startswith(side + ".")]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from .hooks import Hook, LogMetrics, MetricsWindow
 from .metrics import MetricsLogger, setup_text_log
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .precision import autocast, describe_precision, resolve_device
-from .preemption import StopSignals
+from .preemption import Interrupted, StopSignals
 from .task import Task
 
 
@@ -42,13 +42,32 @@ class NonFiniteLossError(RunError):
     """Raised after ``train.nan_patience`` optimizer steps in a row with a non-finite loss or gradient."""
 
 
-class StopRequested(RuntimeError):
-    """Raised after a checkpoint was saved because SIGTERM ("stop") or SIGUSR2 ("requeue") arrived."""
+class StopRequested(Interrupted):
+    """Raised after a checkpoint was saved because SIGTERM ("stop") or SIGUSR2 ("requeue") arrived; or, with
+    ``starting``, when one arrived while the run was being built (nothing new to save)."""
 
-    def __init__(self, request: str, signal_name: str, step: int, run_dir: Path):
-        super().__init__(f"{signal_name} received: stopped after step {step} with a checkpoint in {run_dir}; the same "
-                         f"command (resume=auto) continues from there")
-        self.request, self.signal_name, self.step = request, signal_name, step
+    def __init__(self, request: str, signal_name: str, step: int, run_dir: Path, starting: bool = False):
+        if starting:
+            message = (f"{signal_name} received while the run was starting: stopped before training (any checkpoint "
+                       f"in {run_dir} is as it was); the same command continues")
+        else:
+            message = (f"{signal_name} received: stopped after step {step} with a checkpoint in {run_dir}; the same "
+                       f"command (resume=auto) continues from there")
+        super().__init__(message, request, signal_name)
+        self.step = step
+
+
+@contextmanager
+def starting(run_dir: str | Path):
+    """Start-up: a stop signal stops at once (StopRequested, ``starting``): nothing is trained yet, so nothing is lost,
+    and reading lists or building the model can take minutes (:mod:`vmim.engine.preemption`)."""
+    try:
+        with StopSignals(immediate="start-up"):
+            yield
+    except StopRequested:
+        raise
+    except Interrupted as stop:
+        raise StopRequested(stop.request, stop.signal_name, 0, Path(run_dir), starting=True) from None
 
 
 @dataclass
@@ -71,6 +90,21 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, task: Task):
+        try:
+            with starting(cfg.output_dir):  # a stop signal while building stops at once
+                self._build(cfg, task)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """A failed or stopped start-up: end whatever was started (loader side, logs, process group)."""
+        for part in ("data", "metrics"):
+            if getattr(self, part, None) is not None:
+                getattr(self, part).close()
+        cleanup()
+
+    def _build(self, cfg: Config, task: Task) -> None:
         check_data_paths(cfg)  # a missing list or folder stops here, naming its key, before the run folder exists
         self.cfg, self.task = cfg, task
         self.device = resolve_device(cfg.train.device)
@@ -290,8 +324,15 @@ class Trainer:
                 self.metrics.resume_at(self.state.step)  # logs read as one run: drop what was logged past it
                 self.metrics.text("config", self.state.step, "```\n" + config_to_yaml(cfg) + "\n```")
                 self.model.train()
-                for hook in self.hooks:
-                    hook.before_train(self)
+                try:
+                    for hook in self.hooks:  # a validation left pending by a stop runs here (Validation)
+                        hook.before_train(self)
+                except Interrupted as stop:  # stopped again: the checkpoint it resumed from still says so
+                    raise StopRequested(stop.request, stop.signal_name or "a stop signal", self.state.step,
+                                        self.run_dir) from None
+                if request := self.stop.agreed(self.dist, self.device):  # arrived while restoring
+                    raise StopRequested(request, self.stop.signal_name or "a stop signal", self.state.step,
+                                        self.run_dir)
                 disable = None if cfg.log.progress_bar and self.dist.is_main else True
                 with tqdm(total=self.total_steps, initial=self.state.step, disable=disable, desc=self.task.name,
                           dynamic_ncols=True) as self.progress:
@@ -300,8 +341,11 @@ class Trainer:
                         if self.state.batch_in_epoch >= len(self.data):
                             self.state.epoch += 1
                             self.state.batch_in_epoch = 0
-                            for hook in self.hooks:
-                                hook.after_epoch(self)
+                            try:
+                                for hook in self.hooks:
+                                    hook.after_epoch(self)
+                            except Interrupted as stop:  # a validation pass, stopped: saved with it pending
+                                request = stop.request
                         self.save()  # at the epoch end, or mid-epoch where a stop was requested
                         if request:
                             name = self.stop.signal_name or "a stop signal"

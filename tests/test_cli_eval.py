@@ -1,0 +1,158 @@
+"""``vmim eval`` over a table of hostile inputs, through the real CLI in a subprocess (:mod:`tests.cli_harness`).
+
+Every row asserts the exit code, the one ``vmim`` line naming the key / file / line, no traceback, no ``eval``
+folder where the input is refused before work, and no process left behind. Undecodable videos (real files next to
+random bytes) are skipped as misses with one stdout line each, and stop the command past ``data.max_bad_fraction``;
+SIGTERM while a pass is blocked on a video (a FIFO in the list: the pass cannot finish before the signal) stops it
+with exit 143 and no predictions file.
+
+One tiny fine-tuned run (the motion demo shrunk to 2 steps, validated on the digits motion test split) is built once
+for the module; every row evaluates it with 1 x 1 views.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.cli_harness import REPO, _session_members, assert_refused, run_cli, vmim_lines
+from tests.video_fixtures import encode_frames
+
+TINY = [
+    "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "data.img_size=16", "data.num_frames=4",
+    "data.batch_size=8", "data.num_workers=0", "data.datasets.motion.fraction=0.1", "~eval.datasets.motion_test",
+    "eval.datasets.test.kind=digits_motion", "eval.datasets.test.split=test", "train.steps_per_epoch=2",
+    "train.epochs=1", "train.precision=fp32", "log.progress_bar=false", "init=",
+]
+FAST = ["eval.num_views=1", "eval.num_crops=1", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """A fine-tuned run (4 classes), three real videos, a broken one, and lists over them."""
+    root = tmp_path_factory.mktemp("cli_eval")
+    run = root / "run"
+    proc = run_cli("finetune", "--config", REPO / "configs/demo/motion_finetune.yaml", f"output_dir={run}", *TINY,
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rng = np.random.default_rng(0)
+    videos = []
+    for i in range(3):
+        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
+        frames[..., i] = 200
+        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
+        videos.append(encode_frames(str(root / f"v{i}.mp4"), frames))
+    for name in ("broken1.mp4", "broken2.mp4"):
+        (root / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    lists = {"good": [f"{v} {i}" for i, v in enumerate(videos)],
+             "one_bad": [f"{videos[0]} 0", f"{root / 'broken1.mp4'} 1", f"{videos[1]} 1", f"{videos[2]} 2"],
+             "two_bad": [f"{root / 'broken1.mp4'} 0", f"{videos[0]} 0", f"{root / 'broken2.mp4'} 1", f"{videos[1]} 1"],
+             "out_of_range": [f"{videos[0]} 0", f"{videos[1]} 7"],
+             "not_integer": [f"{videos[0]} 0", f"{videos[1]} one"]}
+    for name, lines in lists.items():
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    pretrain_run = root / "pretrain_run"  # what `vmim eval` must refuse: a pretraining run's folder
+    (pretrain_run / "checkpoints").mkdir(parents=True)
+    (pretrain_run / "config.yaml").write_text((REPO / "configs/demo/digits.yaml").read_text())
+    torch.save({"task": "pretrain", "model": {}, "config": ""}, pretrain_run / "checkpoints" / "last.pt")
+    empty_run = root / "empty_run"  # a run folder whose checkpoints never got written
+    empty_run.mkdir()
+    (empty_run / "config.yaml").write_text((run / "config.yaml").read_text())
+    return {"root": root, "run": run, "pretrain_run": pretrain_run, "empty_run": empty_run}
+
+
+def clips(path: Path | str) -> list[str]:
+    """Overrides that replace the run's eval datasets with one video list ``clips``."""
+    return ["~eval.datasets.test", "eval.datasets.clips.kind=video", f"eval.datasets.clips.path={path}",
+            "eval.datasets.clips.stride=2"]
+
+
+# (id, target (a key of setup), overrides (with {root}), exit code, words of the one line (with {root}))
+REFUSED = [
+    ("nonexistent_target", None, [], 2, ["{root}/nothing", "neither a run directory nor a checkpoint"]),
+    ("pretraining_run", "pretrain_run", [], 2, ["'pretrain' checkpoint", "vmim probe"]),
+    ("no_checkpoints", "empty_run", [], 2, ["no checkpoint", "{root}/empty_run"]),
+    ("missing_list", "run", clips("{root}/missing.txt"), 2, ["eval.datasets.clips.path", "{root}/missing.txt",
+                                                             "does not exist"]),
+    ("label_out_of_range", "run", clips("{root}/out_of_range.txt"), 2,
+     ["eval.datasets.clips", "{root}/out_of_range.txt line 2", "label 7, outside 0..3"]),
+    ("label_not_an_integer", "run", clips("{root}/not_integer.txt"), 2,
+     ["eval.datasets.clips", "{root}/not_integer.txt line 2", "integer label"]),
+    ("no_eval_dataset", "run", ["~eval.datasets.test"], 2, ["eval.datasets", "names no dataset"]),
+    ("unknown_key", "run", ["eval.num_veiws=2"], 2, ["eval.num_veiws"]),
+    ("too_many_bad_files", "run", [*clips("{root}/two_bad.txt"), "data.max_bad_fraction=0.3"], 1,
+     ["dataset 'clips'", "2 undecodable of 4", "data.max_bad_fraction=0.3"]),
+]
+
+
+@pytest.mark.parametrize("name, target, overrides, code, words", REFUSED, ids=[r[0] for r in REFUSED])
+def test_refused(setup, name, target, overrides, code, words):
+    root, out = setup["root"], setup["root"] / f"out_{name}"
+    target_path = setup[target] if target else root / "nothing"
+    proc = run_cli("eval", "--output", out, target_path, *FAST, *(o.format(root=root) for o in overrides))
+    line = assert_refused(proc, *(w.format(root=root) for w in words), code=code, no_dirs=(out,))
+    if name == "too_many_bad_files":  # each bad file had its line on stdout before the stop
+        assert [n for n in ("broken1.mp4", "broken2.mp4") if n in proc.stdout] == ["broken1.mp4", "broken2.mp4"]
+        assert line.startswith("vmim: dataset 'clips'")
+
+
+def test_good_videos_are_scored(setup):
+    out = setup["root"] / "out_good"
+    proc = run_cli("eval", "--output", out, setup["run"], *FAST, *clips(setup["root"] / "good.txt"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].endswith("(3 videos, 1 x 1 views)")
+    assert len((out / "clips.predictions.tsv").read_text().splitlines()) == 4
+
+
+def test_undecodable_videos_are_misses_with_one_line_each(setup):
+    root, out = setup["root"], setup["root"] / "out_one_bad"
+    proc = run_cli("eval", "--output", out, setup["run"], *FAST, *clips(root / "one_bad.txt"),
+                   "data.max_bad_fraction=0.5")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    bad = [line for line in lines if "broken1.mp4" in line]
+    assert len(bad) == 1 and bad[0].startswith(f"bad file in dataset 'clips': {root / 'broken1.mp4'}: ")
+    assert bad[0].endswith("(counted as a miss; 1 bad so far)")
+    assert lines[-1].endswith("(4 videos, 1 failed to load and count as misses, 1 x 1 views)")
+    rows = (out / "clips.predictions.tsv").read_text().splitlines()
+    assert len(rows) == 5 and rows[2].split("\t")[0] == str(root / "broken1.mp4") and rows[2].split("\t")[5]
+
+
+def test_sigterm_mid_pass_stops_without_a_predictions_file(setup):
+    root = setup["root"]
+    fifo = root / "block.mp4"
+    os.mkfifo(fifo)
+    listing = root / "blocking.txt"
+    listing.write_text(f"{fifo} 0\n" + "".join(f"{root / f'v{i}.mp4'} {i}\n" for i in range(3)))
+    out = root / "out_sigterm"
+    proc = subprocess.Popen([sys.executable, "-m", "vmim.cli", "eval", "--output", str(out), str(setup["run"]),
+                             *FAST, *clips(listing), "eval.batch_size=1", "data.max_bad_fraction=0.5"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, writer = time.monotonic() + 240, None
+    while writer is None:  # until the pass opens the FIFO: it is then blocked on it and cannot finish
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("the evaluation never opened the FIFO")
+            time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    os.close(writer)  # the read ends, the video fails, the batch completes: the stop is honoured before the next
+    out_text, err = proc.communicate(timeout=120)
+    left = _session_members(proc.pid)
+    assert not left, left
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out_text, err)
+    assert_refused(done, "SIGTERM received: evaluation stopped after 1 of 4 videos of eval dataset 'clips'",
+                   "predictions were not written", code=128 + signal.SIGTERM)
+    assert not (out / "clips.predictions.tsv").exists() and not vmim_lines(
+        subprocess.CompletedProcess([], 0, "", out_text))
