@@ -9,6 +9,11 @@ The script takes two batches (printing ``BAD <path> | <reason>`` for each failur
 ``EXIT <CLOCK_MONOTONIC seconds>``, then ends as MODE says: ``success``, ``handled_error``, ``unhandled_error``,
 ``sigint`` / ``sigterm`` (sent to itself only), or ``group_stop`` (SIGUSR2 and SIGTERM to its whole process group
 from another process, as Slurm does, under the trainer's StopSignals; then more batches, and a normal end).
+
+Mode ``sigint_at_fork`` is Ctrl-C landing inside a fork hook as the loader starts its workers, made deterministic:
+an ``os.register_at_fork(after_in_parent=...)`` hook raises SIGINT in the main process right after the first worker
+is forked (where CPython used to print "Exception ignored in ..." and drop the KeyboardInterrupt). The script then
+trains through the whole epoch and prints ``TRAINED TO THE END`` unless the Ctrl-C stopped it.
 """
 
 from __future__ import annotations
@@ -75,8 +80,23 @@ def main(mode: str, video_list: str, isolation: str = "true") -> None:
         "data.datasets.clips.decoder=auto"])
     data = build_pretrain_data(cfg, (2, 8, 8))
     data.sampler.set_epoch(0, 0)
+    if mode == "sigint_at_fork":
+        main_pid, fired = os.getpid(), []
+
+        def interrupt_after_fork() -> None:  # inherited by the workers: only this process's first fork counts
+            if os.getpid() == main_pid and not fired:
+                fired.append(True)
+                signal.raise_signal(signal.SIGINT)  # delivered here and now, as a Ctrl-C in this hook would be
+
+        os.register_at_fork(after_in_parent=interrupt_after_fork)
+    HELD.append(data)
     batches = iter(data.loader)
-    HELD.extend([data, batches])
+    HELD.append(batches)
+    if mode == "sigint_at_fork":
+        for batch in batches:
+            report(batch)
+        print("TRAINED TO THE END", flush=True)
+        return
     for _ in range(2):
         report(next(batches))
     helpers = descendants(os.getpid())
@@ -93,7 +113,12 @@ def main(mode: str, video_list: str, isolation: str = "true") -> None:
         raise RuntimeError("shape mismatch in the first training step")
     if mode in ("sigint", "sigterm"):
         os.kill(os.getpid(), signal.SIGINT if mode == "sigint" else signal.SIGTERM)
-        time.sleep(600)
+        # Short sleeps, as a training loop keeps running Python: the kernel may hand a process-directed SIGINT to
+        # another thread of this process (torch's), and then only the main thread's next bytecode raises
+        # KeyboardInterrupt; one long sleep() would not wake up for it (it hung to the test's timeout once).
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
         raise SystemExit("the signal did not end the process")
     if mode == "group_stop":
         from vmim.engine.preemption import StopSignals

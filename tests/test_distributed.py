@@ -1,9 +1,15 @@
-"""Real two-process torch.distributed (gloo on CPU) pretraining through torchrun."""
+"""Real two-process torch.distributed (gloo on CPU) pretraining through torchrun.
+
+Ports: ``torchrun --standalone`` binds its rendezvous store on a free port itself and keeps it bound (the workers
+share that store), so no other process can take the port between its choice and its use. The former
+``free_port()`` (bind port 0, close, hand the number to torchrun) left that window open, and under ``pytest -n 2``
+with another CI job on the same machine a second bind can take the port first (EADDRINUSE, or ranks meeting the
+wrong store).
+"""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +23,14 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+"""torchrun on this machine, 2 processes, on a port it picks and holds (see the module docstring)."""
 
 
 def test_two_process_ddp_run_completes_on_rank0_only(tmp_path):
     from tests.test_pretrain_e2e import TINY
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "--master_addr=127.0.0.1", "-m", "vmim.cli", "pretrain", "--config", str(REPO / "configs/demo/digits.yaml"),
+    cmd = [*TORCHRUN, "-m", "vmim.cli", "pretrain", "--config", str(REPO / "configs/demo/digits.yaml"),
            f"output_dir={tmp_path}", *TINY, "train.epochs=1", "data.batch_size=8"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -105,3 +105,13 @@ def test_job_wide_stop_signals_spare_the_workers_until_the_trainer_ends(video_li
     assert "SAVED requeue dead: []" in out, out
     assert "BAD" not in out, out  # no decode child was killed by the signals either
     assert_all_gone("group_stop", out, err)
+
+
+def test_ctrl_c_while_the_workers_are_forked_stops_the_run(video_list):
+    """A Ctrl-C that lands in a fork hook as the loader forks its workers (here raised from an ``after_in_parent``
+    hook, deterministically) is raised once the workers are up, and ends the run: it is not printed as "Exception
+    ignored" and dropped, with the run going on to train through its epoch. The workers end with the run."""
+    code, out, err = run_script("sigint_at_fork", str(video_list))
+    assert "TRAINED TO THE END" not in out, f"the Ctrl-C was lost\nstderr:\n{err[-3000:]}"
+    assert code in {-signal.SIGINT, 1, 130}, f"exit status {code}\n{err[-3000:]}"
+    assert "KeyboardInterrupt" in err and "Exception ignored" not in err, err[-3000:]

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TINY_OVERRIDES
-from tests.test_distributed import REPO, free_port
+from tests.test_distributed import REPO, TORCHRUN
 from tests.test_pretrain_e2e import TINY, read_losses
 from vmim.config import ConfigError, load_config
 from vmim.engine.checkpoint import load
@@ -33,8 +32,7 @@ collective implementations while a real difference (a missed gradient sync, one 
 
 
 def torchrun(run_dir: Path, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "--master_addr=127.0.0.1", "-m", "vmim.cli", "pretrain", "--config", str(REPO / "configs/demo/digits.yaml"),
+    cmd = [*TORCHRUN, "-m", "vmim.cli", "pretrain", "--config", str(REPO / "configs/demo/digits.yaml"),
            f"output_dir={run_dir}", *RUN, *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

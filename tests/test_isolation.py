@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from vmim.data.sampler import KeyBatch, with_next_keys
 from vmim.data.pretrain_dataset import MaskedClipDataset, collate
 from vmim.data.sources import VideoSource
 from vmim.masking import MaskGenerator
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +216,37 @@ def test_abandoned_calls_do_not_disturb_later_ones():
     assert value == 5 and np.array_equal(array, expected_answer(5, 5)[0])
     assert not worker._answers  # nothing left behind
     worker.close()
+
+
+CTRL_C_AT_DECODE_CHILD_FORK = """
+import os, signal
+import numpy as np
+from vmim.data.isolation import IsolatedWorker
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with SIGINT ignored
+main_pid, armed = os.getpid(), [True]
+def hook():
+    if os.getpid() == main_pid and armed:
+        armed.clear()
+        signal.raise_signal(signal.SIGINT)
+os.register_at_fork(after_in_parent=hook)
+def double(x, rng):
+    return 2 * x
+worker = IsolatedWorker(double, timeout_s=30)
+try:
+    worker(1, rng=np.random.default_rng(0))
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", worker(2, rng=np.random.default_rng(0)))
+worker.close()
+"""
+
+
+def test_ctrl_c_while_a_decode_child_is_forked_is_raised_in_the_parent():
+    """With 0 loader workers the trainer forks the decode child itself: a Ctrl-C landing in a fork hook then (raised
+    from the test's ``after_in_parent`` hook, deterministically) reaches the trainer as KeyboardInterrupt after the
+    fork, not "Exception ignored" and dropped; the worker still answers afterwards."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AT_DECODE_CHILD_FORK], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["KeyboardInterrupt", "4"], proc.stdout + proc.stderr[-3000:]
+    assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]

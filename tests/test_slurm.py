@@ -25,10 +25,14 @@ from vmim.engine.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = str(REPO / "slurm/local-ci.yaml")
-STEPS_PER_EPOCH = 200  # the preempt / requeue tests act at step 40: ~13 s of margin before the epoch ends
-EPOCHS = 2
+STEPS_PER_EPOCH = 200
+# The preempt / requeue tests act once step 40 is logged; the stop must reach the job before it finishes (else it is
+# never interrupted) and not exactly on an epoch's last step (then no resume is mid-epoch). Slurm's scheduler runs
+# every 2 s (tools/slurm_cluster.sh) and these tiny steps run at up to ~55/s on an idle machine: 2 epochs (360 steps
+# left, ~6.5 s) left only a few seconds; 3 epochs leave 560 steps, >= 10 s, and slower machines have more.
+EPOCHS = 3
 LONG = [*TINY, "data.batch_size=16", "data.num_workers=1", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
-        f"train.epochs={EPOCHS}", "checkpoint.every_steps=25", "log.every_steps=1"]  # 400 steps; every loss logged
+        f"train.epochs={EPOCHS}", "checkpoint.every_steps=25", "log.every_steps=1"]  # 600 steps; every loss logged
 # Slurm sends the time-limit USR2 at its first periodic check after it is due (checks are up to 30 s apart): the job
 # must not be able to finish before that on any machine. The time-limit test asks for the signal 55 s before its
 # 1-minute limit (due 5 s in; observed 10-20 s in, at most ~35 s), and this run needs well over that: 3000 steps, at

@@ -5,7 +5,6 @@ the window's time and the log line."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import torch
@@ -47,9 +46,11 @@ def test_cpu_peak_is_measured_once_per_process_without_touching_the_global_rng(m
     value, source = peak_tflops("cpu", "fp32")
     assert torch.equal(torch.get_rng_state(), state)
     assert value > 0 and "measured" in source and "matmul" in source
-    start = time.perf_counter()
-    assert peak_tflops("cpu", "fp32") == (value, source)
-    assert time.perf_counter() - start < 0.05  # cached, not measured again
+    # Cached, not measured again: the second call reports what the cache holds. (It was "returns within 0.05 s",
+    # which a process descheduled for a moment on a loaded CI machine fails.)
+    [(key, (measured, how))] = throughput._MEASURED.items()
+    throughput._MEASURED[key] = (measured, "the cached measurement")
+    assert peak_tflops("cpu", "fp32") == (value, source.replace(how, "the cached measurement"))
 
 
 def test_batch_signature_follows_shapes_and_mask_counts():

@@ -11,12 +11,27 @@ Slurm may send the warning while the job's Python is still importing torch. The 
 what was recorded (:func:`take_early_signals`). One module holds this record, found by its import name (not through
 ``sys.modules`` lookups of the entry point, which runs as ``__main__``).
 
-Standard library only, and nothing imported at module level beyond ``signal``: the entry point imports it within
-milliseconds of the interpreter starting (``tests/test_signals.py`` checks that neither torch nor numpy comes along).
+Ctrl-C during a fork (:class:`defer_interrupts`). CPython runs ``os.register_at_fork`` hooks around every fork
+(``logging`` registers one before and one after, in the parent), and an exception raised inside a hook is printed as
+"Exception ignored in ..." and dropped. A KeyboardInterrupt is raised wherever the main thread happens to be when
+SIGINT arrives, so a Ctrl-C that lands while a DataLoader forks its workers (or a worker, or the trainer with 0
+workers, forks a decode child) was lost in about 1 of 4 tries, and the run trained to its end. Every fork of vmim
+therefore runs inside :class:`defer_interrupts`: SIGINT's handler is swapped for one that only records it, and the
+previous handler is restored and called (so KeyboardInterrupt is raised there, or the default action taken) once the
+fork and its hooks are over. A handler swap rather than ``pthread_sigmask``: a blocked signal sent to the process is
+delivered to any other thread that does not block it (torch starts several), whose C handler then trips the main
+thread's check all the same, inside the hook. Children never keep the recording handler: an ``after_in_child`` hook
+puts the previous one back at once (a DataLoader worker thus still ends on Ctrl-C as torch expects). Only SIGINT is
+deferred: the stop signals' handlers (:mod:`vmim.engine.preemption`, the early record) only record, and never raise.
+
+Standard library only, and nothing imported at module level beyond ``signal`` and ``os``: the entry point imports it
+within milliseconds of the interpreter starting (``tests/test_signals.py`` checks that neither torch nor numpy comes
+along).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR2)  # Slurm's stop / requeue warning
@@ -46,3 +61,65 @@ def ignore_stop_signals(worker_id: int | None = None) -> None:
     warning must not kill it while Python shuts down). ``worker_id``: unused, so that it fits ``worker_init_fn``."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+_deferred: list[int] = []  # SIGINTs held back by defer_interrupts in this process
+_outer_handler = None  # the SIGINT handler that the active defer_interrupts replaced (None: none active)
+
+
+def _hold(signum: int, frame) -> None:
+    _deferred.append(signum)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside :class:`defer_interrupts` gets the SIGINT handler its parent had before; a Ctrl-C held
+    back in the parent stays the parent's."""
+    global _outer_handler
+    if _outer_handler is not None and signal.getsignal(signal.SIGINT) is _hold:
+        signal.signal(signal.SIGINT, _outer_handler)
+    _outer_handler = None
+    del _deferred[:]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class defer_interrupts:
+    """Context manager: a SIGINT (Ctrl-C) that arrives inside is acted on when it ends, by the handler in place before
+    (KeyboardInterrupt raised from ``__exit__``, or the default action), never raised inside a fork hook where CPython
+    would drop it. Wrap every fork: worker start-up (:class:`vmim.data.lifetime.WorkerLoader`), decode children.
+
+    Nests (an inner one does nothing); outside the main thread, or with SIGINT ignored or held by a non-Python
+    handler, it does nothing (Python raises KeyboardInterrupt only in the main thread, never in another thread's
+    fork hooks)."""
+
+    def __init__(self):
+        self._previous = None
+
+    def __enter__(self) -> "defer_interrupts":
+        global _outer_handler
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is _hold or previous is None or previous == signal.SIG_IGN:
+            return self
+        try:
+            signal.signal(signal.SIGINT, _hold)
+        except ValueError:  # not the main thread
+            return self
+        self._previous = _outer_handler = previous
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _outer_handler
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        signal.signal(signal.SIGINT, previous)
+        _outer_handler = None
+        if not _deferred:
+            return
+        del _deferred[:]
+        if callable(previous):
+            previous(signal.SIGINT, None)  # default_int_handler: KeyboardInterrupt, here, after the fork
+        else:  # SIG_DFL: terminate by SIGINT, as the signal would have
+            signal.raise_signal(signal.SIGINT)

@@ -15,7 +15,8 @@ returned, so a sample is the same with and without isolation.
 
 The child's descriptor 2 goes to a temporary file (:mod:`vmim.data.stderr_capture`): FFmpeg's and decord's messages
 stay off the terminal, and the last of those a failed call wrote end its reason. The child ignores Ctrl-C and the
-job's stop signals and dies with its parent (:mod:`vmim.data.lifetime`).
+job's stop signals and dies with its parent (:mod:`vmim.data.lifetime`). The fork itself defers Ctrl-C
+(:class:`vmim.signals.defer_interrupts`): one landing in a fork hook is raised in the parent right after it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..signals import defer_interrupts
 from .bad_files import failure_reason
 from .lifetime import init_helper_child
 from .stderr_capture import StderrCapture, with_decoder_output
@@ -152,18 +154,21 @@ class IsolatedWorker:
     def _start(self) -> None:
         parent_end, child_end = Pipe()
         self._shared = mmap.mmap(-1, IN_FLIGHT * SLOT_BYTES)  # anonymous MAP_SHARED: the same pages in both
-        pid = os.fork()
-        if pid == 0:  # child
-            parent_end.close()
-            code = 0
-            try:
-                _serve(child_end, self._shared, self.work, self.timeout_s)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)  # never run the parent's atexit handlers or finalizers
-        child_end.close()
-        self._pid, self._conn, self._owner, self._replies = pid, parent_end, os.getpid(), 0
+        # A Ctrl-C landing in a fork hook would be dropped: it is raised when this block ends, once the child is
+        # recorded here (so that it is killed and reaped like any other, not left behind).
+        with defer_interrupts():
+            pid = os.fork()
+            if pid == 0:  # child (its SIGINT handler is already the one from before the block)
+                parent_end.close()
+                code = 0
+                try:
+                    _serve(child_end, self._shared, self.work, self.timeout_s)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)  # never run the parent's atexit handlers or finalizers
+            child_end.close()
+            self._pid, self._conn, self._owner, self._replies = pid, parent_end, os.getpid(), 0
 
     def _stop(self) -> int | None:
         """Kill and reap the child; its exit status (negative: killed by that signal)."""

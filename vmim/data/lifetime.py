@@ -18,6 +18,10 @@ for them forever (after a crash, Ctrl-C, or simply the end of a script). So a wo
 :func:`shutdown_loader` is the explicit end (``PretrainData.close``): torch's own orderly shutdown, then SIGKILL for
 whatever is still alive. Without ``sigtimedwait`` (macOS) workers ignore SIGTERM as before and only the explicit
 shutdown (also run at exit) ends them.
+
+Ctrl-C while workers are forked: every vmim DataLoader is a :class:`WorkerLoader`, whose ``iter()`` (where torch
+forks the workers) runs inside :class:`vmim.signals.defer_interrupts`, so a Ctrl-C landing in a fork hook is raised
+once the workers are up instead of being dropped (see :mod:`vmim.signals`); the workers get the normal SIGINT handler.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import signal
 import sys
 import threading
 
-from ..signals import ignore_stop_signals
+from torch.utils.data import DataLoader
+
+from ..signals import defer_interrupts, ignore_stop_signals
 
 PARENT_CHECK_S = 1.0  # how often a worker's watcher thread checks that its parent is alive
 PR_SET_PDEATHSIG = 1
@@ -80,6 +86,15 @@ def init_loader_worker(worker_id: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored signal is discarded, never pending for the watcher
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # in this thread and every one started from it
     threading.Thread(target=_watch_parent, args=(trainer, os_parent), name="vmim-parent-watch", daemon=True).start()
+
+
+class WorkerLoader(DataLoader):
+    """A torch DataLoader whose worker start-up (in ``iter()``) defers Ctrl-C until the forks are over; otherwise the
+    same. Use it for every loader with workers, together with ``worker_init_fn=init_loader_worker``."""
+
+    def __iter__(self):
+        with defer_interrupts():
+            return super().__iter__()
 
 
 def init_helper_child() -> None:

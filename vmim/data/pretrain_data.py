@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .bad_files import BadFileMonitor
-from .lifetime import init_loader_worker, shutdown_loader
+from .lifetime import WorkerLoader, init_loader_worker, shutdown_loader
 from .pretrain_dataset import MaskedClipDataset, collate, describe_sample
 from .sampler import MixedBatchSampler
 
@@ -35,13 +35,14 @@ _open: weakref.WeakSet = weakref.WeakSet()  # PretrainData objects whose workers
 def build_loader(dataset: MaskedClipDataset, sampler: MixedBatchSampler, num_workers: int, pin_memory: bool = False
                  ) -> DataLoader:
     """The DataLoader of pretraining: batches from ``sampler``, persistent workers that survive the job's stop signals
-    and end with their parent, read-ahead hints for the worker that fetches each batch."""
+    and end with their parent (started with Ctrl-C deferred: :class:`~vmim.data.lifetime.WorkerLoader`), read-ahead
+    hints for the worker that fetches each batch."""
     sampler.loader_workers = num_workers  # next_key hints: the batch this worker gets after the current one
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory and torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                      prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
-                      worker_init_fn=init_loader_worker if num_workers > 0 else None,
-                      generator=torch.Generator())  # keep the global RNG untouched (exact resume)
+    return WorkerLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=pin_memory and torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                        prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
+                        worker_init_fn=init_loader_worker if num_workers > 0 else None,
+                        generator=torch.Generator())  # keep the global RNG untouched (exact resume)
 
 
 class PretrainData:
