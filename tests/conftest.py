@@ -12,6 +12,8 @@ files agree on what a mask, a clip batch and a tiny config are:
 * :func:`rng` -- the ``numpy.random.Generator`` a mask generator receives;
 * :data:`TINY_OVERRIDES` -- config overrides for the smallest valid model (ViT ``vit_test``, 4 px patches,
   16 px x 4 frames, a one-block decoder), and :data:`TINY_RUN_OVERRIDES` for an in-process training run;
+* :data:`HOLD_AT_STEP` -- ``python -c HOLD_AT_STEP N vmim ARGS``: a CLI run that waits after step N for the test's
+  signal, so a signal lands after exactly that step whatever the machine's load;
 * :func:`pretrain_with_falling_loss` -- a method config, shrunk, pretrained in-process on the digit images for 40
   steps at a constant lr, its loss checked to fall.
 """
@@ -39,6 +41,29 @@ TINY_RUN_OVERRIDES = TINY_OVERRIDES + [
     "log.image_every_steps=0",
 ]
 """:data:`TINY_OVERRIDES` plus what an in-process test run wants: no loader workers, fp32, a log line per step."""
+
+
+HOLD_AT_STEP = """
+import sys, time
+from vmim.cli import main
+from vmim.engine import finetune, pretrain
+from vmim.engine.hooks import Hook
+
+class HoldAt(Hook):  # after step N (logged by then: LogMetrics runs first), wait for the test's signal
+    def after_step(self, trainer, batch):
+        deadline = time.monotonic() + 120
+        while trainer.state.step == N and trainer.stop.requested is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+N = int(sys.argv[1])
+for task in (pretrain.PretrainTask, finetune.FinetuneTask):
+    task.hooks = (lambda hooks: lambda self: [*hooks(self), HoldAt()])(task.hooks)
+sys.exit(main(sys.argv[2:]))
+"""
+"""``python -c HOLD_AT_STEP N ARGS``: ``vmim ARGS``, whose run (pretraining or fine-tuning) waits after step N until a
+stop signal is recorded (or SIGKILL ends it; 120 s at most). The test's signal then lands after step N whatever the
+machine's load: sent as soon as step N is logged, it used to land a few steps later when the test process was
+descheduled, sometimes past the checkpoint that the test must see the run resume *before*."""
 
 
 def make_mask(batch: int, n: int, n_masked: int, seed: int = 0) -> torch.Tensor:

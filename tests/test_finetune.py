@@ -22,6 +22,8 @@ from vmim.config import ConfigError, load_config
 from vmim.engine.checkpoint import load
 from vmim.engine.metrics import read_metrics
 
+from tests.conftest import HOLD_AT_STEP
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_FT = [
@@ -37,8 +39,10 @@ TINY_FT = [
 ]
 
 
-def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vmim.cli", "finetune", "--config",
+def launch(run_dir: Path, *extra: str, hold_at: int | None = None) -> subprocess.Popen:
+    """``vmim finetune`` of the tiny config; ``hold_at``: the run waits after that step for the test's signal."""
+    entry = ["-m", "vmim.cli"] if hold_at is None else ["-c", HOLD_AT_STEP, str(hold_at)]
+    return subprocess.Popen([sys.executable, *entry, "finetune", "--config",
                              str(REPO / "configs/demo/motion_finetune.yaml"), f"output_dir={run_dir}", "init=",
                              *TINY_FT, *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -61,7 +65,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference):
-    proc = launch(tmp_path)
+    proc = launch(tmp_path, hold_at=10)  # killed while held after step 10: last.pt is step 9's, whatever the load
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (tmp_path / "metrics.jsonl").exists() and any(s >= 10 for s in losses(tmp_path)):
@@ -344,10 +348,10 @@ def colour_videos(root: Path, n: int = 3) -> list[str]:
 
 
 def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_first(tmp_path):
-    """The validation list starts with a FIFO: the pass blocks on it, the test sends SIGTERM, then lets the read
-    fail. The pass stops after that batch (no summary line), last.pt says the validation is pending, there is no
-    best.pt; the resume (FIFO now a broken file) validates epoch 1 before training on, reports the broken file once
-    over four passes (epochs 1 and 2, weights and EMA) and keeps it in the hook's checkpoint state."""
+    """The validation list starts with a FIFO: the pass blocks on it and the test sends SIGTERM, holding the FIFO
+    open. The pass gives up the hung decode and stops (no summary line), last.pt says the validation is pending,
+    there is no best.pt; the resume (FIFO now a broken file) validates epoch 1 before training on, reports the
+    broken file once over four passes (epochs 1 and 2, weights and EMA) and keeps it in the hook's checkpoint state."""
     fifo = tmp_path / "block.mp4"
     os.mkfifo(fifo)
     videos = colour_videos(tmp_path)
@@ -359,13 +363,16 @@ def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_fir
                "~eval.datasets.motion_test", "eval.datasets.val.kind=video",
                f"eval.datasets.val.path={tmp_path / 'val.txt'}",
                "eval.datasets.val.stride=2", "eval.batch_size=1", "eval.every_epochs=1", "train.epochs=2",
-               "train.steps_per_epoch=2", "checkpoint.every_steps=100", "data.max_bad_fraction=0.5"]
+               "train.steps_per_epoch=2", "checkpoint.every_steps=100", "data.max_bad_fraction=0.5",
+               "data.decode_timeout_s=600"]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     writer = wait_for_reader(fifo, proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    os.close(writer)  # the read ends: the file fails, the batch completes, the stop is honoured
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    os.kill(proc.pid, signal.SIGTERM)  # the decode stays blocked on the FIFO: the stop must not wait for it
+    try:
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        os.close(writer)
     err = proc.stderr.read()
     assert "Traceback" not in err and "vmim: SIGTERM received: stopped after step 2 with a checkpoint" in err, err
     state = load(run / "checkpoints" / "last.pt")

@@ -19,6 +19,8 @@ from vmim.engine import pretrain as engine
 from vmim.engine.checkpoint import load
 from vmim.engine.metrics import read_metrics
 
+from tests.conftest import HOLD_AT_STEP
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,29 +93,6 @@ def test_pretrain_writes_tensorboard_and_checkpoint(tmp_path):
     saved = load(tmp_path / "checkpoints" / "last.pt")
     assert saved["train_state"]["epoch"] == 2 and saved["step"] == 16
     assert load_config(tmp_path / "config.yaml") == tiny_cfg(tmp_path)  # resolved config round-trips
-
-
-HOLD_AT_STEP = """
-import sys, time
-from vmim.cli import main
-from vmim.engine import pretrain
-from vmim.engine.hooks import Hook
-
-class HoldAt(Hook):  # after step N (logged by then: LogMetrics runs first), wait for the test's signal
-    def after_step(self, trainer, batch):
-        deadline = time.monotonic() + 120
-        while trainer.state.step == N and trainer.stop.requested is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-N = int(sys.argv[1])
-task_hooks = pretrain.PretrainTask.hooks
-pretrain.PretrainTask.hooks = lambda self: [*task_hooks(self), HoldAt()]
-sys.exit(main(sys.argv[2:]))
-"""
-"""``python -c HOLD_AT_STEP N ARGS``: ``vmim ARGS``, whose run waits after step N until a stop signal is recorded (or
-SIGKILL ends it; 120 s at most). The test's signal then lands after step N whatever the machine's load: sent as soon
-as step N is logged, it used to land a few steps later when the test process was descheduled, sometimes past the
-checkpoint that the test must see the run resume *before*."""
 
 
 def _launch(run_dir: Path, *extra: str, hold_at: int | None = None) -> subprocess.Popen:

@@ -118,7 +118,8 @@ def _teacher(path: Path) -> list[str]:
 CLI_PATHS = {
     "finetune init=FILE": "zip", "finetune init=RUN_DIR": "legacy", "eval FILE": "pickle",
     "eval RUN_DIR best.pt": "zip", "probe RUN_DIR": "legacy", "probe --checkpoint FILE": "pickle",
-    "pretrain resume last.pt": "zip", "teacher path": "legacy", "convert": "pickle", "teacher run dir": "pickle",
+    "pretrain resume last.pt": "zip", "pretrain resume=FILE": "legacy", "teacher path": "legacy",
+    "convert": "pickle", "teacher run dir": "pickle",
 }
 
 
@@ -149,11 +150,15 @@ def test_every_cli_load_path_refuses_code(path, runs, tmp_path):
     elif path == "pretrain resume last.pt":
         run = payload_run(tmp_path / "run", container, marker, runs["pretrain"])
         file = run / "checkpoints" / "last.pt"
-        before = file.read_bytes()
+        before, config_before = file.read_bytes(), (run / "config.yaml").read_bytes()
         proc = run_cli("pretrain", "--config", "configs/demo/digits.yaml", *TINY, "train.epochs=2",
                        f"output_dir={run}")
         assert file.read_bytes() == before, "the refused checkpoint was overwritten"
+        assert (run / "config.yaml").read_bytes() == config_before, "refused after the run folder was touched"
         assert not (run / "checkpoints" / "step_00000066.pt").exists()
+    elif path == "pretrain resume=FILE":
+        proc = run_cli("pretrain", "--config", "configs/demo/digits.yaml", *TINY, f"resume={file}",
+                       f"output_dir={out}")
     elif path == "teacher path":
         proc = run_cli("pretrain", "--config", "configs/demo/digits.yaml", *TINY, *_teacher(file),
                        f"output_dir={out}")

@@ -319,11 +319,32 @@ def check_data_paths(cfg: Config) -> None:
         _fail("init", f"{init} does not exist (a vmim run directory, a checkpoint, or a `vmim convert` file)")
     if init:
         check_weights("init", os.path.expanduser(init))
+    _check_resume_file(cfg, resume)
     for name, target in getattr(cfg, "targets", {}).items():  # teacher weights: read safely, before the run folder
         path = getattr(target, "path", "") if getattr(target, "kind", "") == "teacher" else ""
         if path:
             check_weights(f"targets.{name}.path", os.path.expanduser(path),
                           state_dict_only=bool(getattr(target, "timm_model", "")))
+
+
+def _check_resume_file(cfg: Config, resume: str) -> None:
+    """The checkpoint a resume would read is safe, before the trainer touches the run folder: ``resume=FILE``
+    reads safely; with ``resume=auto`` an existing ``checkpoints/last.pt`` holds no code (a damaged one is left to
+    the trainer, which falls back to an older checkpoint). A sharded folder is checked when it is read."""
+    if resume not in ("auto", "never"):
+        if os.path.isfile(resume):
+            check_weights("resume", resume, state_dict_only=True)
+        return
+    last = os.path.join(getattr(cfg, "output_dir", ""), "checkpoints", "last.pt")
+    if resume == "auto" and os.path.isfile(last):
+        from .errors import UnsafeFileError
+
+        try:
+            check_weights("resume", last, state_dict_only=True)
+        except UnsafeFileError:
+            raise
+        except ValueError:  # damaged, not dangerous: the trainer reports it and takes the newest readable one
+            pass
 
 
 def check_weights(key: str, path: str, state_dict_only: bool = False) -> None:

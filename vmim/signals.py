@@ -22,7 +22,11 @@ fork and its hooks are over. A handler swap rather than ``pthread_sigmask``: a b
 delivered to any other thread that does not block it (torch starts several), whose C handler then trips the main
 thread's check all the same, inside the hook. Children never keep the recording handler: an ``after_in_child`` hook
 puts the previous one back at once (a DataLoader worker thus still ends on Ctrl-C as torch expects). Only SIGINT is
-deferred: the stop signals' handlers (:mod:`vmim.engine.preemption`, the early record) only record, and never raise.
+deferred: the stop signals' handlers (:mod:`vmim.engine.preemption`, the early record) record first; where they raise
+(a phase in immediate mode), a raise lost in a fork hook is still recorded and honoured at the phase's next check.
+
+:class:`abandon_waits` lets a phase whose work may be dropped (an evaluation pass, a probe's extraction) give up a
+wait for a hung isolated decode once a stop is recorded, instead of waiting out ``data.decode_timeout_s``.
 
 Standard library only, and nothing imported at module level beyond ``signal`` and ``os``: the entry point imports it
 within milliseconds of the interpreter starting (``tests/test_signals.py`` checks that neither torch nor numpy comes
@@ -123,3 +127,41 @@ class defer_interrupts:
             previous(signal.SIGINT, None)  # default_int_handler: KeyboardInterrupt, here, after the fork
         else:  # SIG_DFL: terminate by SIGINT, as the signal would have
             signal.raise_signal(signal.SIGINT)
+
+
+class WaitAbandoned(BaseException):
+    """A wait for a decode child's answer was given up because the phase was asked to stop (see
+    :class:`abandon_waits`). A BaseException, like KeyboardInterrupt: no ``except Exception`` around a sample's
+    load may count it as a bad file."""
+
+
+_abandon_checks: list = []  # predicates of the active abandon_waits blocks, innermost last
+
+
+class abandon_waits:
+    """Context manager: while ``requested()`` is false, waits for an isolated decode run as usual; once it is true, a
+    wait in progress (or the next one) gives up within :data:`POLL_S`, kills the decode child and raises
+    :class:`WaitAbandoned`.
+
+    For phases whose work may simply be dropped on a stop (an evaluation pass, a probe's feature extraction): a
+    decode stuck on a stalled file system or a FIFO would otherwise hold a SIGTERM for up to
+    ``data.decode_timeout_s``. Training never uses it: a step needs its whole batch, and the stop waits for the step
+    boundary. It acts in the process that waits, so it covers decoding with ``data.num_workers=0``; loader workers
+    ignore stop signals and finish their batch."""
+
+    POLL_S = 0.2
+
+    def __init__(self, requested):
+        self.requested = requested
+
+    def __enter__(self) -> "abandon_waits":
+        _abandon_checks.append(self.requested)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _abandon_checks.remove(self.requested)
+
+
+def waits_abandoned() -> bool:
+    """Whether an active :class:`abandon_waits` block says to give up waiting now."""
+    return any(check() for check in _abandon_checks)

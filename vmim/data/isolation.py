@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..signals import defer_interrupts
+from ..signals import WaitAbandoned, abandon_waits, defer_interrupts, waits_abandoned
 from .bad_files import failure_reason
 from .lifetime import init_helper_child
 from .stderr_capture import StderrCapture, with_decoder_output
@@ -242,7 +242,7 @@ class IsolatedWorker:
             deadline = self.timeout_s + GRACE_S
             wait = max(0.0, max(request.sent, self._last_reply) + deadline - time.monotonic())
         try:
-            if not self._conn.poll(wait):
+            if not self._poll(wait):
                 self._fail_oldest(DecodeTimeout(
                     f"no result after {deadline:g} s (data.decode_timeout_s={self.timeout_s:g} plus {GRACE_S:g} s "
                     "grace); the decoding process was killed"))
@@ -260,6 +260,24 @@ class IsolatedWorker:
             self._abandoned.discard(request.ticket)
         else:
             self._answers[request.ticket] = (status, payload, rng_state, request.rng)
+
+    def _poll(self, wait: float | None) -> bool:
+        """Whether an answer arrived within ``wait`` seconds (None: no limit). Inside an active
+        :class:`vmim.signals.abandon_waits` that says stop, gives up: kills the child, forgets every call in flight
+        and raises :class:`vmim.signals.WaitAbandoned`."""
+        end = None if wait is None else time.monotonic() + wait
+        while True:
+            left = abandon_waits.POLL_S if end is None else min(abandon_waits.POLL_S, max(0.0, end - time.monotonic()))
+            if self._conn.poll(left):
+                return True
+            if waits_abandoned():
+                self._stop()
+                self._in_flight.clear()
+                self._answers.clear()
+                self._abandoned.clear()
+                raise WaitAbandoned()
+            if end is not None and time.monotonic() >= end:
+                return False
 
     def _fail_oldest(self, error: Exception, stopped: bool = False) -> None:
         """The oldest request failed with ``error``: kill the child; a fresh one takes the others, resent."""

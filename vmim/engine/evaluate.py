@@ -45,6 +45,7 @@ import torch.distributed
 from torch.utils.data import DataLoader, Subset
 
 from ..data.eval_views import MultiViewDataset
+from ..signals import WaitAbandoned, abandon_waits
 from .distributed import DistInfo
 from .precision import autocast
 from .preemption import Interrupted, StopSignals
@@ -225,6 +226,24 @@ def report_failures(monitor, dataset: int, result: EvalResult) -> None:
     monitor.update([Failure(dataset, r.index, r.path, r.error) for r in result.records if not r.loaded])
 
 
+def next_batch(batches, loader: DataLoader, stop: StopSignals | None) -> dict | None:
+    """``next(batches, None)``; with ``stop`` (one process, a pass whose work may be dropped), a stop signal does not
+    wait for a decode that hangs (a stalled file system, a FIFO): with loader workers the wait for their batch is
+    interrupted at once (the signal raises :class:`Interrupted` there: no sample is in this process's hands), without
+    them the isolated decode is given up (:class:`vmim.signals.abandon_waits`, which raises ``WaitAbandoned``: a
+    BaseException, so the sample's ``except Exception`` does not count it as a bad file)."""
+    if stop is None:
+        return next(batches, None)
+    if loader.num_workers == 0:
+        with abandon_waits(lambda: stop.requested is not None):
+            return next(batches, None)
+    previous, stop.immediate = stop.immediate, "the wait for a batch"
+    try:
+        return next(batches, None)
+    finally:
+        stop.immediate = previous
+
+
 def _agreed_stop(stop: StopSignals | None, dist: DistInfo | None, device: torch.device, seen: int,
                  total: int) -> None:
     """Raise Interrupted when a stop was requested on any rank (collective when distributed)."""
@@ -264,7 +283,11 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     try:
         for _ in range(rounds):
             _agreed_stop(stop, dist, device, len(records), len(dataset))
-            batch = next(batches, None)
+            try:
+                batch = next_batch(batches, loader, stop if world == 1 else None)  # ranks: agreed per batch
+            except (WaitAbandoned, Interrupted):  # only once a stop was requested: said now
+                _agreed_stop(stop, dist, device, len(records), len(dataset))
+                raise
             if batch is None:  # this rank's shard is done; it still joins the others' agreements
                 continue
             loaded = batch["index"].tolist()

@@ -38,6 +38,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import RunError
+from ..signals import WaitAbandoned
+from .evaluate import next_batch
 from .preemption import Interrupted, StopSignals
 
 
@@ -69,13 +71,21 @@ def extract_features(model, source, views: int = 1, crops: int = 1, short_side: 
                                known_bad=monitor.known_reasons(dataset))
     feats, labels = [], []
     batches = iter(loader)
+
+    def stop_if_asked() -> None:
+        if stop is not None and (request := stop.agreed()):
+            raise Interrupted(f"{stop.signal_name} received: probe stopped while extracting features of "
+                              f"'{monitor.names[dataset]}' ({sum(map(len, labels))} of {len(source)} samples); "
+                              "nothing was written", request, stop.signal_name)
+
     try:
         while True:
-            if stop is not None and (request := stop.agreed()):
-                raise Interrupted(f"{stop.signal_name} received: probe stopped while extracting features of "
-                                  f"'{monitor.names[dataset]}' ({sum(map(len, labels))} of {len(source)} samples); "
-                                  "nothing was written", request, stop.signal_name)
-            batch = next(batches, None)
+            stop_if_asked()
+            try:  # a stop also gives up a decode that hangs (a stalled file): one process, nothing to agree on
+                batch = next_batch(batches, loader, stop)
+            except (WaitAbandoned, Interrupted):  # only once a stop was requested: said now
+                stop_if_asked()
+                raise
             if batch is None:
                 break
             monitor.update([Failure(dataset, int(index), path, reason)

@@ -110,19 +110,29 @@ PretrainJob = TrainJob  # the name of earlier releases
 
 class EvalJob(Checkpointable):
     """Picklable callable: ``vmim eval`` of a fine-tuned run, sharded over the job's tasks; returns rank 0's top-1 /
-    top-5 per dataset. Evaluation keeps no state, so a requeued job simply runs again."""
+    top-5 per dataset. Evaluation keeps no state, so a requeued job simply runs again: a stop signal ends the pass
+    within a batch (:class:`~vmim.engine.preemption.Interrupted`), and after SIGUSR2 rank 0 requeues the job, as a
+    training job does."""
 
-    def __init__(self, target: str, checkpoint: str | None = None, overrides: list[str] = ()):
+    def __init__(self, target: str, checkpoint: str | None = None, overrides: list[str] = (), max_requeues: int = 100):
         self.target, self.checkpoint, self.overrides = target, checkpoint, list(overrides)
+        self.max_requeues = max_requeues
 
     def __call__(self) -> dict:
         import submitit
 
         from ..engine.eval_run import run_eval
+        from ..engine.preemption import Interrupted
 
-        if "SUBMITIT_FOLDER" in os.environ and submitit.JobEnvironment().job_id is not None:
-            export_distributed_env()
-        results = run_eval(self.target, self.checkpoint, self.overrides)
+        job_id = submitit.JobEnvironment().job_id if "SUBMITIT_FOLDER" in os.environ else None
+        rank = export_distributed_env() if job_id is not None else 0
+        try:
+            results = run_eval(self.target, self.checkpoint, self.overrides)
+        except Interrupted as stop:
+            ignore_stop_signals()
+            if stop.request == "requeue" and "SLURM_JOB_ID" in os.environ and rank == 0:
+                requeue(job_id, self.max_requeues)
+            sys.exit(-1)  # no result: the job is not over (requeued, or cancelled; evaluation simply runs again)
         ignore_stop_signals()
         return {name: {"top1": r.top1, "top5": r.top5, "videos": r.num_videos, "summary": r.summary_line()}
                 for name, r in results.items()}

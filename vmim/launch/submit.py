@@ -125,5 +125,5 @@ def submit_eval(target: str, checkpoint: str | None, overrides: list[str], clust
     cfg = load_config(config, overrides, task="finetune") if config is not None else None
     run_dir = Path(target) if Path(target).is_dir() else path.parent
     executor = build_executor(cluster, run_dir / "submitit-eval", name=f"eval-{run_dir.name}")
-    job = executor.submit(EvalJob(str(target), checkpoint, overrides))
+    job = executor.submit(EvalJob(str(target), checkpoint, overrides, cluster.max_requeues))
     return [(job, cfg)]
