@@ -14,8 +14,10 @@ asserts, for every row, what :func:`assert_refused` checks:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +80,40 @@ def assert_refused(proc: subprocess.CompletedProcess, *names: str, code: int = 2
     for folder in no_dirs:
         assert not Path(folder).exists(), f"{folder} was created: {what}"
     return lines[0]
+
+
+def wait_for_reader(fifo: Path, proc: subprocess.Popen, timeout: float = 240) -> int:
+    """Block until some process opens ``fifo`` to read (it is then blocked reading it: the phase under test is
+    running and cannot finish); returns our write end, held open. Polls a condition, no timing assumption."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            if proc.poll() is not None:
+                raise AssertionError(f"exited {proc.returncode} before reading {fifo}: "
+                                     f"{proc.stderr.read()[-3000:]}") from None
+            time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"nothing opened {fifo} within {timeout} s")
+
+
+def sigterm_while_blocked_on(fifo: Path, *args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``vmim ARGS`` in a new session; once it blocks reading ``fifo`` (a video of its list), SIGTERM, with the FIFO
+    held open, so the decode stays hung: the command must stop without waiting for it, within ``timeout`` s (the
+    callers set ``data.decode_timeout_s`` far above it). Returns the finished process, after checking that no
+    process of its session outlived it."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmim.cli", *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    writer = wait_for_reader(fifo, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"still running {timeout} s after SIGTERM: {proc.communicate()[1][-3000:]}") from None
+    finally:
+        os.close(writer)
+    left = _session_members(proc.pid)
+    assert not left, f"processes left behind: {left}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.cli_harness import REPO, _session_members, assert_refused, run_cli, vmim_lines
+from tests.cli_harness import REPO, assert_refused, run_cli, sigterm_while_blocked_on, vmim_lines
 from tests.video_fixtures import encode_frames
 
 TINY = [
@@ -133,29 +131,9 @@ def test_sigterm_mid_pass_stops_without_a_predictions_file(setup):
     listing = root / "blocking.txt"
     listing.write_text(f"{fifo} 0\n" + "".join(f"{root / f'v{i}.mp4'} {i}\n" for i in range(3)))
     out = root / "out_sigterm"
-    proc = subprocess.Popen([sys.executable, "-m", "vmim.cli", "eval", "--output", str(out), str(setup["run"]),
-                             *FAST, *clips(listing), "eval.batch_size=1", "data.max_bad_fraction=0.5",
-                             "data.decode_timeout_s=600"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline, writer = time.monotonic() + 240, None
-    while writer is None:  # until the pass opens the FIFO: it is then blocked on it and cannot finish
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("the evaluation never opened the FIFO")
-            time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGTERM)  # the decode stays blocked on the FIFO: the stop must not wait for it
-    try:
-        out_text, err = proc.communicate(timeout=60)
-    finally:
-        os.close(writer)
-    left = _session_members(proc.pid)
-    assert not left, left
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out_text, err)
+    done = sigterm_while_blocked_on(fifo, "eval", "--output", out, setup["run"], *FAST, *clips(listing),
+                                    "eval.batch_size=1", "data.max_bad_fraction=0.5", "data.decode_timeout_s=600")
     assert_refused(done, "SIGTERM received: evaluation stopped after 0 of 4 videos of eval dataset 'clips'",
                    "predictions were not written", code=128 + signal.SIGTERM)
     assert not (out / "clips.predictions.tsv").exists() and not vmim_lines(
-        subprocess.CompletedProcess([], 0, "", out_text))
+        subprocess.CompletedProcess([], 0, "", done.stdout))

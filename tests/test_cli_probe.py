@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.cli_harness import REPO, _session_members, assert_refused, run_cli
+from tests.cli_harness import REPO, assert_refused, run_cli, sigterm_while_blocked_on
 from tests.video_fixtures import encode_frames
 
 PRETRAIN = [
@@ -112,26 +109,8 @@ def test_sigterm_mid_extraction_stops_at_once(setup):
     fifo = root / "block.mp4"
     os.mkfifo(fifo)
     (root / "blocking.txt").write_text(f"{fifo} 0\n" + "".join(f"{root / f'v{i}.mp4'} {i}\n" for i in range(3)))
-    proc = subprocess.Popen([sys.executable, "-m", "vmim.cli", "probe", *on_videos(root, "blocking"),
-                             "eval.batch_size=1", "data.max_bad_fraction=0.5", "data.decode_timeout_s=600"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline, writer = time.monotonic() + 240, None
-    while writer is None:  # until extraction opens the FIFO: it is then blocked on it and cannot finish
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("the probe never opened the FIFO")
-            time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGTERM)  # the decode stays blocked on the FIFO: the stop must not wait for it
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        os.close(writer)
-    left = _session_members(proc.pid)
-    assert not left, left
-    assert_refused(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+    done = sigterm_while_blocked_on(fifo, "probe", *on_videos(root, "blocking"), "eval.batch_size=1",
+                                    "data.max_bad_fraction=0.5", "data.decode_timeout_s=600")
+    assert_refused(done,
                    "SIGTERM received: probe stopped while extracting features of 'eval.datasets.val'",
                    code=128 + signal.SIGTERM)

@@ -22,6 +22,7 @@ from vmim.config import ConfigError, load_config
 from vmim.engine.checkpoint import load
 from vmim.engine.metrics import read_metrics
 
+from tests.cli_harness import wait_for_reader
 from tests.conftest import HOLD_AT_STEP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,22 +318,6 @@ def test_missing_init_stops_before_the_run_folder(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # Stop signals during validation and start-up
 # ----------------------------------------------------------------------------------------------------
-
-
-def wait_for_reader(fifo: Path, proc: subprocess.Popen, timeout: float = 240) -> int:
-    """Block until some process opens ``fifo`` to read (it is then blocked reading it: the phase under test is
-    running and cannot finish); returns our write end, held open. Polls a condition, no timing assumption."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: no reader yet
-            if proc.poll() is not None:
-                raise AssertionError(f"exited {proc.returncode} before reading {fifo}: "
-                                     f"{proc.stderr.read()[-3000:]}") from None
-            time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"nothing opened {fifo} within {timeout} s")
 
 
 def colour_videos(root: Path, n: int = 3) -> list[str]:
