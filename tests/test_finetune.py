@@ -356,6 +356,9 @@ def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_fir
     os.kill(proc.pid, signal.SIGTERM)  # the decode stays blocked on the FIFO: the stop must not wait for it
     try:
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave nothing behind, also when this fails
+        raise AssertionError("still running 60 s after SIGTERM: the stop waited for the hung decode") from None
     finally:
         os.close(writer)
     err = proc.stderr.read()

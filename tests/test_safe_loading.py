@@ -418,3 +418,44 @@ def test_convert_save_failure(runs, tmp_path):
     assert_save_failed(proc, dst, None)
     assert not dst.exists()
     assert len(vmim_lines(proc)) == 1
+
+
+def test_bad_weights_are_refused_without_torch(runs, tmp_path):
+    """The pre-flight look (:func:`vmim.safe_load.peek`) refuses a payload, random bytes, an empty file and a torch
+    file of the wrong kind before torch is imported (so in well under a second), and builds nothing of a payload;
+    a genuine checkpoint passes it with its keys visible."""
+    marker = tmp_path / "MARKER"
+    files = {"payload": payload_file(tmp_path / "payload.pt", "zip", marker),
+             "legacy payload": payload_file(tmp_path / "legacy.pt", "legacy", marker),
+             "random": tmp_path / "random.pt", "empty": tmp_path / "empty.pt", "wrong": tmp_path / "wrong.pt"}
+    files["random"].write_bytes(bytes(range(256)) * 8)
+    files["empty"].write_bytes(b"")
+    torch.save({"weights": torch.zeros(3)}, files["wrong"])
+    script = (
+        "import sys, json\n"
+        "from vmim.preflight import check_weights\n"
+        "out = {}\n"
+        "for name, path in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        check_weights('init', path)\n"
+        "        out[name] = 'passed'\n"
+        "    except Exception as err:\n"
+        "        out[name] = f'{type(err).__name__}: {err}'\n"
+        "out['torch imported'] = 'torch' in sys.modules\n"
+        "print(json.dumps(out))\n")
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps({k: str(v) for k, v in files.items()})],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out.pop("torch imported") is False, out
+    assert out["payload"].startswith("UnsafeFileError: config key 'init'") and "posix.system" in out["payload"]
+    assert out["legacy payload"].startswith("UnsafeFileError") and "posix.system" in out["legacy payload"]
+    assert "not a readable torch checkpoint" in out["random"] and "an empty file" in out["empty"]
+    assert "neither a vmim checkpoint" in out["wrong"] and "weights" in out["wrong"]
+    assert not marker.exists()
+    from vmim.safe_load import peek
+
+    skeleton = peek(runs["pretrain"] / "checkpoints" / "last.pt")
+    assert {"model", "config", "optimizer", "rng"} <= set(skeleton) and isinstance(skeleton["config"], str)

@@ -131,7 +131,15 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    """``vmim convert --from FORMAT SRC DST``: a reference checkpoint -> a vmim backbone file."""
+    """``vmim convert --from FORMAT SRC DST``: a reference checkpoint -> a vmim backbone file. An unsafe, empty or
+    random source is refused before torch is imported (:func:`vmim.safe_load.peek`)."""
+    from .safe_load import peek
+
+    try:
+        peek(args.src, extra_globals=("argparse.Namespace",))  # VideoMAE / MAE pickle their args
+    except (ValueError, OSError) as err:  # InputError, UnsafeFileError, FileNotFoundError
+        print(f"vmim convert: {err}", file=sys.stderr)
+        return 2
     from .models.convert import convert_command
 
     return convert_command(args)

@@ -347,18 +347,37 @@ def _check_resume_file(cfg: Config, resume: str) -> None:
             pass
 
 
+def _backbone_source(obj: dict) -> bool:
+    """Whether a file's top level is a ``vmim convert`` file or one of our checkpoints (what ``read_weights`` reads)."""
+    return obj.get("format") == "vmim-backbone" or (isinstance(obj.get("model"), dict)
+                                                    and isinstance(obj.get("config"), str))
+
+
 def check_weights(key: str, path: str, state_dict_only: bool = False) -> None:
     """The weights file (or run directory's newest checkpoint) at ``path``, given under ``key``, reads safely and
     has the keys a backbone source needs (``state_dict_only``: any torch or safetensors file, a timm teacher's).
 
-    The one check here that imports torch (only when such a key is set): the file is read with
+    An unsafe, empty or random file, or a file that is not a backbone source, is refused without torch, in
+    milliseconds (:func:`vmim.safe_load.peek`). The one check here that imports torch (only when such a key is set
+    and the file looks right): the file is read with
     :func:`vmim.models.loading.read_weights` (``weights_only=True``, tensors memory-mapped, so cheap). Raises
     :class:`vmim.errors.UnsafeFileError` (a file that would run code) or :class:`vmim.config.ConfigError`, both naming
     ``key`` and the file, before the run folder exists.
     """
     from .errors import UnsafeFileError
-    from .models.loading import read_weights
-    from .safe_load import load
+    from .safe_load import load, peek
+
+    try:  # torch-free first, in milliseconds: an unsafe, empty or random file, or one of the wrong kind
+        skeleton = peek(path)
+    except UnsafeFileError as err:
+        raise UnsafeFileError(f"config key '{key}': {err}") from None
+    except (ValueError, OSError) as err:
+        _fail(key, str(err))
+    if not state_dict_only and isinstance(skeleton, dict) and not _backbone_source(skeleton):
+        _fail(key, f"{path} is neither a vmim checkpoint (keys 'model' and 'config') nor a `vmim convert` file "
+                   f"(format 'vmim-backbone'); its keys: {', '.join(sorted(map(str, skeleton))[:8])}; convert a "
+                   "reference checkpoint first: vmim convert --from FORMAT SRC DST")
+    from .models.loading import read_weights  # torch, for what a valid-looking file holds
 
     try:
         if state_dict_only:

@@ -227,6 +227,108 @@ def load_dict(path: str | Path, required: Iterable[str] = (), what: str = "a che
 
 
 # ----------------------------------------------------------------------------------------------------
+# A torch-free look before the read
+# ----------------------------------------------------------------------------------------------------
+
+TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+"""The number a legacy-format torch file pickles first."""
+DATA_MODULES = ("torch", "numpy", "collections", "_codecs")
+"""Modules whose globals a weights file may name; anything else is refused by :func:`peek` without torch (torch's
+own unpickler still checks every name of these when the file is read)."""
+DATA_BUILTINS = {"set", "frozenset", "bytearray", "slice", "complex", "int", "float", "bool", "str", "bytes",
+                 "list", "dict", "tuple"}
+
+
+class _Placeholder(dict):
+    """Stands for every object a pickle would build (a tensor, a class instance): a dict, so that the containers
+    around it fill in; it runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _SkeletonUnpickler(pickle.Unpickler):
+    """Unpickles the structure only: every global becomes :class:`_Placeholder` (recorded by name), every storage a
+    placeholder; no global of the file is ever imported or called."""
+
+    def __init__(self, file: Any):
+        super().__init__(file)
+        self.names: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.names.append(_py3_name(module, name))
+        return _Placeholder
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _Placeholder()
+
+
+def _data_global(name: str, extra: Iterable[str]) -> bool:
+    module, _, short = name.rpartition(".")
+    if name in extra:
+        return True
+    if module == "builtins":
+        return short in DATA_BUILTINS
+    return module.split(".")[0] in DATA_MODULES
+
+
+def peek(path: str | Path, extra_globals: Iterable[str] = ()) -> Any:
+    """The file's object as a skeleton (containers and plain values as they are, every tensor or other object a
+    placeholder dict), read without torch and without building anything the file names, in milliseconds: for the
+    checks that must refuse bad input before torch is imported (:mod:`vmim.preflight`, ``vmim convert``).
+
+    Returns None where it cannot tell (a folder, a safetensors file, a bare pickle torch would refuse anyway): the
+    full read (:func:`load`) decides then.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        UnsafeFileError: a global outside :data:`DATA_MODULES` (``posix.system``, ``builtins.eval``, ...).
+        InputError: empty, or neither a zip nor a pickle (random bytes).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir() or path.suffix == ".safetensors":
+        return None
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: an empty file, not a torch checkpoint")
+    extra = set(extra_globals)
+    unpickler = None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    raise InputError(f"{path}: a zip file without a pickled object, not a torch checkpoint")
+                unpickler = _SkeletonUnpickler(io.BytesIO(zf.read(pkl)))
+                obj = unpickler.load()
+        else:
+            with open(path, "rb") as f:
+                unpickler = _SkeletonUnpickler(f)
+                obj = unpickler.load()
+                if obj != TORCH_MAGIC:  # a bare pickle: torch refuses it; its globals are still named here
+                    obj = None
+                else:
+                    for _ in range(3):  # protocol version, system info, then the object
+                        obj = unpickler.load()
+    except InputError:
+        raise
+    except Exception as err:
+        names = unpickler.names if unpickler is not None else []
+        unsafe = [n for n in dict.fromkeys(names) if not _data_global(n, extra)]
+        if unsafe:
+            raise refused(path, unsafe) from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({_short(err)})") from None
+    unsafe = [n for n in dict.fromkeys(unpickler.names) if not _data_global(n, extra)]
+    if unsafe:
+        raise refused(path, unsafe)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
 # A DCP folder's index
 # ----------------------------------------------------------------------------------------------------
 
@@ -348,5 +450,5 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-__all__ = ["NUMPY_GLOBALS", "SaveError", "check_dcp_metadata", "copy", "load", "load_dict", "pickle_globals",
+__all__ = ["NUMPY_GLOBALS", "SaveError", "check_dcp_metadata", "copy", "load", "load_dict", "peek", "pickle_globals",
            "refused", "save"]
