@@ -11,11 +11,11 @@ Decisions, and why:
 
 * **``torch.load(weights_only=True)`` only.** The weights-only unpickler checks every global a pickle names, while
   it unpickles, against torch's allow list (tensors, storages, dtypes, containers) plus the few added here; anything
-  else stops it before the object is built. A static scan of the opcodes is not a guarantee (a pickle can build a
-  global's name at run time), so the scan here (:func:`pickle_globals`) only names what the file holds, for the
-  message; the refusal itself is torch's. All three containers are covered: the zip format, the legacy format
-  (``_use_new_zipfile_serialization=False``) and a bare ``pickle.dump`` file (read as the legacy format, whose first
-  pickle is then the payload itself).
+  else stops it before the object is built. The globals a refused file holds are named for the message by
+  :func:`skeleton`, an unpickler that turns every global into an inert placeholder (nothing the file names is
+  imported or called); the refusal itself is torch's. All three containers are covered: the zip format, the
+  legacy format (``_use_new_zipfile_serialization=False``) and a bare ``pickle.dump`` file (read as the legacy
+  format, whose first pickle is then the payload itself).
 * **Refused: :class:`~vmim.errors.UnsafeFileError`** (exit 2), one line naming the file and the globals it holds
   (``posix.system``, ``builtins.eval``, ...); nothing of it was built. **Unreadable** (random bytes, an empty or
   truncated file, not a torch file): :class:`~vmim.errors.InputError` (exit 2) naming the file. Callers add the
@@ -25,11 +25,11 @@ Decisions, and why:
   ndarray (``rng[i]["numpy"][1]``); they stay readable, safely: these globals build arrays and dtypes from bytes and
   strings only, and an object array's items go through the same restricted unpickler. Files written now hold no
   numpy at all (:func:`vmim.engine.checkpoint.rng_state`).
-* **No opt-in for trusted pickles** (no ``weights_only=False`` switch, no environment variable). A switch left set in
-  a shell or cluster profile silently turns the guard off for every path, including files a run folder picked up
-  from elsewhere; the remedy for a trusted legacy file is one line in a trusted session (load it, re-save its state
-  dict with ``torch.save``), which the refusal message says. Reference checkpoints that pickle their ``args``
-  (VideoMAE, MAE) pass ``argparse.Namespace`` as an extra allowed global (``vmim convert`` only).
+* **No opt-in for trusted pickles** (no switch back to unrestricted unpickling, no environment variable). A switch
+  left set in a shell or cluster profile silently turns the guard off for every path, including files a run folder
+  picked up from elsewhere; the remedy for a trusted legacy file is one line in a trusted session (load it, re-save
+  its state dict with ``torch.save``), which the refusal message says. Reference checkpoints that pickle their
+  ``args`` (VideoMAE, MAE) pass ``argparse.Namespace`` as an extra allowed global (``vmim convert`` only).
 * **A sharded folder's DCP ``.metadata``** is a plain pickle that ``torch.distributed.checkpoint`` reads with
   ``pickle.load``. :func:`check_dcp_metadata` unpickles it first with an unpickler whose ``find_class`` admits only
   DCP's metadata classes, ``torch.Size``, dtypes / layouts and paths, so a tampered index is refused before DCP reads
@@ -47,7 +47,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import pickletools
 import re
 import warnings
 import zipfile
@@ -93,48 +92,11 @@ def _py3_name(module: str, name: str) -> str:
     return f"{_PY2_MODULES.get(module, module)}.{name}"
 
 
-def pickle_globals(data: bytes) -> list[str]:
-    """The globals (``module.name``) the pickles at the start of ``data`` name, without unpickling anything: a
-    static scan of the opcodes (GLOBAL, INST, STACK_GLOBAL after two pushed strings, memo included) of every
-    consecutive pickle until one does not parse. For messages only; see the module docstring."""
-    found: list[str] = []
-    stream = io.BytesIO(data)
-    while stream.tell() < len(data):
-        strings: list[Any] = []
-        memo: dict[int, Any] = {}
-        try:
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    found.append(_py3_name(*str(arg).split(" ", 1)))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2 and all(isinstance(s, str)
-                                                                             for s in strings[-2:]):
-                    found.append(_py3_name(strings[-2], strings[-1]))
-                elif isinstance(arg, str) and "UNICODE" in op.name or op.name in ("STRING", "BINSTRING",
-                                                                                    "SHORT_BINSTRING"):
-                    strings.append(arg)
-                elif op.name == "MEMOIZE":
-                    memo[len(memo)] = strings[-1] if strings else None
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = strings[-1] if strings else None
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    strings.append(memo.get(int(arg)))
-                elif op.name != "STACK_GLOBAL":
-                    strings.append(None)
-        except Exception:  # not a pickle (any more): the legacy format's raw storage bytes, or garbage
-            break
-    return list(dict.fromkeys(found))
-
-
 def _file_globals(path: Path) -> list[str]:
-    """Every global the file's pickles name (the zip format's ``data.pkl``, else the legacy / bare pickle stream)."""
+    """Every global the file's pickles name, as far as they parse (:func:`skeleton`; nothing is built)."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                return pickle_globals(zf.read(pkl)) if pkl else []
-        with open(path, "rb") as f:
-            return pickle_globals(f.read(1 << 20))  # the legacy format's pickles come first, before the tensors
-    except (OSError, zipfile.BadZipFile, ValueError):
+        return skeleton(path)[1]
+    except (OSError, InputError):
         return []
 
 
@@ -275,6 +237,36 @@ def _data_global(name: str, extra: Iterable[str]) -> bool:
     return module.split(".")[0] in DATA_MODULES
 
 
+def skeleton(path: Path) -> tuple[Any, list[str], Exception | None]:
+    """(the file's object as a skeleton, the globals its pickles name, the error that stopped the read or None),
+    read with :class:`_SkeletonUnpickler`: the zip format's ``data.pkl``; else the stream of pickles, whose first is
+    the legacy format's magic number (then protocol, system info and the object), or else a bare pickle (object
+    None: torch refuses it). Raises InputError for a zip without a pickled object."""
+    unpickler, obj = None, None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    raise InputError(f"{path}: a zip file without a pickled object, not a torch checkpoint")
+                unpickler = _SkeletonUnpickler(io.BytesIO(zf.read(pkl)))
+                obj = unpickler.load()
+        else:
+            with open(path, "rb") as f:
+                unpickler = _SkeletonUnpickler(f)
+                obj = unpickler.load()
+                if obj != TORCH_MAGIC:
+                    obj = None
+                else:
+                    for _ in range(3):  # protocol version, system info, then the object
+                        obj = unpickler.load()
+    except InputError:
+        raise
+    except Exception as err:  # not a pickle (any more): garbage, or truncated
+        return None, list(dict.fromkeys(unpickler.names if unpickler else [])), err
+    return obj, list(dict.fromkeys(unpickler.names)), None
+
+
 def peek(path: str | Path, extra_globals: Iterable[str] = ()) -> Any:
     """The file's object as a skeleton (containers and plain values as they are, every tensor or other object a
     placeholder dict), read without torch and without building anything the file names, in milliseconds: for the
@@ -296,35 +288,12 @@ def peek(path: str | Path, extra_globals: Iterable[str] = ()) -> Any:
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: an empty file, not a torch checkpoint")
     extra = set(extra_globals)
-    unpickler = None
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                if pkl is None:
-                    raise InputError(f"{path}: a zip file without a pickled object, not a torch checkpoint")
-                unpickler = _SkeletonUnpickler(io.BytesIO(zf.read(pkl)))
-                obj = unpickler.load()
-        else:
-            with open(path, "rb") as f:
-                unpickler = _SkeletonUnpickler(f)
-                obj = unpickler.load()
-                if obj != TORCH_MAGIC:  # a bare pickle: torch refuses it; its globals are still named here
-                    obj = None
-                else:
-                    for _ in range(3):  # protocol version, system info, then the object
-                        obj = unpickler.load()
-    except InputError:
-        raise
-    except Exception as err:
-        names = unpickler.names if unpickler is not None else []
-        unsafe = [n for n in dict.fromkeys(names) if not _data_global(n, extra)]
-        if unsafe:
-            raise refused(path, unsafe) from None
-        raise InputError(f"{path}: not a readable torch checkpoint ({_short(err)})") from None
-    unsafe = [n for n in dict.fromkeys(unpickler.names) if not _data_global(n, extra)]
+    obj, names, err = skeleton(path)
+    unsafe = [n for n in names if not _data_global(n, extra)]
     if unsafe:
         raise refused(path, unsafe)
+    if err is not None:
+        raise InputError(f"{path}: not a readable torch checkpoint ({_short(err)})")
     return obj
 
 
@@ -450,5 +419,5 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-__all__ = ["NUMPY_GLOBALS", "SaveError", "check_dcp_metadata", "copy", "load", "load_dict", "peek", "pickle_globals",
-           "refused", "save"]
+__all__ = ["NUMPY_GLOBALS", "SaveError", "check_dcp_metadata", "copy", "load", "load_dict", "peek", "refused",
+           "save", "skeleton"]
