@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from tests.cli_harness import REPO, assert_refused, run_cli, sigterm_while_blocked_on, vmim_lines
-from tests.video_fixtures import encode_frames
+from tests.video_fixtures import colour_videos
 
 TINY = [
     "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "data.img_size=16", "data.num_frames=4",
@@ -41,13 +41,8 @@ def setup(tmp_path_factory) -> dict:
     proc = run_cli("finetune", "--config", REPO / "configs/demo/motion_finetune.yaml", f"output_dir={run}", *TINY,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rng = np.random.default_rng(0)
-    videos = []
-    for i in range(3):
-        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
-        frames[..., i] = 200
-        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
-        videos.append(encode_frames(str(root / f"v{i}.mp4"), frames))
+    videos = colour_videos(root, 3)
+    rng = np.random.default_rng(1)
     for name in ("broken1.mp4", "broken2.mp4"):
         (root / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     lists = {"good": [f"{v} {i}" for i, v in enumerate(videos)],

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.cli_harness import REPO, assert_refused, run_cli, sigterm_while_blocked_on
-from tests.video_fixtures import encode_frames
+from tests.video_fixtures import colour_videos
 
 PRETRAIN = [
     "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2", "targets.pixel.head.depth=1",
@@ -36,13 +36,8 @@ def setup(tmp_path_factory) -> dict:
     proc = run_cli("pretrain", "--config", REPO / "configs/demo/digits.yaml", f"output_dir={run}", *PRETRAIN,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rng = np.random.default_rng(0)
-    videos = []
-    for i in range(6):
-        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
-        frames[..., i % 3] = 200
-        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
-        videos.append(encode_frames(str(root / f"v{i}.mp4"), frames))
+    videos = colour_videos(root, 6)
+    rng = np.random.default_rng(1)
     for name in ("broken1.mp4", "broken2.mp4"):
         (root / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     lists = {"fit": [f"{v} {i % 3}" for i, v in enumerate(videos)],

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -187,10 +186,15 @@ def test_merge_refuses_a_video_counted_twice_or_dropped():
 
 # ---- two processes (gloo) -------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def spawn_two_ranks(fn, *args, what: str) -> None:
+    """Run ``fn(rank, 2, *args)`` in two spawned processes and wait for both (120 s at most)."""
+    context = torch.multiprocessing.spawn(fn, args=(2, *args), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{what} within 120 s")
 
 
 def as_json(result: EvalResult) -> dict:
@@ -198,7 +202,7 @@ def as_json(result: EvalResult) -> dict:
                                   "top5": result.top5, "loss": result.loss, "summary": result.summary_line()}))
 
 
-def _rank_main(rank: int, world_size: int, port: int, entries: list[Entry], out: str) -> None:
+def _rank_main(rank: int, world_size: int, entries: list[Entry], out: str) -> None:
     """One rank of the gloo run: evaluate its shard, write the merged result to ``out``/rank{rank}.json."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank,  # no port race
@@ -214,14 +218,7 @@ def _rank_main(rank: int, world_size: int, port: int, entries: list[Entry], out:
 
 def test_two_gloo_ranks_equal_one_process(videos, tmp_path):
     entries = colour_entries(videos, with_corrupt=True)  # 7 videos: shards of 4 and 3, a failure on rank 0
-    context = torch.multiprocessing.spawn(_rank_main, args=(2, free_port(), entries, str(tmp_path)), nprocs=2,
-                                          join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("two-process evaluation did not finish in 120 s")
+    spawn_two_ranks(_rank_main, entries, str(tmp_path), what="two-process evaluation did not finish")
     single = as_json(run_eval(entries, ChannelModel(), batch_size=2))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for merged in ranks:  # every rank holds the whole merged result
@@ -306,13 +303,7 @@ def _stopping_rank(rank: int, world_size: int, entries: list[Entry], out: str) -
 
 def test_a_stop_on_one_rank_ends_every_rank_at_the_same_batch(videos, tmp_path):
     entries = colour_entries(videos, with_corrupt=True)  # 7 videos: shards of 4 and 3
-    context = torch.multiprocessing.spawn(_stopping_rank, args=(2, entries, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks did not agree on the stop within 120 s")
+    spawn_two_ranks(_stopping_rank, entries, str(tmp_path), what="the ranks did not agree on the stop")
     # rank 0 is told by rank 1 (no signal of its own) before its 4th batch, rank 1 asks without one
     assert (tmp_path / "rank0.txt").read_text() == "stop None: a stop signal received: evaluation stopped after 3 " \
                                                    "of 7 videos"

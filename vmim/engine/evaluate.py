@@ -227,21 +227,18 @@ def report_failures(monitor, dataset: int, result: EvalResult) -> None:
 
 
 def next_batch(batches, loader: DataLoader, stop: StopSignals | None) -> dict | None:
-    """``next(batches, None)``; with ``stop`` (one process, a pass whose work may be dropped), a stop signal does not
-    wait for a decode that hangs (a stalled file system, a FIFO): with loader workers the wait for their batch is
-    interrupted at once (the signal raises :class:`Interrupted` there: no sample is in this process's hands), without
-    them the isolated decode is given up (:class:`vmim.signals.abandon_waits`, which raises ``WaitAbandoned``: a
-    BaseException, so the sample's ``except Exception`` does not count it as a bad file)."""
-    if stop is None:
+    """``next(batches, None)``; with ``stop`` (one process, a pass whose work may be dropped) and no loader workers,
+    a stop signal does not wait for a decode that hangs (a stalled file system, a FIFO): the isolated decode is given
+    up (:class:`vmim.signals.abandon_waits`, which raises ``WaitAbandoned`` from our own wait loop: a BaseException,
+    so the sample's ``except Exception`` does not count it as a bad file).
+
+    Decision: with loader workers the stop waits for the batch in progress (at most ``data.decode_timeout_s`` for a
+    hung file, as in training). Interrupting that wait means raising from a signal handler inside the DataLoader's
+    queue and lock code, an asynchronous exception that can leave a lock held; a bounded wait is the safer trade."""
+    if stop is None or loader.num_workers:
         return next(batches, None)
-    if loader.num_workers == 0:
-        with abandon_waits(lambda: stop.requested is not None):
-            return next(batches, None)
-    previous, stop.immediate = stop.immediate, "the wait for a batch"
-    try:
+    with abandon_waits(lambda: stop.requested is not None):
         return next(batches, None)
-    finally:
-        stop.immediate = previous
 
 
 def _agreed_stop(stop: StopSignals | None, dist: DistInfo | None, device: torch.device, seen: int,
@@ -285,7 +282,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
             _agreed_stop(stop, dist, device, len(records), len(dataset))
             try:
                 batch = next_batch(batches, loader, stop if world == 1 else None)  # ranks: agreed per batch
-            except (WaitAbandoned, Interrupted):  # only once a stop was requested: said now
+            except WaitAbandoned:  # only once a stop was requested: said now
                 _agreed_stop(stop, dist, device, len(records), len(dataset))
                 raise
             if batch is None:  # this rank's shard is done; it still joins the others' agreements

@@ -19,10 +19,11 @@ Every phase honours the same two signals within seconds, not only the training l
   (reading lists, building the model and data; a list on a hung network file system would otherwise hold a stop for
   minutes), an evaluation's set-up, a probe's classifier fits. A signal recorded before (:mod:`vmim.launch.boot`)
   raises on entering.
-* **A hung decode** does not hold a stop in a one-process evaluation pass, validation or probe extraction
-  (:func:`vmim.engine.evaluate.next_batch`): the wait for loader workers' batch is immediate, and an isolated decode
-  in this process is given up (:class:`vmim.signals.abandon_waits`). Training never abandons a batch: its stop waits
-  for the step, at most ``data.decode_timeout_s`` for a hung file.
+* **A hung decode** does not hold a stop in a one-process evaluation pass, validation or probe extraction that
+  decodes in this process (``data.num_workers=0``): the isolated decode is given up
+  (:class:`vmim.signals.abandon_waits`, :func:`vmim.engine.evaluate.next_batch`). With loader workers, and in
+  training (a step needs its whole batch), the stop waits for the batch in progress: at most
+  ``data.decode_timeout_s`` for a hung file.
 
 :class:`Interrupted` is a :class:`vmim.errors.VmimError` whose exit code is ``128 + signal``, as a shell reports a
 process ended by it: :func:`vmim.cli.main` prints its one line (what was kept) and exits with it, for every verb.

@@ -83,7 +83,7 @@ def extract_features(model, source, views: int = 1, crops: int = 1, short_side: 
             stop_if_asked()
             try:  # a stop also gives up a decode that hangs (a stalled file): one process, nothing to agree on
                 batch = next_batch(batches, loader, stop)
-            except (WaitAbandoned, Interrupted):  # only once a stop was requested: said now
+            except WaitAbandoned:  # only once a stop was requested: said now
                 stop_if_asked()
                 raise
             if batch is None:
