@@ -159,7 +159,7 @@ def test_rand_augment_no_op_fires_and_grey_clips():
     ("rand-n3-tweights-p0.7-mmax12-m12", {"n": 3, "t": "weights", "p": 0.7, "mmax": 12, "m": 12}),
 ])
 def test_rand_augment_grammar_reads_timm_strings(spec, expected):
-    from vmim.finetune_config import parse_rand_augment
+    from vmim.config.finetune import parse_rand_augment
 
     assert parse_rand_augment(spec) == expected
     ClipRandAugment(spec, 32)  # timm takes them too
@@ -182,7 +182,7 @@ def test_rand_augment_grammar_reads_timm_strings(spec, expected):
     ("random-m7", "starts with 'rand-'"),
 ])
 def test_rand_augment_grammar_refuses_what_timm_drops_or_fails_on(spec, fragment):
-    from vmim.finetune_config import parse_rand_augment
+    from vmim.config.finetune import parse_rand_augment
 
     with pytest.raises(ValueError, match=re.escape(fragment)):
         parse_rand_augment(spec)
@@ -193,7 +193,7 @@ def test_rand_augment_grammar_refuses_what_timm_drops_or_fails_on(spec, fragment
 def test_rand_augment_sets_match_timm():
     from timm.data import auto_augment as A
 
-    from vmim.finetune_config import RAND_AUGMENT_SETS
+    from vmim.config.finetune import RAND_AUGMENT_SETS
 
     for name, limit in RAND_AUGMENT_SETS.items():
         transforms = A.rand_augment_choices(name)

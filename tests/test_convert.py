@@ -20,10 +20,8 @@ from torch import nn
 
 from vmim.config import ViTConfig, config_to_yaml, load_config
 from vmim.models import create_backbone, load_backbone, load_init
-from vmim.models.convert import (
-    convert_checkpoint, convert_file, convert_state_dict, resample_table,
-)
-from vmim.models.pos_embed import sincos_3d, sincos_flat
+from vmim.convert import convert_checkpoint, convert_file, convert_state_dict
+from vmim.models.pos_embed import resample_table, sincos_3d, sincos_flat
 
 DIM, DEPTH, HEADS, PATCH, IMG = 64, 2, 2, 8, 32
 ATOL, RTOL = 1e-5, 1e-4
@@ -476,7 +474,7 @@ def test_reference_files_load_without_running_pickled_code(tmp_path):
     """VideoMAE / MAE files pickle their argparse args (allowed); any other object is refused before it can run."""
     import argparse
 
-    from vmim.models.convert import load_reference
+    from vmim.convert import load_reference
 
     sd = {"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1e-3)}
     torch.save(sd, tmp_path / "ok.pth")

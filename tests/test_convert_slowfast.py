@@ -20,7 +20,7 @@ from tests.test_convert import perturb
 from vmim.config import MViTConfig, ViTConfig, config_to_yaml, load_config, video_grid
 from vmim.models import create_backbone, load_backbone, load_init
 from vmim.models import mvit as M
-from vmim.models.convert import convert_checkpoint, convert_state_dict
+from vmim.convert import convert_checkpoint, convert_state_dict
 
 DEMO_STAGES = (1, 3)
 """mvitv2_demo: 48 wide, 6 blocks, stages at 1 and 3, 4x32x32 input."""
@@ -253,7 +253,7 @@ def converted_maskfeat(tmp_path) -> tuple[M.MViT, object]:
     src = maskfeat_demo(seed=7)
     save_slowfast(tmp_path / "pt.pyth", src, maskfeat=True)
     dst = tmp_path / "pt.pt"
-    from vmim.models.convert import convert_file
+    from vmim.convert import convert_file
 
     convert_file("slowfast", tmp_path / "pt.pyth", dst)
     return src, dst

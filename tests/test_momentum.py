@@ -1,4 +1,4 @@
-"""Momentum (EMA) teacher target: the copy at bind, the update and its schedule, the features, where its state lives,
+"""Momentum (EMA) teacher target: the method's EMA copy, its update and schedule, the features, where its state lives,
 exact SIGKILL + resume, and pixels + HOG + momentum in one run.
 
 Known answers: the EMA recursion ``ema_k = m_k ema_{k-1} + (1 - m_k) student_k`` recomputed from the student's
@@ -28,7 +28,7 @@ from vmim.meta_arch import build_method
 from vmim.models import DecoderHead, LinearHead
 from vmim.models.loading import read_weights
 from vmim.targets import MomentumTarget, build_target
-from vmim.targets.momentum import momentum_at
+from vmim.meta_arch.ema import momentum_at
 
 REPO = Path(__file__).resolve().parents[1]
 MOMENTUM = ["targets.momentum.dim=64", "targets.momentum.head.depth=1", "targets.momentum.head.dim=32",
@@ -52,11 +52,11 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# (a) bind and the update
+# (a) the method's EMA copy and the update
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_bind_copies_the_student_frozen_and_always_in_eval():
+def test_the_ema_copy_is_the_students_frozen_and_always_in_eval():
     method = tiny_method("model.drop_path=0.5")
     ema, student = ema_of(method), method.backbone
     assert_same_weights(ema, student)
@@ -70,16 +70,16 @@ def test_bind_copies_the_student_frozen_and_always_in_eval():
     torch.testing.assert_close(target(pixels), target(pixels), rtol=0, atol=0)  # drop path 0.5 would differ
 
 
-def test_unbound_and_rebound_and_wrong_width_are_refused():
+def test_unbound_and_wrong_width_are_refused_and_the_ema_is_the_methods():
     cfg = load_config(None, [*TINY_OVERRIDES, *MOMENTUM])
     target = build_target("momentum", cfg.targets["momentum"], (2, 4, 4), 3)
     with pytest.raises(RuntimeError, match="not bound"):
         target(torch.rand(1, 3, 4, 16, 16))
     with pytest.raises(RuntimeError, match="not bound"):
-        target.after_step(1, 10)
+        target.macs((1, 3, 4, 16, 16))
     method = build_method(cfg)
-    with pytest.raises(RuntimeError, match="bound once"):
-        method.targets["momentum"].bind(method)
+    target = method.targets["momentum"]  # reads the method's EMA copy; holds no state and never sees the student
+    assert target.ema is method.ema["momentum"] and not list(target.state_dict()) and not hasattr(target, "bind")
     with pytest.raises(ValueError, match=r"targets.momentum.dim: 32, but block -1 of the student is 64 wide"):
         tiny_method("targets.momentum.dim=32")
     default = tiny_method("targets.momentum.dim=0")  # the default: the student's width, and the head follows it
@@ -108,7 +108,7 @@ def test_one_update_is_m_old_plus_one_minus_m_new():
 
     method.after_step(6, 10)  # progress 5/10: cosine half-way, m = (0.9 + 1.0) / 2
     m = 0.95
-    assert method.targets["momentum"].last_momentum == pytest.approx(m, abs=1e-12)
+    assert method.last_momentum["momentum"] == pytest.approx(m, abs=1e-12)
     params = {name for name, _ in student.named_parameters()}
     for name, value in ema.state_dict().items():
         expected = m * before[name] + (1 - m) * after[name] if name in params else after[name]
@@ -127,9 +127,9 @@ class Recorder(Hook):
         self.initial_student = {k: v.clone() for k, v in method.backbone.state_dict().items()}
         self.initial_ema = {k: v.clone() for k, v in ema_of(method).state_dict().items()}
 
-    def after_step(self, trainer, batch) -> None:  # after TargetUpdates: the EMA of this step is done
+    def after_step(self, trainer, batch) -> None:  # after MethodAfterStep: the EMA of this step is done
         self.students.append({k: v.clone() for k, v in trainer.raw_model.backbone.state_dict().items()})
-        self.momenta.append(trainer.raw_model.targets["momentum"].last_momentum)
+        self.momenta.append(trainer.raw_model.last_momentum["momentum"])
 
 
 @pytest.fixture(scope="module")
@@ -293,17 +293,17 @@ def test_features_under_autocast_are_float32_without_grad():
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_ema_is_in_the_checkpoint_under_the_target_and_nowhere_else(ema_run):
+def test_ema_is_in_the_checkpoint_under_the_method_and_nowhere_else(ema_run):
     trainer, _, run_dir = ema_run
     method = trainer.raw_model
     saved = load(run_dir / "checkpoints" / "last.pt")["model"]
-    ema_keys = {k for k in saved if k.startswith("targets.momentum.ema.")}
+    ema_keys = {k for k in saved if k.startswith("ema.momentum.")}
     backbone_keys = {k for k in saved if k.startswith("backbone.")}
-    assert {k[len("targets.momentum.ema."):] for k in ema_keys} == {k[len("backbone."):] for k in backbone_keys}
-    assert not [k for k in saved if k.startswith("targets.") and not k.startswith("targets.momentum.ema.")]
+    assert {k[len("ema.momentum."):] for k in ema_keys} == {k[len("backbone."):] for k in backbone_keys}
+    assert not [k for k in saved if k.startswith("targets.")]
     for name, value in ema_of(method).state_dict().items():
-        torch.testing.assert_close(saved[f"targets.momentum.ema.{name}"], value, rtol=0, atol=0)
-    assert any(not torch.equal(saved[f"targets.momentum.ema.{k}"], saved[f"backbone.{k}"])
+        torch.testing.assert_close(saved[f"ema.momentum.{name}"], value, rtol=0, atol=0)
+    assert any(not torch.equal(saved[f"ema.momentum.{k}"], saved[f"backbone.{k}"])
                for k, _ in method.backbone.named_parameters())
 
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -368,7 +368,7 @@ def test_sigkill_and_resume_with_an_ema_teacher_match_an_uninterrupted_run(tmp_p
     assert at_kill["step"] == 6 and at_kill["train_state"]["batch_in_epoch"] == 2, at_kill["train_state"]
     assert max(r["step"] for r in read_metrics(killed / "metrics.jsonl")) == 7  # step 7 ran, and is lost
     model = at_kill["model"]
-    assert any(not torch.equal(model[k], model[f"targets.momentum.ema.{k[len('backbone.'):]}"])
+    assert any(not torch.equal(model[k], model[f"ema.momentum.{k[len('backbone.'):]}"])
                for k in model if k.startswith("backbone.") and k.endswith(".weight")), "EMA == student: no test"
 
     assert pretrain(load_config(None, [*KILL_RUN, f"output_dir={killed}"])).step == 12  # resume=auto
@@ -381,7 +381,7 @@ def test_sigkill_and_resume_with_an_ema_teacher_match_an_uninterrupted_run(tmp_p
             assert got[step][key] == pytest.approx(expected[step][key], rel=1e-6, abs=1e-7), f"step {step} {key}"
     final_ref = load(reference / "checkpoints" / "last.pt")["model"]
     final_got = load(killed / "checkpoints" / "last.pt")["model"]
-    assert final_ref.keys() == final_got.keys() and any(k.startswith("targets.momentum.ema.") for k in final_ref)
+    assert final_ref.keys() == final_got.keys() and any(k.startswith("ema.momentum.") for k in final_ref)
     for name, tensor in final_ref.items():
         torch.testing.assert_close(final_got[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
 
@@ -437,5 +437,5 @@ def test_pixels_hog_and_momentum_train_together_and_log_each_loss(tmp_path):
         assert all(math.isfinite(v) and v > 0 for v in parts.values()), r
         assert r["loss"] == pytest.approx(sum(WEIGHTS[n] * parts[n] for n in WEIGHTS), rel=1e-5), r
     saved = load(tmp_path / "checkpoints" / "last.pt")["model"]
-    assert any(k.startswith("targets.momentum.ema.") for k in saved)
+    assert any(k.startswith("ema.momentum.") for k in saved)
     assert not any(k.startswith(("targets.pixel.", "targets.hog.")) for k in saved)

@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import make_mask
 from vmim.config import ViTConfig
-from vmim.models.convert import FILE_FORMAT, FILE_VERSION
+from vmim.convert.common import FILE_FORMAT, FILE_VERSION
 from vmim.models.layers import Block
 from vmim.models.loading import load_init
 from vmim.models.registry import create_backbone

@@ -39,7 +39,7 @@ from vmim import safe_load
 from vmim.engine import checkpoint
 from vmim.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from vmim.errors import InputError, UnsafeFileError
-from vmim.models.convert import load_reference
+from vmim.convert.common import load_reference
 from vmim.models.loading import read_weights
 from vmim.preflight import check_weights
 

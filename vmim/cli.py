@@ -25,11 +25,10 @@ def _train(args: argparse.Namespace, task: str) -> int:
     check_data_paths(cfg)  # so does a missing or malformed list / folder, naming its key: before the run folder
     import signal
 
+    from .config import TASKS
     from .engine.trainer import StopRequested
-    if task == "pretrain":
-        from .engine.pretrain import pretrain as run
-    else:
-        from .engine.finetune import finetune as run
+
+    run = TASKS[task].run_fn()
 
     try:
         run(cfg)
@@ -140,7 +139,7 @@ def _convert(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # InputError, UnsafeFileError, FileNotFoundError
         print(f"vmim convert: {err}", file=sys.stderr)
         return 2
-    from .models.convert import convert_command
+    from .convert.cli import convert_command
 
     return convert_command(args)
 
@@ -216,22 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_probe)
     p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT, SlowFast "
                                        "MViTv2) as a vmim backbone file, for init= and vmim.models.load_backbone")
-    p.add_argument("--from", dest="source_format", required=True,
-                   choices=("videomae", "mae", "mvd", "timm", "slowfast"), help="the source's layout")
-    p.add_argument("src", help="reference checkpoint (.pth / .pt / .pyth)")
-    p.add_argument("dst", help="output file (for fine-tuning init= or load_backbone)")
-    p.add_argument("--num-frames", type=int, default=None,
-                   help="clip frames of the result (the grid of a learned position table; for a saved 3-D table, "
-                        "the frames it was made for); default 16 (slowfast: the checkpoint's cfg, else the size's)")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="crop side; default: the position table's, else 224; a learned table is interpolated")
-    p.add_argument("--tubelet-size", type=int, default=None,
-                   help="frames per token; default: the source's, or 2 for 2-D weights (inflated: repeated over t, "
-                        "divided by t)")
-    p.add_argument("--backbone", default=None, help="expected registered size (vit_base, mvitv2_s_16x4, ...)")
-    p.add_argument("--q-pool-blocks", type=_int_list, default=None, metavar="I,J,...",
-                   help="slowfast: blocks whose q is pooled (MaskFeat pre-training of MViT-S: 1,3); default: the "
-                        "checkpoint's cfg, else read from the relative-position tables")
+    from .convert.cli import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_convert)
     p = sub.add_parser("list", help="print every registry: backbones (with parameter counts), maskings, targets, "
                                     "heads, "

@@ -39,7 +39,8 @@ import re
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 if TYPE_CHECKING:
-    from .config import Config, DatasetConfig
+    from .config import Config
+    from .data.schemas import DatasetConfig
 
 FILE_KINDS = ("video", "image")
 """Dataset kinds read from files; the built-in ones (digits_*) need nothing on disk."""

@@ -1,38 +1,44 @@
-"""Every registry of the package in one place: what ``vmim list`` prints and what the registry tests check.
-
-Each family has a package registry (the code that builds a kind) and a config mapping (``vmim.config``: the kind's
-dataclass). :func:`package_registries` returns the former's names so a test can assert that both agree; the
-descriptions come from the config dataclasses' docstrings, where a user reads about a kind's keys.
-"""
+"""What ``vmim list`` prints: every family of the registration table (:mod:`vmim.config.registry`), with each kind's
+one-line summary (its config dataclass's docstring, where a user reads about its keys) and each backbone's size."""
 
 from __future__ import annotations
 
 import inspect
 
-from . import config
+from .config import registry
+from .data.schemas import DECODERS, INDEX_FORMATS
+
+SECTIONS = (
+    ("maskings", "maskings (masking.kind, decoder_masking.kind)"),
+    ("targets", "targets (targets.<name>.kind)"),
+    ("heads", "heads (targets.<name>.head.kind)"),
+    ("losses", "losses (targets.<name>.loss.kind)"),
+    ("datasets", "dataset kinds (data.datasets.<name>.kind)"),
+)
+"""Families printed with a summary per kind, in order, after the backbones."""
 
 
 def package_registries() -> dict[str, list[str]]:
-    """Family -> names registered in the package (imports torch and the model code)."""
+    """Family -> names the package builds (imports torch and the model code: each builder is resolved)."""
     from .data import DATASET_KINDS
-    from .data.indexes import INDEX_FORMATS
-    from .data.video_decoders import DECODERS
+    from .data.indexes import INDEX_FORMATS as PACKAGE_INDEX_FORMATS
+    from .data.video_decoders import DECODERS as PACKAGE_DECODERS
     from .masking import MASKINGS
     from .meta_arch import LOSSES, TOKEN_SETS
     from .models import BACKBONES, HEADS
     from .targets import TARGETS
 
-    return {"backbones": list(BACKBONES), "maskings": list(MASKINGS), "targets": list(TARGETS),
-            "heads": list(HEADS), "losses": list(LOSSES), "token_sets": list(TOKEN_SETS),
-            "datasets": list(DATASET_KINDS), "index_formats": list(INDEX_FORMATS), "decoders": list(DECODERS)}
+    out = {"backbones": BACKBONES, "maskings": MASKINGS, "targets": TARGETS, "heads": HEADS, "losses": LOSSES,
+           "token_sets": TOKEN_SETS, "datasets": DATASET_KINDS}
+    built = {family: [name for name in reg if callable(reg[name])] for family, reg in out.items()}
+    return {**built, "index_formats": list(PACKAGE_INDEX_FORMATS), "decoders": list(PACKAGE_DECODERS)}
 
 
 def config_registries() -> dict[str, list[str]]:
     """Family -> names the config accepts (torch-free)."""
-    return {"backbones": list(config.BACKBONES), "maskings": list(config.MASKINGS), "targets": list(config.TARGETS),
-            "heads": list(config.HEADS), "losses": list(config.LOSSES), "token_sets": list(config.TOKEN_SETS),
-            "datasets": list(config.DATASETS), "index_formats": list(config.INDEX_FORMATS),
-            "decoders": list(config.DECODERS)}
+    out = {name: list(registry.kinds(name)) for name in ("backbones", "maskings", "targets", "heads", "losses",
+                                                           "token_sets", "datasets")}
+    return {**out, "index_formats": list(INDEX_FORMATS), "decoders": list(DECODERS)}
 
 
 def _summary(obj: object) -> str:
@@ -62,17 +68,11 @@ def backbone_rows() -> list[str]:
 def describe_registries(with_params: bool = True) -> str:
     """The text ``vmim list`` prints."""
     out = ["backbones (model.backbone):"]
-    out += backbone_rows() if with_params else [f"  {n}" for n in config.BACKBONES]
-    sections = [
-        ("maskings (masking.kind, decoder_masking.kind)", config.MASKINGS),
-        ("targets (targets.<name>.kind)", config.TARGETS),
-        ("heads (targets.<name>.head.kind)", config.HEADS),
-        ("losses (targets.<name>.loss.kind)", config.LOSSES),
-        ("dataset kinds (data.datasets.<name>.kind)", config.DATASETS),
-    ]
-    for title, mapping in sections:
-        out += ["", f"{title}:"] + [f"  {name:<14} {_summary(cls)}" for name, cls in mapping.items()]
-    out += ["", "token sets (targets.<name>.token_set):"] + [f"  {n}" for n in config.TOKEN_SETS]
-    out += ["", "index formats (data.datasets.<name>.format):"] + [f"  {n}" for n in config.INDEX_FORMATS]
-    out += ["", "video decoders (data.datasets.<name>.decoder):"] + [f"  {n}" for n in config.DECODERS]
+    out += backbone_rows() if with_params else [f"  {n}" for n in registry.kinds("backbones")]
+    for family, title in SECTIONS:
+        out += ["", f"{title}:"] + [f"  {name:<14} {_summary(kind.schema)}"
+                                    for name, kind in registry.kinds(family).items()]
+    out += ["", "token sets (targets.<name>.token_set):"] + [f"  {n}" for n in registry.kinds("token_sets")]
+    out += ["", "index formats (data.datasets.<name>.format):"] + [f"  {n}" for n in INDEX_FORMATS]
+    out += ["", "video decoders (data.datasets.<name>.decoder):"] + [f"  {n}" for n in DECODERS]
     return "\n".join(out)

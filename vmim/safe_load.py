@@ -3,7 +3,7 @@
 Every path that reads a checkpoint or weights file goes through :func:`load`: ``init=`` of fine-tuning and probing
 (a file or a run folder, :mod:`vmim.models.loading`), ``vmim eval`` and resume (:mod:`vmim.engine.checkpoint`,
 including a sharded folder's ``state.pt``), a teacher target's ``path`` (:mod:`vmim.targets.teacher`, also while the
-config is validated) and ``vmim convert`` (:mod:`vmim.models.convert`). Every torch file vmim writes goes through
+config is validated) and ``vmim convert`` (:mod:`vmim.convert`). Every torch file vmim writes goes through
 :func:`save`. This module sits at the bottom of the import graph (the standard library, :mod:`vmim.errors`; torch and
 numpy are imported inside the functions).
 

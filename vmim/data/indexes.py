@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 from ..preflight import CSV_HEADER_LABELS as CSV_HEADER_LABELS  # re-exported: the header words a CSV list may use
 from ..preflight import IMAGE_EXTENSIONS, as_int, csv_rows, list_lines, split_csv_row, split_space_line
+from .schemas import INDEX_FORMATS as INDEX_FORMATS  # the config's choices are the readers' keys (asserted below)
 
 PathLike = str | os.PathLike
 
-INDEX_FORMATS = ("space", "csv", "kinetics_csv", "ssv2", "ucf101", "hmdb51", "image_folder")
 MISSING_POLICIES = ("error", "drop")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 """Kinetics file extensions, in order of preference when several exist."""

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
-from ..finetune_config import BUILTIN_CLASSES as BUILTIN_CLASSES  # one table: config validation checks it too
+from ..config.finetune import builtin_classes  # one table (the registration info): validation checks it too
 from .subset import source_labels
 
 
 def declared_classes(ds_cfg: Any) -> tuple[int, str] | None:
     """(class count, the file or folder that declares it) for formats that list their classes; None otherwise."""
-    if ds_cfg.kind in BUILTIN_CLASSES:
-        return BUILTIN_CLASSES[ds_cfg.kind], f"the built-in {ds_cfg.kind}"
+    builtin = builtin_classes()
+    if ds_cfg.kind in builtin:
+        return builtin[ds_cfg.kind], f"the built-in {ds_cfg.kind}"
     fmt = getattr(ds_cfg, "format", "")
     if fmt == "ssv2":
         with open(ds_cfg.labels, encoding="utf-8") as f:

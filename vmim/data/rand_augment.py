@@ -21,7 +21,7 @@ Decisions and their reasons:
   state seeded from ``rng`` (per op for the level arguments, and re-seeded to the same value before every frame for
   the op itself, so all frames get the same draw), and the previous global state is restored afterwards. Data-loader
   workers are processes, so the brief swap of the global state is not shared with another thread.
-- **A strict grammar first.** The string is parsed by :func:`vmim.finetune_config.parse_rand_augment` (torch-free,
+- **A strict grammar first.** The string is parsed by :func:`vmim.config.finetune.parse_rand_augment` (torch-free,
   so config validation runs the same check) before timm sees it: timm silently drops a section without digits
   (``rand-m-n4`` has no magnitude), takes an unknown transform set (``tfoo``) for the default one, and clips a
   magnitude above its bound.
@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from timm.data.auto_augment import AugmentOp, rand_augment_transform
 
-from ..finetune_config import parse_rand_augment
+from ..config.finetune import parse_rand_augment
 
 __all__ = ["ClipRandAugment", "DrawnOp", "FILL", "LEVEL_DENOM"]
 

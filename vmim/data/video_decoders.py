@@ -53,7 +53,8 @@ import av
 import numpy as np
 import torch
 
-DECODERS = ("auto", "decord", "pyav")
+from .schemas import DECODERS as DECODERS  # the config's choices
+
 
 
 class DecodeError(RuntimeError):

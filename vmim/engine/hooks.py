@@ -10,6 +10,11 @@ Throughput: :class:`LogMetrics` built with the run's device and precision adds t
 to the window (:class:`~vmim.engine.throughput.Throughput`) and logs ``perf/tflops`` (achieved TFLOP/s per device,
 over the window's wall time, data loading included) and ``perf/mfu`` (that over the device's peak) next to clips/s.
 One hook computes every ``perf/*`` value from the same elapsed time, so they agree with each other exactly.
+
+Time shares: a model may report the time a part of its forward took, per micro-batch, as ``perf/<part>_ms/<name>``
+beside its losses (the pretraining method does so for each frozen teacher: ``perf/teacher_ms/<target>``). The hook
+sums each part's times over names and logs ``perf/<part>_share``, the fraction of the step's wall time (at most 1),
+and the log line says ``<part>s N%``. It knows no part by name.
 """
 
 from __future__ import annotations
@@ -74,6 +79,19 @@ class MetricsWindow:
         return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
+def time_shares(values: dict[str, float], accum_steps: int, step_s: float) -> dict[str, float]:
+    """part -> the share of a step's ``step_s`` seconds spent in it: the sum over names of the per-micro-batch
+    ``perf/<part>_ms/<name>`` values, times ``accum_steps``, capped at 1 (module docstring); empty when no time."""
+    totals: dict[str, float] = {}
+    for key, value in values.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "perf" and parts[1].endswith("_ms"):
+            totals[parts[1][:-3]] = totals.get(parts[1][:-3], 0.0) + value
+    if step_s <= 0:
+        return {}
+    return {part: min(1.0, ms * accum_steps / 1000 / step_s) for part, ms in totals.items() if ms}
+
+
 class LogMetrics(Hook):
     """Every ``log.every_steps``: the window's means, lr, throughput and data scalars to TensorBoard, metrics.jsonl,
     log.txt and the progress bar (averaged over ranks).
@@ -104,10 +122,8 @@ class LogMetrics(Hook):
         if window.flops:
             values["perf/tflops"] = window.flops / elapsed / 1e12
             values["perf/mfu"] = values["perf/tflops"] / self.throughput.peak_tflops
-        teacher_ms = sum(v for k, v in values.items() if k.startswith("perf/teacher_ms/"))  # per micro-batch
-        if teacher_ms and window.steps:
-            per_step = teacher_ms * trainer.cfg.optim.accum_steps / 1000
-            values["perf/teacher_share"] = min(1.0, per_step / (elapsed / window.steps))
+        shares = time_shares(values, trainer.cfg.optim.accum_steps, elapsed / window.steps if window.steps else 0)
+        values.update({f"perf/{part}_share": share for part, share in shares.items()})
         values = all_reduce_mean(values, trainer.dist, trainer.device)
         trainer.metrics.scalars(trainer.state.step, values)
         if "loss" in values:
@@ -118,7 +134,7 @@ class LogMetrics(Hook):
                 f"loss {values['loss']:.5f} "
                 f"lr {values['lr']:.3e} grad {values.get('grad_norm', float('nan')):.3f} "
                 f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}"
-                + (f" teachers {values['perf/teacher_share']:.0%}" if "perf/teacher_share" in values else "")
+                + "".join(f" {part}s {values[f'perf/{part}_share']:.0%}" for part in shares)
                 + (f" {values['perf/tflops']:.4g} TFLOP/s MFU {values['perf/mfu']:.2%}" if "perf/mfu" in values
                    else ""))
         window.reset()

@@ -1,8 +1,11 @@
 """The pretraining task: a masked-modeling method trained on the configured data mix.
 
 Everything generic (loop, precision, DDP, checkpoints, resume, stop signals, logs) is the trainer's; this module
-only says what the model and the data are, moves a batch to the device, and adds the reconstruction preview and
-the teacher record (log line, checkpoint hashes, resume check).
+only says what the model and the data are, moves a batch to the device, and adds three hooks: the method's
+``after_step`` (its EMA teachers follow the student), the targets' records (log lines, what the checkpoint keeps of
+them, the resume check) and the reconstruction preview. It builds the method with ``vmim.meta_arch.build_method`` and
+otherwise talks to it only through the method's own generic calls (``after_step``, ``describe``, ``records``,
+``check_records``, ``preview``): it imports nothing from targets, and knows no kind of target.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from torch import nn
 from ..config import Config
 from ..data import build_pretrain_data
 from ..meta_arch import build_method
-from ..targets.teacher import TeacherTarget, check_records, teachers_of
 from .distributed import DistInfo
 from .hooks import Hook
 from .precision import autocast
@@ -52,31 +54,33 @@ class Preview(Hook):
             trainer.metrics.image("reconstruction", trainer.state.step, grid)
 
 
-class TargetUpdates(Hook):
-    """After every optimizer step: the method's targets that follow the student (momentum teachers) update."""
+class MethodAfterStep(Hook):
+    """After every optimizer step: the method's ``after_step`` (its EMA teachers move towards the student)."""
 
     def after_step(self, trainer: Trainer, batch: dict) -> None:
         trainer.raw_model.after_step(trainer.state.step, trainer.total_steps)
 
 
 class TeacherRecord(Hook):
-    """The method's frozen teachers: a log line each at the start (source, blocks, parameters, MiB, hash); their
-    sources and content hashes in every checkpoint; a resume whose teacher weights hash differently stops before the
-    first step, with an error naming ``targets.<name>.path`` and both hashes."""
+    """The method's records of its targets (``records()``: a frozen teacher's source and content hash) in every
+    checkpoint, its ``describe()`` lines in the log at the start, and ``check_records(saved)`` on a resume, before the
+    first step (a teacher whose weights hash differently stops the run, naming ``targets.<name>.path``). The class
+    keeps its name because checkpoints keep a hook's state under it (``hooks.TeacherRecord``)."""
 
     def __init__(self):
-        self.teachers: dict[str, TeacherTarget] = {}
+        self.records: dict[str, dict] = {}
         self.saved: dict | None = None
 
     def before_train(self, trainer: Trainer) -> None:
-        self.teachers = teachers_of(trainer.raw_model.targets)
-        for name, teacher in self.teachers.items():
-            trainer.log.info(f"teacher targets.{name}: {teacher.summary()}")
+        method = trainer.raw_model
+        self.records = method.records()
+        for line in method.describe():
+            trainer.log.info(line)
         if self.saved is not None:
-            check_records(self.saved, self.teachers)
+            method.check_records(self.saved)
 
     def state_dict(self) -> dict | None:
-        return {name: teacher.record() for name, teacher in self.teachers.items()} or None
+        return dict(self.records) or None
 
     def load_state_dict(self, state: dict) -> None:
         self.saved = state
@@ -97,7 +101,7 @@ class PretrainTask(Task):
         return {**losses, f"loss_by_dataset/{source}": losses["loss"]}
 
     def hooks(self) -> list[Hook]:
-        return [TargetUpdates(), TeacherRecord(), Preview(self.cfg.log.image_every_steps)]
+        return [MethodAfterStep(), TeacherRecord(), Preview(self.cfg.log.image_every_steps)]
 
 
 def pretrain(cfg: Config) -> TrainState:

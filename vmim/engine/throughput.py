@@ -13,9 +13,10 @@ Peak (:func:`peak_tflops`):
   cached per process (device, precision, threads).
 
 Model FLOPs per step come from :func:`vmim.models.flops.step_flops` (2 FLOPs/MAC x (3 x trained forward + frozen
-forward)); the pretraining method and its targets register their counts here, because ``vmim.models.flops`` sits
-below targets and meta_arch in the import order. :class:`Throughput` caches a step's count per batch signature
-(tensor shapes and the row-0 count of each bool mask, which fixes every token count).
+forward)): the task's model counts its own step (``step_macs(batch)``), asking each of its parts (backbone, heads,
+targets) for theirs, so this module knows no method, target or mask; it keeps only peaks, ratios, the cache and the
+timing. :class:`Throughput` caches a step's count per batch signature (tensor shapes and the row-0 count of each bool
+mask, which fixes every token count).
 
 MFU = model FLOPs / (wall time x peak), over the whole log window: the time includes data loading, the optimizer,
 logging and checkpoint saves, as in PaLM's definition (a step that waits for data is a step the accelerator idles).
@@ -26,18 +27,14 @@ the estimate is unbiased. The preview forward (``log.image_every_steps``) is not
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
-from ..meta_arch import TOKEN_SETS, MaskedModeling
-from ..models.flops import NoCount, encoded_tokens, fake_macs, macs_for, module_macs, step_flops, step_macs_for
-from ..targets import HOGTarget, MomentumTarget, PixelTarget, Target, TeacherTarget
+from ..models.flops import NoCount, step_flops
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -160,81 +157,6 @@ def peak_tflops(device: torch.device | str, precision: str) -> tuple[float, str]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Counts of the pretraining method and its targets (see vmim.models.flops)
-# ----------------------------------------------------------------------------------------------------
-
-
-@step_macs_for(MaskedModeling)
-def _masked_modeling(m: MaskedModeling, batch: Mapping[str, Any]) -> tuple[int, int]:
-    """Trained: the backbone on the encoder mask and every head on its token set's queries; frozen: the targets."""
-    shape, masks = tuple(batch["clip"].shape), batch["masks"]
-    first = {k: v[:1] for k, v in masks.items()}  # every sample has the same counts
-    n_masked = int(first["encoder"].sum())
-    if "encoder_windows" in masks:  # LoMaR: K windows of w tokens, each its own sequence
-        k, w = masks["encoder_windows"].shape[1], math.prod(masks["encoder_windows"].shape[2:])
-        n_in, trained = k * w, module_macs(m.backbone, shape, n_masked, windows=(k, w))
-    else:
-        n_in, trained = encoded_tokens(m.backbone, shape, n_masked), module_macs(m.backbone, shape, n_masked)
-    frozen = 0
-    for name, head in m.heads.items():
-        query, _ = TOKEN_SETS[m.token_sets[name]](first)
-        trained += module_macs(head, shape[0], n_in, int(query.sum()))
-        frozen += module_macs(m.targets[name], shape)
-    return trained, frozen
-
-
-def _device(module: nn.Module) -> torch.device | None:
-    """Where a module's tensors live (its first parameter or buffer; None: it holds none)."""
-    return next((t.device for t in itertools.chain(module.parameters(), module.buffers())), None)
-
-
-@macs_for(Target)
-def _any_target(t: Target, shape: Sequence[int]) -> int:
-    """A target without a formula: its forward under FakeTensorMode, cached per shape."""
-    return fake_macs(t, shape, key=id(t), device=_device(t))
-
-
-@macs_for(PixelTarget)
-def _pixel(t: PixelTarget, shape: Sequence[int]) -> int:
-    return 0
-
-
-@macs_for(HOGTarget)
-def _hog(t: HOGTarget, shape: Sequence[int]) -> int:
-    """Four 3-tap depthwise convs per channel of the first frame of each tubelet, on the reflect-padded frame: gx along
-    W then H, gy along H then W: 3 x ((H+2) W + H W + H (W+2) + H W) MACs."""
-    b, c, frames, h, w = shape
-    n = b * c * math.ceil(frames / t.patch_size[0])
-    return n * 3 * (4 * h * w + 2 * h + 2 * w)
-
-
-@macs_for(MomentumTarget)
-def _momentum(t: MomentumTarget, shape: Sequence[int]) -> int:
-    """The EMA encoder on every token."""
-    return module_macs(t.ema, shape)
-
-
-@macs_for(TeacherTarget)
-def _teacher(t: TeacherTarget, shape: Sequence[int]) -> int:
-    """The teacher on its input (image teachers: the first frame of each student tubelet, resized to
-    ``input_size``); a timm network is counted under FakeTensorMode."""
-    b, c, frames, h, w = shape
-    if t.input_size and h != t.input_size:
-        h, w = t.input_size, max(1, round(w * t.input_size / h))
-    if t.image:
-        x = (b * math.ceil(frames / t.patch_size[0]), c, h, w) if t.kind == "timm" else \
-            (b * math.ceil(frames / t.patch_size[0]), c, 1, h, w)
-    else:
-        x = (b, c, 1 if frames % t.tubelet else frames, h, w)
-    net = t.teacher.net
-    try:
-        return module_macs(net, x)
-    except NoCount:
-        return fake_macs(net.forward_intermediates, x, key=id(net), device=_device(net), indices=sorted(t.blocks),
-                         norm=t.final_norm, output_fmt="NCHW", intermediates_only=True)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Per-step counts for the trainer
 # ----------------------------------------------------------------------------------------------------
 
@@ -285,7 +207,7 @@ class Throughput:
 
 
 def task_step_flops(model: nn.Module, batch: Mapping[str, Any]) -> float | None:
-    """:func:`~vmim.models.flops.step_flops`, or None when nothing is registered for the model's class."""
+    """:func:`~vmim.models.flops.step_flops`, or None when the model declares no count (no ``step_macs``)."""
     try:
         return step_flops(model, batch)
     except NoCount:

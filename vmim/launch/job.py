@@ -82,11 +82,10 @@ class TrainJob(Checkpointable):
     def __call__(self) -> dict:
         import submitit
 
+        from ..config import TASKS
         from ..engine.trainer import StopRequested
-        if self.cfg.task == "finetune":
-            from ..engine.finetune import finetune as train
-        else:
-            from ..engine.pretrain import pretrain as train
+
+        train = TASKS[self.cfg.task].run_fn()
 
         in_slurm = "SLURM_JOB_ID" in os.environ
         job_id = submitit.JobEnvironment().job_id if "SUBMITIT_FOLDER" in os.environ else None

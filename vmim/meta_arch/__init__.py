@@ -1,12 +1,19 @@
-"""Methods: backbone + heads + targets + losses (pretraining); the classifier for fine-tuning comes next."""
+"""Methods: backbone + heads + targets + losses (pretraining). The package face is lazy (PEP 562), so the torch-free
+schema module imports without torch."""
 
-from .losses import LOSSES, build_loss
-from .masked_modeling import MaskedModeling
-from .token_sets import TOKEN_SETS
+from __future__ import annotations
 
-__all__ = ["LOSSES", "TOKEN_SETS", "MaskedModeling", "build_loss", "build_method"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LOSSES": "losses", "build_loss": "losses", "MaskedModeling": "masked_modeling", "TOKEN_SETS": "token_sets",
+    "build_method": "build",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def build_method(cfg) -> MaskedModeling:
-    """The pretraining method of a :class:`vmim.config.Config`."""
-    return MaskedModeling.from_config(cfg)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -8,10 +8,12 @@ Registry: :data:`LOSSES` maps a config ``kind`` (``vmim.config.LOSSES``) to a bu
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+
+from ..config.registry import LazyRegistry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -34,12 +36,24 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(pred, target, dim=-1, eps=1e-6)
 
 
-LOSSES: dict[str, Callable[[Any], LossFn]] = {
-    "mse": lambda cfg: mse,
-    "smooth_l1": lambda cfg: smooth_l1(cfg.beta),
-    "l1": lambda cfg: l1,
-    "cosine": lambda cfg: cosine,
-}
+def mse_loss(cfg: Any) -> LossFn:
+    return mse
+
+
+def smooth_l1_loss(cfg: Any) -> LossFn:
+    return smooth_l1(cfg.beta)
+
+
+def l1_loss(cfg: Any) -> LossFn:
+    return l1
+
+
+def cosine_loss(cfg: Any) -> LossFn:
+    return cosine
+
+
+LOSSES: Mapping[str, Callable[[Any], LossFn]] = LazyRegistry("losses")
+"""Kind -> ``cfg -> per-token loss``, from the registration table (``vmim/meta_arch/schemas.py``)."""
 
 
 def build_loss(cfg: Any) -> LossFn:

@@ -5,6 +5,18 @@ and the frozen ones (targets, teachers), and turns a batch into losses. The trai
 ``method(batch) -> {"loss", "loss/<target>"}`` and never sees targets or masks; the backbone never sees targets;
 a target never sees the student. Each target entry picks its head (decoder or linear), its loss and its token
 set (:mod:`vmim.meta_arch.token_sets`), so MAE, VideoMAE, VideoMAE V2, MaskFeat and MR-MAE-style mixes are configs.
+
+Student and EMA teacher side by side (dinov2's ``ssl_meta_arch.py``): when a target reads an EMA copy of the student
+(a target class with ``follows_student``, the ``momentum`` kind), the method makes the copy (``ema.<name>``, one per
+such target, each with its entry's schedule), hands it to the target as the frozen encoder it reads, keeps it in eval
+mode, and updates it in :meth:`MaskedModeling.after_step` (:mod:`vmim.meta_arch.ema`). Checkpoints of the layout
+before (``targets.<name>.ema.*``) load through a ``load_state_dict`` pre-hook that renames their keys.
+
+What the engine reads of a method, all generic (the engine imports nothing from targets or meta_arch):
+``step_macs(batch)`` for MFU (:mod:`vmim.models.flops`; each backbone, head and target counts itself);
+``after_step(step, total)``; ``records()`` / ``check_records(saved)`` / ``describe()`` for what the checkpoint keeps of
+the targets (a teacher's source and hash) and the start-up log; the targets' extra metrics come out of ``forward`` as
+``perf/<key>/<name>`` beside the losses (:meth:`MaskedModeling.extra_metrics`).
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ from torch import nn
 
 from ..config import Config, video_grid
 from ..models import EncoderOutput, InputNormalizer, build_head, create_backbone
-from ..targets import Target, build_target
-from ..targets.teacher import TeacherError, teachers_of
+from ..models.flops import encoded_tokens, module_macs
+from ..targets import TARGETS, Target, build_target
+from ..targets.teacher import TeacherError
+from .ema import MomentumSchedule, ema_update, frozen_copy, upgrade_ema_keys
 from .losses import LossFn, build_loss, weighted_mean
 from .token_sets import TOKEN_SETS
 
@@ -64,15 +78,18 @@ class MaskedModeling(nn.Module):
         token_sets: name -> a key of :data:`~vmim.meta_arch.token_sets.TOKEN_SETS`.
         weights: name -> weight of that loss in the total.
         head_blocks: name -> the encoder block that head reads (absent or None: the encoder output).
+        ema: name -> the frozen EMA copy of ``backbone`` that target reads (momentum targets; :meth:`from_config`
+            makes them and builds those targets with them).
+        ema_schedules: name -> the momentum schedule of ``ema[name]``.
 
-    Targets that follow the student (a momentum teacher) get the method through ``Target.bind`` once its backbone and
-    normalizer exist (:meth:`from_config` builds the heads after it, from each bound target's ``dim``), and
-    ``Target.after_step`` after every optimizer step (:meth:`after_step`, called by the pretraining task's hook).
+    Attributes:
+        last_momentum: name -> the momentum of the latest EMA update (absent before the first).
     """
 
     def __init__(self, backbone: nn.Module, normalizer: InputNormalizer, targets: dict[str, Target],
                  heads: dict[str, nn.Module], losses: dict[str, LossFn], token_sets: dict[str, str],
-                 weights: dict[str, float], head_blocks: dict[str, int | None] | None = None):
+                 weights: dict[str, float], head_blocks: dict[str, int | None] | None = None,
+                 ema: dict[str, nn.Module] | None = None, ema_schedules: dict[str, MomentumSchedule] | None = None):
         super().__init__()
         self.backbone = backbone
         self.normalizer = normalizer
@@ -82,24 +99,47 @@ class MaskedModeling(nn.Module):
         self.token_sets = dict(token_sets)
         self.weights = dict(weights)
         self.head_blocks = {n: b for n, b in (head_blocks or {}).items() if b is not None}
-        for target in self.targets.values():
-            target.bind(self)
+        self.ema = nn.ModuleDict(ema or {})
+        self.ema_schedules = dict(ema_schedules or {})
+        if set(self.ema) != set(self.ema_schedules):
+            raise ValueError(f"EMA copies {sorted(self.ema)} and schedules {sorted(self.ema_schedules)} differ")
+        self.last_momentum: dict[str, float] = {}
+        self.register_load_state_dict_pre_hook(self._upgrade_state_dict)
+
+    @staticmethod
+    def _upgrade_state_dict(module: "MaskedModeling", state_dict: dict, prefix: str, *args: Any) -> None:
+        """``load_state_dict`` pre-hook: EMA weights saved under the previous layout get their new names."""
+        upgrade_ema_keys(state_dict, prefix, list(module.ema))
+
+    def upgrade_state_dict(self, state_dict: dict) -> dict:
+        """A copy of a whole state dict of this method with the previous layout's keys renamed (what the pre-hook
+        does inside ``load_state_dict``), for loaders that bypass it (FSDP's ``set_state_dict``)."""
+        state_dict = dict(state_dict)
+        upgrade_ema_keys(state_dict, "", list(self.ema))
+        return state_dict
 
     @classmethod
     def from_config(cls, cfg: Config) -> "MaskedModeling":
         backbone = create_backbone(cfg.model, video_grid(cfg))
         normalizer = InputNormalizer(cfg.data.mean, cfg.data.std, backbone.patch_size[0])
-        targets = {}
+        targets, ema, schedules = {}, {}, {}
         for name, t in cfg.targets.items():
             try:
-                targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
+                if TARGETS[t.kind].follows_student:  # reads an EMA copy of the student: the method's, handed over
+                    ema[name] = frozen_copy(backbone)
+                    targets[name] = TARGETS[t.kind].from_config(t, backbone.patch_size, cfg.model.in_chans,
+                                                                encoder=ema[name], normalizer=normalizer,
+                                                                key=f"targets.{name}")
+                    schedules[name] = MomentumSchedule.from_config(targets[name])  # the schedule its entry gives
+                else:
+                    targets[name] = build_target(t.kind, t, backbone.patch_size, cfg.model.in_chans)
             except TeacherError as err:  # raised with the entry's own key (path, blocks, ...)
                 raise err.under(f"targets.{name}") from None
-        method = cls(backbone, normalizer, targets, {},  # binds the targets: a momentum teacher learns its width
+        method = cls(backbone, normalizer, targets, {},
                      losses={n: build_loss(t.loss) for n, t in cfg.targets.items()},
                      token_sets={n: t.token_set for n, t in cfg.targets.items()},
                      weights={n: t.weight for n, t in cfg.targets.items()},
-                     head_blocks={n: t.head.block for n, t in cfg.targets.items()})
+                     head_blocks={n: t.head.block for n, t in cfg.targets.items()}, ema=ema, ema_schedules=schedules)
         for name, t in cfg.targets.items():
             method.heads[name] = build_head(t.head, _head_width(backbone, t.head.block, f"targets.{name}.head.block"),
                                             method.targets[name].dim, backbone.decoder_pos_embed,
@@ -116,10 +156,19 @@ class MaskedModeling(nn.Module):
             kwargs["windows"] = windows
         return pixels, self.backbone(self.normalizer(pixels), mask, **kwargs)
 
+    def train(self, mode: bool = True) -> "MaskedModeling":
+        """Sets the mode, but the EMA copies stay in eval mode (no drop path, no dropout)."""
+        super().train(mode)
+        self.ema.eval()
+        return self
+
     def after_step(self, step: int, total_steps: int) -> None:
-        """After optimizer step ``step`` (1-based) of ``total_steps``: targets that follow the student update."""
-        for target in self.targets.values():
-            target.after_step(step, total_steps)
+        """After optimizer step ``step`` (1-based) of ``total_steps``: each EMA copy moves towards the student,
+        ``ema = m * ema + (1 - m) * backbone`` with ``m`` from its schedule (:mod:`vmim.meta_arch.ema`)."""
+        for name, ema in self.ema.items():
+            m = self.ema_schedules[name].at(step, total_steps)
+            ema_update(ema, self.backbone, m)
+            self.last_momentum[name] = m
 
     def predict(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """[0, 1] pixels and, per target, (query (B, N) bool, loss weight (B, M), prediction (B, M, D))."""
@@ -145,10 +194,60 @@ class MaskedModeling(nn.Module):
             losses[f"loss/{name}"] = loss
             total = total + self.weights[name] * loss
         losses["loss"] = total
-        for name, teacher in teachers_of(self.targets).items():  # ms of its forward, logged with the losses
-            if (ms := teacher.take_ms()) is not None:
-                losses[f"perf/teacher_ms/{name}"] = total.new_tensor(ms).detach()
+        for key, value in self.extra_metrics().items():  # logged with the losses, not part of any
+            losses[key] = total.new_tensor(value).detach()
         return losses
+
+    # ------------------------------------------------------------------------------------------------
+    # What the engine reads, generically: extra metrics, records, MACs
+    # ------------------------------------------------------------------------------------------------
+
+    def extra_metrics(self) -> dict[str, float]:
+        """The targets' per-step scalars, ``perf/<key>/<name>`` (a teacher's ``perf/teacher_ms/<name>`` once one of
+        its forwards has finished); :meth:`forward` adds them to its output. Reading them consumes them."""
+        return {f"perf/{key}/{name}": float(value) for name, extra in self._asking("extra_metrics")
+                for key, value in extra().items()}
+
+    def records(self) -> dict[str, dict]:
+        """name -> what the checkpoint keeps of that target (a teacher's source and content hash); targets with
+        nothing to keep are absent."""
+        return {name: r for name, record in self._asking("record") if (r := record()) is not None}
+
+    def check_records(self, saved: dict[str, dict]) -> None:
+        """Refuse to continue a run whose targets changed since ``saved`` (:meth:`records` of its checkpoint); the
+        error names ``targets.<name>...``. Targets absent from ``saved`` are new, and pass."""
+        for name, check in self._asking("check_record"):
+            check(saved.get(name) or {}, f"targets.{name}")
+
+    def describe(self) -> list[str]:
+        """Start-up log lines about the targets (a teacher's source, size and hash)."""
+        return [line for name, describe in self._asking("describe") if (line := describe(f"targets.{name}"))]
+
+    def _asking(self, call: str) -> list[tuple[str, Any]]:
+        """(name, the target's ``call``) for each target that has it (a :class:`~vmim.targets.base.Target` has them
+        all; a stand-in module, as tests put in, may not)."""
+        return [(name, getattr(t, call)) for name, t in self.targets.items() if callable(getattr(t, call, None))]
+
+    def step_macs(self, batch: Batch) -> tuple[int, int]:
+        """(trained, frozen) multiply-adds of one micro-batch's forward (:mod:`vmim.models.flops`). Trained: the
+        backbone on the encoder mask and every head on its token set's queries; frozen: the targets (an EMA encoder
+        counted by the target that reads it). Only shapes and row-0 mask counts are read."""
+        shape, masks = tuple(batch["clip"].shape), batch["masks"]
+        first = {k: v[:1] for k, v in masks.items()}  # every sample has the same counts
+        n_masked = int(first["encoder"].sum())
+        if "encoder_windows" in masks:  # LoMaR: K windows of w tokens, each its own sequence
+            windows = masks["encoder_windows"]
+            k, w = windows.shape[1], math.prod(windows.shape[2:])
+            n_in, trained = k * w, module_macs(self.backbone, shape, n_masked, windows=(k, w))
+        else:
+            n_in = encoded_tokens(self.backbone, shape, n_masked)
+            trained = module_macs(self.backbone, shape, n_masked)
+        frozen = 0
+        for name, head in self.heads.items():
+            query, _ = TOKEN_SETS[self.token_sets[name]](first)
+            trained += module_macs(head, shape[0], n_in, int(query.sum()))
+            frozen += module_macs(self.targets[name], shape)
+        return trained, frozen
 
     @torch.no_grad()
     def features(self, clip: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,11 @@ with the same count M per sample (what the head builds) and ``weight`` float ``(
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
+
+from ..config.registry import LazyRegistry
 
 Masks = dict[str, torch.Tensor]
 
@@ -42,5 +44,5 @@ def decoder_kept(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
     return query, masks["encoder"][query].reshape(b, -1).float()
 
 
-TOKEN_SETS: dict[str, Callable[[Masks], tuple[torch.Tensor, torch.Tensor]]] = {
-    "masked": masked, "visible": visible, "decoder_kept": decoder_kept}
+TOKEN_SETS: Mapping[str, Callable[[Masks], tuple[torch.Tensor, torch.Tensor]]] = LazyRegistry("token_sets")
+"""Token set -> function, from the registration table (``vmim/meta_arch/schemas.py``)."""

@@ -1,16 +1,24 @@
-"""Backbones (in a registry), heads, position embeddings and input normalisation."""
+"""Backbones, heads, position embeddings and input normalisation; each kind's torch-free schema and registration in
+:mod:`vmim.models.schemas`.
 
-from . import vit  # noqa: F401  (registers the ViT backbones)
-from . import mvit  # noqa: F401, I001  (registers the MViTv2 backbones, after the ViTs: vmim list's order)
-from .base import EncoderOutput
-from .grid import token_grid
-from .heads import HEADS, DecoderHead, LinearHead, build_head
-from .loading import load_backbone, load_init
-from .mvit import MVIT_SIZES, MViT
-from .normalize import InputNormalizer
-from .registry import BACKBONES, create_backbone, register_backbone
-from .vit import VIT_SIZES, VisionTransformer, image_to_clip
+The package face is lazy (PEP 562): a name is imported from its module on first use, so importing
+``vmim.models.schemas`` (config validation) does not import torch."""
 
-__all__ = ["BACKBONES", "HEADS", "MVIT_SIZES", "MViT", "VIT_SIZES", "DecoderHead", "EncoderOutput",
-           "InputNormalizer", "LinearHead", "VisionTransformer", "build_head", "create_backbone", "image_to_clip",
-           "load_backbone", "load_init", "register_backbone", "token_grid"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKBONES": "registry", "create_backbone": "registry", "EncoderOutput": "base", "token_grid": "grid",
+    "HEADS": "heads", "DecoderHead": "heads", "LinearHead": "heads", "build_head": "heads",
+    "load_backbone": "loading", "load_init": "loading", "MVIT_SIZES": "schemas", "VIT_SIZES": "schemas",
+    "MViT": "mvit", "InputNormalizer": "normalize", "VisionTransformer": "vit", "image_to_clip": "vit",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .flops import linear_macs, module_macs
 from .normalize import InputNormalizer
 
 
@@ -50,13 +51,21 @@ class Classifier(nn.Module):
         """uint8 or [0, 1] float ``(B, C, T, H, W)`` -> pooled ``(B, D)`` backbone features."""
         return self.backbone.forward_features(self.normalizer(self.normalizer.pixels(clip)))
 
+    def macs(self, shape: Sequence[int]) -> int:
+        """Multiply-adds of one forward on a clip of ``shape``: pooled backbone features, then the linear layer."""
+        return module_macs(self.backbone, shape) + linear_macs(self.head, shape[0])
+
+    def step_macs(self, batch: dict) -> tuple[int, int]:
+        """(trained, frozen) multiply-adds of one micro-batch (``vmim.models.flops`` protocol): nothing frozen."""
+        return self.macs(tuple(batch["clip"].shape)), 0
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float ``(B, C, T, H, W)`` -> logits ``(B, K)``."""
         return self.head(self.dropout(self.features(clip)))
 
 
 def build_classifier(cfg, num_classes: int) -> Classifier:
-    """The classifier of a :class:`~vmim.finetune_config.FinetuneConfig` at random init (``init`` is loaded by the
+    """The classifier of a :class:`~vmim.config.FinetuneConfig` at random init (``init`` is loaded by the
     caller: :func:`vmim.models.loading.load_init`)."""
     from ..config import video_grid
     from .registry import create_backbone

@@ -11,12 +11,15 @@ Registry: :data:`HEADS` maps a config ``kind`` (``vmim.config.HEADS``) to a buil
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from ..config.registry import LazyRegistry
+
 from .base import EncoderOutput
+from .flops import block_macs, linear_macs
 from .layers import Block, init_weights
 from .pos_embed import FIXED_TABLES
 
@@ -87,6 +90,18 @@ class DecoderHead(nn.Module):
             x = block(x)
         return self.head(self.norm(x[query].reshape(x.shape[0], -1, self.dim)))
 
+    def macs(self, batch: int, n_in: int, n_query: int) -> int:
+        """Multiply-adds of one forward (:mod:`vmim.models.flops`): the embedding of the ``n_in`` encoder tokens, the
+        blocks over ``n_in + n_query`` tokens (the last one for the query rows only), the output layer on the
+        queries; a dense decoder runs its blocks over the ``n_in`` encoder tokens alone."""
+        if self.dense:
+            return (linear_macs(self.embed, batch * n_in) + sum(block_macs(blk, batch, n_in) for blk in self.blocks)
+                    + linear_macs(self.head, batch * n_query))
+        length, depth = n_in + n_query, len(self.blocks)
+        return (linear_macs(self.embed, batch * n_in) + linear_macs(self.head, batch * n_query)
+                + sum(block_macs(blk, batch, length, n_query if i == depth - 1 else None)
+                      for i, blk in enumerate(self.blocks)))
+
 
 class LinearHead(nn.Module):
     """A linear layer on the encoder's own tokens at the query positions (MaskFeat on a dense backbone, MR-MAE's
@@ -101,6 +116,10 @@ class LinearHead(nn.Module):
         """-> (B, M, out_dim); ValueError if a query position holds no encoder token."""
         return self.proj(encoded.at(query))
 
+    def macs(self, batch: int, n_in: int, n_query: int) -> int:
+        """Multiply-adds of one forward: the linear layer on the ``n_query`` queried tokens."""
+        return linear_macs(self.proj, batch * n_query)
+
 
 def _decoder(cfg: Any, in_dim: int, out_dim: int, pos_embed: str, dense: bool) -> nn.Module:
     return DecoderHead(in_dim, out_dim, cfg.depth, cfg.dim, cfg.heads, cfg.mlp_ratio, pos_embed, dense)
@@ -110,7 +129,8 @@ def _linear(cfg: Any, in_dim: int, out_dim: int, pos_embed: str, dense: bool) ->
     return LinearHead(in_dim, out_dim)
 
 
-HEADS: dict[str, Callable[[Any, int, int, str, bool], nn.Module]] = {"decoder": _decoder, "linear": _linear}
+HEADS: Mapping[str, Callable[[Any, int, int, str, bool], nn.Module]] = LazyRegistry("heads")
+"""Kind -> builder, from the registration table (``vmim/models/schemas.py``)."""
 
 
 def build_head(cfg: Any, in_dim: int, out_dim: int, pos_embed: str = "sincos_3d", dense: bool = False) -> nn.Module:

@@ -14,7 +14,7 @@ needs raise :class:`~vmim.errors.InputError` (a ``ValueError``) naming the file 
 checks ``init`` this way before its run folder exists (:func:`vmim.preflight.check_data_paths`, with ``mmap``).
 
 :func:`load_init` is strict about what changes a weight's shape or meaning and lenient, out loud, about what the
-fine-tuning recipes change on purpose. An MViT (:func:`vmim.models.convert_slowfast.mvit_init_state`):
+fine-tuning recipes change on purpose. An MViT (:func:`vmim.convert.mvit_init.mvit_init_state`):
 
 * refused, naming the config key and both values: ``model.backbone``, ``in_chans``, ``cls_token`` and
   ``dim_mul_in_att`` (None resolved to the size's own: the MaskFeat and supervised layouts are not
@@ -54,11 +54,13 @@ import torch
 import yaml
 from torch import nn
 
-from ..config import FAMILIES, MViTConfig, build_config, build_entry, video_grid
+from ..config import build_config, build_entry, family, video_grid
+from .schemas import MViTConfig
+from ..convert import FORMATS
+from ..convert.common import FILE_FORMAT, FILE_VERSION, check_and_load, inflate_patch_weight
+from ..convert.mvit_init import mvit_init_state
 from ..errors import InputError, UnsafeFileError
 from ..safe_load import load
-from .convert import FILE_FORMAT, FILE_VERSION, FORMATS, check_and_load, inflate_patch_weight
-from .convert_slowfast import mvit_init_state
 from .pos_embed import resample_table
 from .registry import create_backbone
 from .rel_pos import resize_table
@@ -143,7 +145,7 @@ def read_weights(path: str | Path, mmap: bool = False) -> BackboneWeights:
         _need(obj, file, BACKBONE_FILE_KEYS, (int, dict, list, dict, dict), f"a {FILE_FORMAT} file")
         if obj.get("version") != FILE_VERSION:
             raise InputError(f"{file}: {FILE_FORMAT} version {obj.get('version')}, this vmim reads {FILE_VERSION}")
-        cfg = build_entry("model", obj["model"], FAMILIES["backbones"])
+        cfg = build_entry("model", obj["model"], family("backbones"))
         source = obj.get("source", {})
         origin = f"converted {source.get('format', '?')} file {file}"
         return BackboneWeights(cfg, tuple(obj["video_grid"]), dict(obj["state_dict"]), origin, dict(obj["data"]))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -46,10 +45,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import attention
 from .base import EncoderOutput
+from .flops import conv_macs, linear_macs, mlp_macs
 from .grid import token_grid
-from .registry import register_backbone
+from .schemas import MVIT_SIZES, MViTSize, Triple  # noqa: F401  (MViTSize: re-exported)
 
-Triple = tuple[int, int, int]
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -79,6 +78,16 @@ def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         return conv(x)
     return F.conv3d(x, conv.weight[:, :, pt:pt + 1], conv.bias, conv.stride, (0, *conv.padding[1:]), conv.dilation,
                     conv.groups)
+
+
+def conv3d_frames_macs(conv: nn.Conv3d, thw: Triple) -> tuple[Triple, int]:
+    """(output grid, MACs per input sample and channel group) of :func:`conv3d_frames` on a ``thw`` grid: one frame
+    with a centred temporal kernel runs the centre slice only."""
+    kernel, padding = tuple(conv.kernel_size), tuple(conv.padding)
+    if thw[0] == 1 and kernel[0] != 1 and kernel[0] == 2 * padding[0] + 1:
+        kernel, padding = (1, *kernel[1:]), (0, *padding[1:])
+    out = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(thw, kernel, conv.stride, padding))
+    return out, conv_macs(conv, math.prod(out), kernel)
 
 
 def _pool(x: torch.Tensor, pool: nn.Module | None, thw: Triple, prefix: int,
@@ -175,6 +184,28 @@ class PoolAttention(nn.Module):
             out = torch.cat([out[:, :, :self.prefix], out[:, :, self.prefix:] + q[:, :, self.prefix:]], dim=2)
         return self.proj(out.transpose(1, 2).reshape(b, -1, self.dim_out)), q_thw
 
+    def macs(self, batch: int, thw: Triple) -> tuple[int, Triple]:
+        """(multiply-adds of one forward on ``batch`` samples on grid ``thw``, the pooled q grid): qkv, the depthwise
+        pooling convs over (B x heads) maps, the decomposed relative positions, pooled attention, proj."""
+        heads, width, prefix = self.num_heads, self.dim_out, self.prefix
+        head_dim = width // heads
+        macs = linear_macs(self.qkv, batch * (prefix + math.prod(thw)))
+        grids = {}
+        for name in ("q", "k", "v"):
+            pool = getattr(self, f"pool_{name}")
+            if pool is None:
+                grids[name] = thw
+                continue
+            grids[name], per = conv3d_frames_macs(pool, thw)
+            macs += batch * heads * per
+        nq, nk = math.prod(grids["q"]), math.prod(grids["k"])
+        if self.rel_pos_spatial:
+            macs += batch * heads * nq * head_dim * (grids["k"][1] + grids["k"][2])
+        if self.rel_pos_temporal:
+            macs += batch * heads * nq * head_dim * grids["k"][0]
+        macs += 2 * batch * heads * (prefix + nq) * (prefix + nk) * head_dim
+        return macs + linear_macs(self.proj, batch * (prefix + nq)), grids["q"]
+
 
 class MultiScaleBlock(nn.Module):
     """Pre-norm MViTv2 block: pooling attention with a (max-pooled, maybe projected) shortcut, then an MLP."""
@@ -209,36 +240,6 @@ class MultiScaleBlock(nn.Module):
         if not self.dim_mul_in_att and self.proj is not None:
             x = self.proj(x_norm)
         return x + self.drop_path(x_mlp), thw_new
-
-
-@dataclass(frozen=True)
-class MViTSize:
-    """Architecture of a registered size: widths and heads double at each ``stage_blocks`` entry, where q is also
-    pooled unless the model is built with fewer ``q_pool_blocks`` (MaskFeat pre-training)."""
-
-    depth: int
-    embed_dim: int
-    num_heads: int
-    stage_blocks: tuple[int, ...]
-    input_size: Triple  # (T, H, W) pixels the relative-position tables are sized for
-    kv_stride_adaptive: Triple
-    cls_token: bool
-    rel_pos_temporal: bool = True
-    dim_mul_in_att: bool = True
-
-
-MVIT_SIZES = {
-    "mvitv2_test": MViTSize(3, 32, 1, (1, 2), (4, 64, 64), (1, 4, 4), False),
-    "mvitv2_demo": MViTSize(6, 48, 1, (1, 3), (4, 32, 32), (1, 2, 2), False),
-    "mvitv2_s_16x4": MViTSize(16, 96, 1, (1, 3, 14), (16, 224, 224), (1, 8, 8), True),
-    "mvitv2_b_32x3": MViTSize(24, 96, 1, (2, 5, 21), (32, 224, 224), (1, 8, 8), True),
-    "mvitv2_l_40x3": MViTSize(48, 144, 2, (2, 8, 44), (40, 312, 312), (1, 8, 8), True),
-    "maskfeat_mvitv2_s_16x4": MViTSize(16, 96, 1, (1, 3, 14), (16, 224, 224), (1, 8, 8), True,
-                                       dim_mul_in_att=False),
-    "mvitv2_t": MViTSize(10, 96, 1, (1, 3, 8), (1, 224, 224), (1, 4, 4), False, rel_pos_temporal=False),
-    "mvitv2_s": MViTSize(16, 96, 1, (1, 3, 14), (1, 224, 224), (1, 4, 4), False, rel_pos_temporal=False),
-    "mvitv2_b": MViTSize(24, 96, 1, (2, 5, 21), (1, 224, 224), (1, 4, 4), False, rel_pos_temporal=False),
-}
 
 
 class MViT(nn.Module):
@@ -473,6 +474,23 @@ class MViT(nn.Module):
         tokens = self.norm(tokens)
         return tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens:].mean(dim=1)
 
+    def macs(self, shape: Sequence[int], n_masked: int = 0) -> int:
+        """Multiply-adds of one forward on an input of ``shape`` (:mod:`vmim.models.flops`): the stem conv, then per
+        block pooling attention, the shortcut projection (on the block's input when the width grows in attention,
+        after attention otherwise) and the MLP on the pooled tokens. Dense: ``n_masked`` is unused. Equal to
+        FlopCounterMode's count on the meta device (tests/test_flops.py)."""
+        b, p = shape[0], self.num_prefix_tokens
+        thw, macs = conv3d_frames_macs(self.patch_embed.proj, tuple(shape[-3:]))
+        macs *= b
+        for blk in self.blocks:
+            rows_in = b * (p + math.prod(thw))
+            attn, thw = blk.attn.macs(b, thw)
+            rows_out = b * (p + math.prod(thw))
+            macs += attn + mlp_macs(blk.mlp, rows_out)
+            if blk.proj is not None:
+                macs += linear_macs(blk.proj, rows_in if blk.dim_mul_in_att else rows_out)
+        return macs
+
 
 def _mvit(size: str, **kwargs) -> MViT:
     s = MVIT_SIZES[size]
@@ -483,55 +501,46 @@ def _mvit(size: str, **kwargs) -> MViT:
     return MViT(**cfg)
 
 
-@register_backbone
 def mvitv2_test(**kwargs) -> MViT:
     """32 wide, 3 blocks, 4x64x64: for tests."""
     return _mvit("mvitv2_test", **kwargs)
 
 
-@register_backbone
 def mvitv2_demo(**kwargs) -> MViT:
     """48 wide, 6 blocks, stages [1, 2, 3], 4x32x32: the built-in MaskFeat demo's (``make demo-maskfeat``)."""
     return _mvit("mvitv2_demo", **kwargs)
 
 
-@register_backbone
 def mvitv2_s_16x4(**kwargs) -> MViT:
     """MViTv2-S, K400 16x4 @224 (34.5 M with a 400-class head)."""
     return _mvit("mvitv2_s_16x4", **kwargs)
 
 
-@register_backbone
 def mvitv2_b_32x3(**kwargs) -> MViT:
     """MViTv2-B, K400 32x3 @224 (51.2 M with a 400-class head)."""
     return _mvit("mvitv2_b_32x3", **kwargs)
 
 
-@register_backbone
 def mvitv2_l_40x3(**kwargs) -> MViT:
     """MViTv2-L, K400 40x3 @312 (213.4 M by the config; the README says 217.6 M)."""
     return _mvit("mvitv2_l_40x3", **kwargs)
 
 
-@register_backbone
 def maskfeat_mvitv2_s_16x4(**kwargs) -> MViT:
     """MaskFeat MViT-S 16x4 (``dim_mul_in_att=False``; 36 M with a 400-class head)."""
     return _mvit("maskfeat_mvitv2_s_16x4", **kwargs)
 
 
-@register_backbone
 def mvitv2_t(**kwargs) -> MViT:
     """MViTv2-T image model @224, 3-D kernels (24.2 M with a 1000-class head and 2-D kernels)."""
     return _mvit("mvitv2_t", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})
 
 
-@register_backbone
 def mvitv2_s(**kwargs) -> MViT:
     """MViTv2-S image model @224."""
     return _mvit("mvitv2_s", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})
 
 
-@register_backbone
 def mvitv2_b(**kwargs) -> MViT:
     """MViTv2-B image model @224."""
     return _mvit("mvitv2_b", **{"global_pool": "norm_avg", **{k: v for k, v in kwargs.items() if v is not None}})

@@ -1,26 +1,20 @@
-"""Backbone registry (timm's ``register_model`` pattern): a name -> a function building the backbone.
+"""Backbone registry: a name -> the function building that backbone, from the registration table.
 
-A backbone function takes its config's keys as keyword arguments (``vmim.config.BACKBONES`` maps each name to its
-dataclass) plus ``video_grid``, the training clip's token grid (for learned position tables). Registering is
-decorating the function; ``vmim list`` and the contract tests pick every registered name up.
+A backbone function takes its config's keys as keyword arguments plus ``video_grid``, the training clip's token grid
+(for learned position tables). Registering is one ``register("backbones", name, schema, "module:function")`` line in
+``vmim/models/schemas.py``; ``vmim list`` and the contract tests pick every registered name up.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from ..config.registry import LazyRegistry
 
-
-def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: registers ``fn`` under its own name."""
-    if fn.__name__ in BACKBONES:
-        raise ValueError(f"backbone '{fn.__name__}' is registered twice")
-    BACKBONES[fn.__name__] = fn
-    return fn
+BACKBONES: Mapping[str, Callable[..., nn.Module]] = LazyRegistry("backbones")
 
 
 def create_backbone(cfg: Any, video_grid: tuple[int, int, int] | None = None) -> nn.Module:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +33,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import EncoderOutput
+from .flops import block_macs, conv_macs, encoded_tokens
 from .grid import token_grid
 from .layers import Block, init_weights
 from .pos_embed import PositionEmbedding
-from .registry import register_backbone
 from .rel_pos import RelativePositionBias, gather_present, pad_prefix
+from .schemas import VIT_SIZES, ViTSize  # noqa: F401  (ViTSize: re-exported)
 
 REL_POS_BIASES = ("none", "shared", "per_block")
 
@@ -79,25 +79,6 @@ class PatchEmbed3d(nn.Module):
         else:
             patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
-
-
-@dataclass(frozen=True)
-class ViTSize:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 4.0
-
-
-VIT_SIZES = {
-    "vit_test": ViTSize(64, 2, 2),
-    "vit_tiny": ViTSize(192, 12, 3),
-    "vit_small": ViTSize(384, 12, 6),
-    "vit_base": ViTSize(768, 12, 12),
-    "vit_large": ViTSize(1024, 24, 16),
-    "vit_huge": ViTSize(1280, 32, 16),
-    "vit_giant": ViTSize(1408, 40, 16, 48 / 11),  # VideoMAE V2's ViT-g (timm vit_giant_patch14): MLP 6144 wide
-}
 
 
 class VisionTransformer(nn.Module):
@@ -332,44 +313,51 @@ class VisionTransformer(nn.Module):
         pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens:].mean(dim=1)
         return self.fc_norm(pooled)
 
+    def macs(self, shape: Sequence[int], n_masked: int = 0, windows: Sequence[int] | None = None) -> int:
+        """Multiply-adds of one forward on an input of ``shape`` (B, C, T, H, W) with ``n_masked`` masked tokens per
+        sample (:mod:`vmim.models.flops`): the patch embedding of the encoded tokens (visible-only: the visible ones;
+        an image is repeated to the tubelet), then the blocks over the class token and the encoded tokens; with
+        ``windows`` (K, w) (LoMaR), the blocks over B x K sequences of the class token and w window tokens."""
+        b = shape[0]
+        if windows is not None:
+            k, w = windows
+            return conv_macs(self.patch_embed.proj, b * k * w) + sum(
+                block_macs(blk, b * k, self.num_prefix_tokens + w) for blk in self.blocks)
+        encoded = encoded_tokens(self, shape, n_masked)
+        length = self.num_prefix_tokens + encoded
+        return conv_macs(self.patch_embed.proj, b * encoded) + sum(block_macs(blk, b, length) for blk in self.blocks)
+
 
 def _vit(size: str, **kwargs) -> VisionTransformer:
     s = VIT_SIZES[size]
     return VisionTransformer(s.embed_dim, s.depth, s.num_heads, mlp_ratio=s.mlp_ratio, **kwargs)
 
 
-@register_backbone
 def vit_test(**kwargs) -> VisionTransformer:
     """64 wide, 2 blocks: for tests."""
     return _vit("vit_test", **kwargs)
 
 
-@register_backbone
 def vit_tiny(**kwargs) -> VisionTransformer:
     return _vit("vit_tiny", **kwargs)
 
 
-@register_backbone
 def vit_small(**kwargs) -> VisionTransformer:
     return _vit("vit_small", **kwargs)
 
 
-@register_backbone
 def vit_base(**kwargs) -> VisionTransformer:
     return _vit("vit_base", **kwargs)
 
 
-@register_backbone
 def vit_large(**kwargs) -> VisionTransformer:
     return _vit("vit_large", **kwargs)
 
 
-@register_backbone
 def vit_huge(**kwargs) -> VisionTransformer:
     return _vit("vit_huge", **kwargs)
 
 
-@register_backbone
 def vit_giant(**kwargs) -> VisionTransformer:
     """VideoMAE V2's ViT-g: 1408 wide, 40 blocks, 16 heads, MLP 6144 (about 1.0B parameters); shard it
     (``train.parallel: fsdp``)."""

@@ -1,37 +1,22 @@
-"""Reconstruction targets: per-token features of the clean clip that the decoder predicts.
+"""Reconstruction targets: per-token features of the clean clip that a head predicts.
 
-Registry: ``TARGETS`` maps a config ``kind`` to its class; :func:`build_target` builds one from its config.
-"""
+Registry: ``TARGETS`` maps a config ``kind`` to its class (from the registration table, ``vmim/targets/schemas.py``);
+:func:`~vmim.targets.build.build_target` builds one from its config. The package face is lazy (PEP 562), so the
+torch-free schema module imports without torch."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from vmim.targets.base import Target
-from vmim.targets.hog import HOGTarget, hog_histograms
-from vmim.targets.momentum import MomentumTarget
-from vmim.targets.pixel import PixelTarget
-from vmim.targets.teacher import TeacherTarget
-
-TARGETS: dict[str, type[Target]] = {"pixel": PixelTarget, "hog": HOGTarget, "momentum": MomentumTarget,
-                                   "teacher": TeacherTarget}
-
-__all__ = ["TARGETS", "HOGTarget", "MomentumTarget", "PixelTarget", "Target", "TeacherTarget", "build_target",
-           "hog_histograms"]
+_EXPORTS = {
+    "TARGETS": "build", "build_target": "build", "Target": "base", "HOGTarget": "hog", "hog_histograms": "hog",
+    "MomentumTarget": "momentum", "PixelTarget": "pixel", "TeacherTarget": "teacher",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def build_target(kind: str, cfg: Any, patch_size: tuple[int, int, int], in_chans: int) -> Target:
-    """Builds a registered target.
-
-    Args:
-        kind: Key of ``TARGETS``.
-        cfg: ``TargetConfig``-like dataclass; ``norm`` is read by ``pixel``, ``nbins`` and ``cell_size`` by ``hog``.
-        patch_size: Tubelet size ``(t, p, p)``.
-        in_chans: Channels of the clips.
-
-    Raises:
-        KeyError: ``kind`` is not registered.
-    """
-    if kind not in TARGETS:
-        raise KeyError(f"unknown target kind {kind!r}; registered: {sorted(TARGETS)}")
-    return TARGETS[kind].from_config(cfg, patch_size, in_chans)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -8,19 +8,29 @@ Targets hold no trainable parameters and never build a graph; they run on the de
 the batch of clean clips. Hand-made targets (pixels, HOG) compute in float32 also inside ``torch.autocast``; model
 targets (teachers) run under the step's autocast, as the student does.
 
-A target that follows the student (a momentum teacher) gets the method once built (:meth:`Target.bind`) and a call
-after every optimizer step (:meth:`Target.after_step`); the others ignore both.
+What a target may tell the method, through one generic interface (the method asks each target and prefixes the
+answers with the target's name; the engine sees only the method's):
+
+* :meth:`Target.macs`: multiply-adds of its forward on a clip shape (:mod:`vmim.models.flops`); the default counts the
+  forward under fake tensors, a target with a formula overrides it;
+* :meth:`Target.extra_metrics`: per-step scalars that are not losses (a teacher's forward time);
+* :meth:`Target.record` / :meth:`Target.check_record`: plain data the checkpoint keeps (a teacher's source and
+  content hash) and the check of a resumed run against it; :meth:`Target.describe`: a start-up log line.
+
+A target never sees the student. A momentum teacher's EMA encoder is the method's (it owns and updates it, beside
+the student); the momentum target only reads the encoder it is given when built (:mod:`vmim.targets.momentum`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from vmim.models.flops import fake_macs, module_device
 from vmim.models.grid import Grid, token_grid
 
 
@@ -40,9 +50,12 @@ class Target(nn.Module, ABC):
 
     Attributes:
         dim: Features per token ``D``.
+        follows_student: True for a kind that reads an EMA copy of the student: the method makes the copy, keeps and
+            updates it, and builds the target with ``from_config(..., encoder=copy, normalizer=..., key=...)``.
     """
 
     dim: int
+    follows_student: bool = False
 
     def __init__(self, patch_size: tuple[int, int, int], in_chans: int = 3):
         super().__init__()
@@ -73,11 +86,28 @@ class Target(nn.Module, ABC):
         with float32_no_grad(pixels.device):
             return self._compute(pixels.float())
 
-    def bind(self, method: nn.Module) -> None:
-        """Called once by the method that owns this target, after its backbone and heads exist (default: nothing)."""
+    def macs(self, shape: Sequence[int]) -> int:
+        """Multiply-adds of :meth:`forward` on a clean clip of ``shape`` ``(B, C, T, H, W)``. The default (the generic
+        fallback) runs the forward under ``FakeTensorMode``, cached per shape: nothing is allocated or computed."""
+        return fake_macs(self, shape, key=id(self), device=module_device(self))
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        """Called after optimizer step ``step`` (1-based) of ``total_steps`` (default: nothing)."""
+    def extra_metrics(self) -> dict[str, float]:
+        """Per-step scalars that are not losses, e.g. ``{"teacher_ms": 12.5}`` (default: none). The method logs each
+        as ``perf/<key>/<target name>``; a ``*_ms`` key is a time per micro-batch, which the log turns into a share
+        of the step (``perf/<part>_share``)."""
+        return {}
+
+    def record(self) -> dict[str, str] | None:
+        """Plain data the checkpoint keeps of this target, to check a resumed run against (default: None)."""
+        return None
+
+    def check_record(self, saved: dict[str, str], key: str) -> None:
+        """Refuse to continue a run whose :meth:`record` was ``saved`` if this target now differs (default: nothing).
+        ``key`` is the target's config key (``targets.<name>``), for the error."""
+
+    def describe(self, key: str) -> str | None:
+        """One start-up log line about the target under config key ``key`` (default: None, nothing to say)."""
+        return None
 
     def to_pixels(self, pred: Tensor, pixels: Tensor) -> Tensor | None:
         """Maps a prediction ``(B, N, D)`` back to a clip ``(B, C, T, H, W)`` for visualization.

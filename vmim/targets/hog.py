@@ -15,7 +15,7 @@ ship pixels.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,13 @@ class HOGTarget(Target):
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, in_chans={self.in_chans}, nbins={self.nbins}, " \
                f"cell_size={self.cell_size}"
+
+    def macs(self, shape: Sequence[int]) -> int:
+        """Four 3-tap depthwise convs per channel of the first frame of each tubelet, on the reflect-padded frame: gx
+        along W then H, gy along H then W: 3 x ((H+2) W + H W + H (W+2) + H W) MACs."""
+        b, c, frames, h, w = shape
+        n = b * c * math.ceil(frames / self.patch_size[0])
+        return n * 3 * (4 * h * w + 2 * h + 2 * w)
 
     def _compute(self, pixels: Tensor) -> Tensor:
         t, p, _ = self.patch_size

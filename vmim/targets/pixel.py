@@ -11,7 +11,7 @@ Variances are unbiased (divide by n - 1), as in the reference code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from einops import rearrange
 from torch import Tensor
@@ -49,6 +49,10 @@ class PixelTarget(Target):
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, in_chans={self.in_chans}, norm={self.norm}, eps={self.eps}"
+
+    def macs(self, shape: Sequence[int]) -> int:
+        """No products: a reshape and per-token statistics (not counted, :mod:`vmim.models.flops`)."""
+        return 0
 
     def _compute(self, pixels: Tensor) -> Tensor:
         tokens = self.patchify(pixels)

@@ -48,16 +48,16 @@ Cost and isolation: the network sits in a :class:`~vmim.models.frozen.Frozen` wr
 out of ``parameters()`` (optimizer, DDP, parameter counts, EMA copies) and out of ``state_dict()`` (the student's
 checkpoint; fine-tuning, probing and ``vmim convert`` read ``backbone.*`` only anyway), while ``.to(device)`` still
 moves it. It runs without grad under the step's autocast (bf16 when the run is; unlike pixel and HOG targets) and
-returns float32. :meth:`TeacherTarget.take_ms` gives the time of its latest forward (CPU: wall clock; CUDA: events
-read once complete, without a sync) for the step metrics.
+returns float32. :meth:`TeacherTarget.extra_metrics` gives the time of its latest forward as ``teacher_ms`` (CPU: wall
+clock; CUDA: events read once complete, without a sync) for the step metrics.
 
 Identity: ``sha256`` is a content hash of the weights read (sorted keys, each key's name, dtype, shape and bytes), so
 it does not depend on the container (pickle or safetensors, a run directory or its checkpoint). The pretraining task
 stores every teacher's source and hash in the checkpoint and refuses a resume whose teacher hashes differently
-(:func:`check_records`). A run directory resolves to its newest checkpoint at start-up, so a teacher run that is
-still training changes the hash between attempts: point ``path`` at a fixed checkpoint file. On the meta device
-(building a method only to inspect it) a timm teacher is built without reading its file (a vmim source is read for
-its architecture only), and the hash is empty.
+(:meth:`TeacherTarget.check_record`, through the method's generic ``records`` / ``check_records``). A run directory
+resolves to its newest checkpoint at start-up, so a teacher run that is still training changes the hash between
+attempts: point ``path`` at a fixed checkpoint file. On the meta device (building a method only to inspect it) a timm
+teacher is built without reading its file (a vmim source is read for its architecture only), and the hash is empty.
 
 Reading is safe: both sources read through :func:`vmim.safe_load.load` (``weights_only=True``, or safetensors), also
 when the config is validated; a file that would run code raises :class:`UnsafeTeacherFile` (an
@@ -68,6 +68,7 @@ and what it holds; an unreadable one a :class:`TeacherError` naming the same.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,12 +76,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import safe_load
 from ..config import ConfigError
+from ..convert.common import check_and_load
 from ..errors import InputError, UnsafeFileError
-from ..models.convert import check_and_load
+from ..models.flops import NoCount, fake_macs, module_device, module_macs
 from ..models.frozen import Frozen
 from ..models.grid import Grid
 from ..models.loading import read_weights
@@ -443,31 +445,52 @@ class TeacherTarget(Target):
         """What a checkpoint keeps of this teacher: its source and content hash."""
         return {"path": self.path, "timm_model": self.timm_model, "origin": self.origin, "sha256": self.sha256}
 
+    def check_record(self, saved: dict[str, str], key: str) -> None:
+        """Refuse to continue a run whose teacher weights changed.
 
-def check_records(saved: dict[str, dict], teachers: dict[str, TeacherTarget]) -> None:
-    """Refuse to continue a run whose teachers' weights changed.
+        Args:
+            saved: this teacher's :meth:`record` from the checkpoint (empty: the teacher is new, and passes).
+            key: the target's config key, ``targets.<name>``.
 
-    Args:
-        saved: name -> :meth:`TeacherTarget.record` from the checkpoint.
-        teachers: name -> the teachers built now (names absent from ``saved`` are new and pass).
-
-    Raises:
-        TeacherError: naming ``targets.<name>.path`` and both hashes.
-    """
-    for name, teacher in teachers.items():
-        old = saved.get(name) or {}
-        if old.get("sha256") and teacher.sha256 and old["sha256"] != teacher.sha256:
-            raise TeacherError(f"targets.{name}.path", (
-                f"the teacher weights now at {teacher.path!r} ({teacher.origin}) have sha256 {teacher.sha256}, but "
+        Raises:
+            TeacherError: naming ``<key>.path`` and both hashes.
+        """
+        old = saved or {}
+        if old.get("sha256") and self.sha256 and old["sha256"] != self.sha256:
+            raise TeacherError(f"{key}.path", (
+                f"the teacher weights now at {self.path!r} ({self.origin}) have sha256 {self.sha256}, but "
                 f"this run was trained with teacher weights of sha256 {old['sha256']} ({old.get('origin', '?')}); "
                 "resuming would change the targets mid-run: restore those weights, or start a new run (another "
                 "output_dir)"))
 
+    def describe(self, key: str) -> str:
+        """The start-up log line: ``teacher <key>: <summary>``."""
+        return f"teacher {key}: {self.summary()}"
 
-def teachers_of(targets: nn.ModuleDict | dict[str, Target]) -> dict[str, TeacherTarget]:
-    """The teacher targets among ``targets``, by name."""
-    return {name: t for name, t in targets.items() if isinstance(t, TeacherTarget)}
+    def extra_metrics(self) -> dict[str, float]:
+        """``{"teacher_ms": ms}`` of the latest finished forward not yet reported (empty: none finished since)."""
+        ms = self.take_ms()
+        return {} if ms is None else {"teacher_ms": ms}
+
+    def macs(self, shape: Sequence[int]) -> int:
+        """Multiply-adds of the teacher on its input for a clean clip of ``shape`` (image teachers: the first frame
+        of each student tubelet, resized to ``input_size``); a network without a count of its own (timm) is counted
+        under fake tensors (:mod:`vmim.models.flops`). Resampling and the feature norm are not counted."""
+        b, c, frames, h, w = shape
+        if self.input_size and h != self.input_size:
+            h, w = self.input_size, max(1, round(w * self.input_size / h))
+        if self.image:
+            n = b * math.ceil(frames / self.patch_size[0])
+            x = (n, c, h, w) if self.kind == "timm" else (n, c, 1, h, w)
+        else:
+            x = (b, c, 1 if frames % self.tubelet else frames, h, w)
+        net = self.teacher.net
+        try:
+            return module_macs(net, x)
+        except NoCount:
+            return fake_macs(net.forward_intermediates, x, key=id(net), device=module_device(net),
+                             indices=sorted(self.blocks), norm=self.final_norm, output_fmt="NCHW",
+                             intermediates_only=True)
 
 
-__all__ = ["TeacherError", "TeacherTarget", "UnsafeTeacherFile", "check_records",
-           "resample_grid", "state_dict_sha256", "teachers_of"]
+__all__ = ["TeacherError", "TeacherTarget", "UnsafeTeacherFile", "resample_grid", "state_dict_sha256"]

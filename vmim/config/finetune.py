@@ -9,7 +9,7 @@ Defaults are VideoMAE's fine-tuning recipe (``run_class_finetuning.py``): AdamW 
 layer decay 0.75, warm-up 5 epochs, min lr 1e-6, RandAugment ``rand-m7-n4-mstd0.5-inc1``, random erasing 0.25,
 mixup 0.8 / cutmix 1.0 with label smoothing 0.1, mean pooling + fc-norm, head init scale 0.001. Shared sections
 (model, data, optim, train, log, checkpoint) are the pretraining config's dataclasses, with these defaults.
-Like :mod:`vmim.config`, this module imports no torch.
+Torch-free, as the whole config package.
 
 The RandAugment string is parsed here (:func:`parse_rand_augment`), not only by timm when the data is built: timm
 silently drops a section without digits (``rand-m-n4``: no magnitude), reads an unknown transform set (``tfoo``) as
@@ -25,16 +25,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .config import (
-    CheckpointConfig, ConfigError, DataConfig, LogConfig, OptimConfig, TrainConfig, _check, _choice, check_data_sizes,
-    check_finite, fill_kinded_defaults, validate_common,
-)
+from .checks import ConfigError, _check, _choice, check_data_sizes, check_finite
+from .registry import kinds
+from .run import CheckpointConfig, DataConfig, LogConfig, OptimConfig, RunConfig, TrainConfig, validate_common
 
 PROBE_METHODS = ("linear", "knn")
-IMAGE_KINDS = ("image", "digits_images")
-"""Dataset kinds whose samples are single images: one temporal view at test time."""
-BUILTIN_CLASSES = {"digits_images": 10, "digits_clips": 10, "digits_motion": 4}
-"""Classes of the built-in datasets (``vmim.data.labels`` reads them from here): ``head.num_classes`` must agree."""
+
+
+def builtin_classes() -> dict[str, int]:
+    """Dataset kind -> its fixed class count (the built-in datasets register ``info={"classes": N}``):
+    ``head.num_classes`` must agree, and ``vmim.data.labels`` reads it."""
+    return {name: kind.info["classes"] for name, kind in kinds("datasets").items() if "classes" in kind.info}
+
+
+def image_kinds() -> tuple[str, ...]:
+    """Dataset kinds whose samples are single images (``info={"image": True}``): one temporal view at test time."""
+    return tuple(name for name, kind in kinds("datasets").items() if kind.info.get("image"))
+
 
 RAND_AUGMENT_SECTIONS = {"m": "magnitude (int)", "n": "ops per clip (int)", "p": "probability of each op (float)",
                          "mstd": "magnitude std (float)", "mmax": "magnitude upper bound (int)",
@@ -178,7 +185,7 @@ def _finetune_optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """A supervised run (``task: finetune``)."""
 
     KINDED = {"model": "backbones"}
@@ -186,15 +193,11 @@ class FinetuneConfig:
 
     task: str = "finetune"
     output_dir: str = "runs/finetune"
-    resume: str = "auto"
-    """auto: continue from output_dir's newest checkpoint if any; never; or a checkpoint path."""
     init: Optional[str] = ""
     """Starting weights of the backbone: a vmim pretraining run directory or checkpoint (its encoder), a fine-tuning
     checkpoint, or a ``vmim convert`` file (VideoMAE, MAE, MVD, timm, SlowFast MViTv2); empty (``init=``) = random
     init. Decoders and targets are dropped; a key the model lacks, or a model key it lacks (other than the fresh head
     and fc_norm), stops the run."""
-    model: Any = None
-    """The backbone, as in pretraining (``global_pool``, ``fc_norm``: the classifier's pooling)."""
     head: ClassifierConfig = field(default_factory=ClassifierConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=8))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -205,9 +208,6 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=75))
     log: LogConfig = field(default_factory=lambda: LogConfig(image_every_steps=0))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-
-    def __post_init__(self) -> None:
-        fill_kinded_defaults(self)
 
     def validate(self) -> None:
         validate_finetune(self)
@@ -225,7 +225,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     _check(h.num_classes >= 0, "head.num_classes", f"{h.num_classes} must be >= 0 (0 = from the training list)")
     for section, datasets in (("data", cfg.data.datasets), ("eval", e.datasets)):
         for name, ds in datasets.items():
-            known = BUILTIN_CLASSES.get(ds.kind)
+            known = builtin_classes().get(ds.kind)
             _check(not h.num_classes or known is None or known == h.num_classes, "head.num_classes",
                    f"{h.num_classes}, and {section}.datasets.{name} ({ds.kind}) has {known} classes")
     _check(0 <= h.dropout < 1, "head.dropout", f"{h.dropout} is outside [0, 1)")
@@ -249,7 +249,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         ds.check(f"eval.datasets.{name}", cfg)
     _check(e.num_views >= 1, "eval.num_views", f"{e.num_views} must be >= 1")
     _check(e.val_views >= 1, "eval.val_views", f"{e.val_views} must be >= 1")
-    images = [name for name, ds in e.datasets.items() if ds.kind in IMAGE_KINDS]
+    images = [name for name, ds in e.datasets.items() if ds.kind in image_kinds()]
     _check(e.val_views == 1 or not images, "eval.val_views",
            f"{e.val_views} temporal views, and eval.datasets.{images[0] if images else ''} holds images (one view)")
     _choice("eval.num_crops", str(e.num_crops), ("1", "3"))

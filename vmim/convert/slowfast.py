@@ -1,9 +1,10 @@
-"""SlowFast MViTv2 checkpoints (``vmim convert --from slowfast``) and MViT weights across q-pooling layouts.
+"""SlowFast MViTv2 checkpoints (``vmim convert --from slowfast``): supervised MViTv2 and MaskFeat's MViT.
 
 A SlowFast checkpoint is ``{epoch, model_state, optimizer_state, cfg (a YAML string)}``; its ``model_state`` uses
 the names :class:`~vmim.models.mvit.MViT` uses (flat ``blocks.{i}``, ``attn.pool_q``, ``attn.rel_pos_t``, ``proj``
 for the shortcut projection; ``research/finetune-mvit-teachers.md`` §3.5), so the conversion is mostly validation
-and architecture inference. :func:`mvit_init_state` is the MViT half of :func:`vmim.models.loading.load_init`.
+and architecture inference. Loading these weights into an MViT of another q-pooling layout is
+:mod:`vmim.convert.mvit_init`.
 
 Decisions, and why:
 
@@ -47,11 +48,6 @@ Decisions, and why:
 
 * **Strict**: the result loads into the inferred model with ``strict=True``; any missing, unexpected or mis-shaped
   key is one ``ValueError`` naming all of them (SlowFast's own ``load_checkpoint`` skips them with a log line).
-
-* **Relative-position tables across layouts** (:func:`mvit_init_state`): a different ``q_pool_blocks`` between
-  the init weights and the model changes only the lengths of some ``attn.rel_pos_{h,w,t}`` tables; they are
-  linearly interpolated along their length (``align_corners=False``), as SlowFast's ``load_checkpoint`` does and
-  as the model itself does at run time for other input sizes, and each one is reported.
 """
 
 from __future__ import annotations
@@ -62,96 +58,22 @@ import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, MViTConfig
-from .convert import FILE_FORMAT, FILE_VERSION, _strip_prefixes, check_and_load, read_state_dict
-from .mvit import MVIT_SIZES
-from .registry import create_backbone
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..models.schemas import MViTConfig
+from ..models.schemas import MVIT_SIZES
+from ..models.registry import create_backbone
+from .common import backbone_file, block_order, check_and_load, read_state_dict, strip_prefixes
 
 SLOWFAST_MEAN, SLOWFAST_STD = [0.45] * 3, [0.225] * 3
 """SlowFast's ``DATA.MEAN`` / ``DATA.STD`` defaults (``defaults.py``)."""
 STEM_KERNEL, POOL_KERNEL = (3, 7, 7), (3, 3, 3)
 """vmim's MViT kernels (SlowFast's video configs)."""
-MVIT_ARCH_KEYS = ("backbone", "in_chans", "cls_token", "dim_mul_in_att")
-"""MViT config keys whose difference changes what the weights mean (resolved: None = the size's own)."""
 
 _DROPPED = re.compile(r"^(head\.|pred_head\.|hogs\.)")
-_REL_POS = re.compile(r"^blocks\.(\d+)\.attn\.rel_pos_[hwt]$")
 _FILLABLE = ("mask_token", "norm.weight", "norm.bias")
 """Keys a SlowFast checkpoint may lack that are left at init (module docstring)."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Relative-position tables and MViT init (the MViT half of load_init)
-# ----------------------------------------------------------------------------------------------------
-
-
-def resample_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """(L, C) relative-position table -> (length, C), linearly interpolated along L (``align_corners=False``, as
-    SlowFast's ``load_checkpoint`` and ``get_rel_pos``)."""
-    if table.shape[0] == length:
-        return table
-    out = F.interpolate(table.float().t().unsqueeze(0), size=length, mode="linear", align_corners=False)
-    return out.squeeze(0).t().to(table.dtype).contiguous()
-
-
-def resolved_arch(cfg: MViTConfig) -> dict[str, Any]:
-    """The values of :data:`MVIT_ARCH_KEYS` with None replaced by the registered size's own."""
-    size = MVIT_SIZES[cfg.backbone]
-    return {"backbone": cfg.backbone, "in_chans": cfg.in_chans,
-            "cls_token": size.cls_token if cfg.cls_token is None else bool(cfg.cls_token),
-            "dim_mul_in_att": size.dim_mul_in_att if cfg.dim_mul_in_att is None else bool(cfg.dim_mul_in_att)}
-
-
-def _block_order(key: str) -> tuple[int, str]:
-    m = re.match(r"blocks\.(\d+)\.", key)
-    return (int(m.group(1)) if m else -1, key)
-
-
-def mvit_init_state(sd: dict[str, torch.Tensor], src_cfg: Any, model_cfg: MViTConfig,
-                    own: dict[str, torch.Tensor], origin: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Init weights of an MViT for a model of ``model_cfg`` (whose state dict is ``own``).
-
-    Refuses a different backbone, ``in_chans``, ``cls_token`` or ``dim_mul_in_att`` (resolved), naming the config
-    key and both values. A different ``q_pool_blocks`` is allowed: relative-position tables that have their shape
-    in the weights' own layout and another length in the model's are resampled (:func:`resample_rel_pos`), one
-    report line each. A ``mask_token`` the weights lack is left fresh. Every other mismatch is left to the strict
-    load.
-
-    Returns:
-        (state dict to load, report lines).
-    Raises:
-        ValueError: an architecture mismatch, naming ``model.<key>``.
-    """
-    def refuse(key: str, ours: Any, theirs: Any) -> None:
-        raise ValueError(f"model.{key}: the model has {ours!r}, the init weights ({origin}) have {theirs!r}")
-
-    if src_cfg.backbone != model_cfg.backbone:
-        refuse("backbone", model_cfg.backbone, src_cfg.backbone)
-    ours, theirs = resolved_arch(model_cfg), resolved_arch(src_cfg)
-    for key in MVIT_ARCH_KEYS[1:]:
-        if ours[key] != theirs[key]:
-            refuse(key, ours[key], theirs[key])
-    sd, report = dict(sd), []
-    q_ours, q_theirs = list(model_cfg.q_pools), list(src_cfg.q_pools)
-    if q_ours != q_theirs:
-        report.append(f"init: q pooling at blocks {q_ours} (model.q_pool_blocks); the weights were trained with "
-                      f"{q_theirs}")
-        with torch.device("meta"):  # the tables' shapes in the weights' own layout: only those are resampled
-            layout = create_backbone(src_cfg).state_dict()
-        for key in sorted((k for k in sd if _REL_POS.match(k) and k in own), key=_block_order):
-            src, dst = sd[key], own[key]
-            if key in layout and src.shape == layout[key].shape and src.shape[1:] == dst.shape[1:] \
-                    and src.shape[0] != dst.shape[0]:
-                sd[key] = resample_rel_pos(src, dst.shape[0])
-                report.append(f"init: {key} resampled from {src.shape[0]} to {dst.shape[0]} rows (linear, as "
-                              "SlowFast's load_checkpoint)")
-    if "mask_token" not in sd and "mask_token" in own:
-        sd["mask_token"] = own["mask_token"]
-        report.append("init: left fresh mask_token")
-    return sd, report
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,7 +113,7 @@ def _centre_slice(weight: torch.Tensor, kt: int) -> torch.Tensor:
 def _inflate_2d(sd: dict[str, torch.Tensor], notes: list[str]) -> None:
     """2-D (image) stem and pooling kernels -> the centre temporal slice of vmim's 3-D kernels, in place."""
     inflated = []
-    for key in sorted(sd, key=_block_order):
+    for key in sorted(sd, key=block_order):
         w = sd[key]
         if key == "patch_embed.proj.weight" and (w.ndim == 4 or (w.ndim == 5 and w.shape[2] == 1)):
             sd[key] = _centre_slice(w, STEM_KERNEL[0])
@@ -327,14 +249,14 @@ def convert_slowfast(obj: Any, *, num_frames: int | None = None, img_size: int |
         backbone: expected registered name (checked against the weights).
         q_pool_blocks: the blocks whose q was pooled; default: inferred (module docstring).
     Returns:
-        the dict :func:`vmim.models.convert.convert_checkpoint` returns, ``model`` an MViTConfig.
+        the dict :func:`vmim.convert.dispatch.convert_checkpoint` returns, ``model`` an MViTConfig.
     Raises:
         ValueError: an architecture vmim cannot express, or keys that do not fit (all listed).
     """
     if tubelet_size not in (None, STEM_KERNEL[0] - 1):
         raise ValueError(f"--tubelet-size {tubelet_size}: an MViT's output tokens are 2 frames (the stem's stride)")
     sf = _slowfast_cfg(obj)
-    sd = _strip_prefixes(read_state_dict(obj), ())
+    sd = strip_prefixes(read_state_dict(obj), ())
     dropped = sorted(k for k in sd if _DROPPED.match(k))
     notes: list[str] = []
     if "head.projection.weight" in sd:
@@ -396,15 +318,7 @@ def convert_slowfast(obj: Any, *, num_frames: int | None = None, img_size: int |
         raise ValueError(f"{err} (read as {name}: {s.describe()}, q_pool_blocks {q})") from None
 
     data, grid = _data(sf, name, cfg, num_frames, img_size, notes)
-    return {
-        "format": FILE_FORMAT,
-        "version": FILE_VERSION,
-        "model": dataclasses.asdict(cfg),
-        "data": data,
-        "video_grid": list(grid),
-        "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-        "source": {"format": "slowfast", "path": None, "dropped": dropped, "notes": notes},
-    }
+    return backbone_file("slowfast", cfg, model, data, grid, dropped, notes)
 
 
 def _config(name: str, s: Structure, q: list[int], global_pool: str | None = None) -> MViTConfig:
@@ -473,5 +387,9 @@ def summary_line(converted: dict, dst: Any) -> str:
             f"{tuple(converted['video_grid'])}), dropped {len(converted['source']['dropped'])} keys -> {dst}")
 
 
-__all__ = ["MVIT_ARCH_KEYS", "Structure", "convert_slowfast", "infer_structure", "mvit_init_state",
-           "resample_rel_pos", "resolved_arch", "summary_line"]
+TAKES_CHECKPOINT = True
+"""``convert`` reads the whole checkpoint: its ``cfg`` string says what the weights cannot."""
+convert = convert_slowfast
+"""The registry's name for :func:`convert_slowfast`."""
+
+__all__ = ["Structure", "TAKES_CHECKPOINT", "convert", "convert_slowfast", "infer_structure", "summary_line"]

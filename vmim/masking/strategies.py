@@ -18,17 +18,19 @@ tokens, still the same count per sample) and ``encoder_windows``; the backbone e
 gathers the targets at the window tokens, so heads, losses and token sets work unchanged.
 
 Registry: :data:`MASKINGS` maps a config ``kind`` to its function ``fn(grid, ratio, rng, **keys)``, where ``keys``
-are the kind's own config keys (``vmim.config.MASKINGS`` holds their dataclasses), so a new masking is one function
-here plus one dataclass and one registry line in the config.
+are the kind's own config keys; both derive from the registration table, so a new masking is a module with its
+function and count, its dataclass in ``vmim/masking/schemas.py`` and one ``register`` line there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from ..config.registry import LazyRegistry
 
 Grid = tuple[int, int, int]
 MaskFn = Callable[[Grid, float, np.random.Generator], np.ndarray]
@@ -229,15 +231,19 @@ def cube_count(grid: Grid, ratio: float, unit_size: Sequence[int] = (1, 1, 1), *
     return num_masked(units, ratio) * ut * unit_size[1] * unit_size[2]
 
 
-MASKINGS: dict[str, MaskFn] = {"random": random_mask, "tube": tube_mask, "cube": cube_mask,
-                               "running_cell": running_cell_mask, "window": window_mask}
-MASK_COUNTS: dict[str, Callable[..., int]] = {
-    "random": cube_count,
-    "tube": lambda grid, ratio: grid[0] * num_masked((1, grid[1], grid[2]), ratio),
-    "cube": cube_count,
-    "running_cell": lambda grid, ratio: int(4 * ratio) * grid[0] * grid[1] * grid[2] // 4,
-    "window": window_count,
-}
+def tube_count(grid: Grid, ratio: float) -> int:
+    """Tokens hidden by :func:`tube_mask`: one frame's count in every time slice."""
+    return grid[0] * num_masked((1, grid[1], grid[2]), ratio)
+
+
+def running_cell_count(grid: Grid, ratio: float) -> int:
+    """Tokens hidden by :func:`running_cell_mask`: whole cells of the 2x2 pattern."""
+    return int(4 * ratio) * grid[0] * grid[1] * grid[2] // 4
+
+
+MASKINGS: Mapping[str, MaskFn] = LazyRegistry("maskings")
+"""Kind -> mask function, from the registration table (``vmim/masking/schemas.py``)."""
+MASK_COUNTS: Mapping[str, Callable[..., int]] = LazyRegistry("maskings", "count")
 """Kind -> ``(grid, ratio, **keys) -> masked token count``: each kind hides a fixed count, which the tests hold
 every draw to."""
 
@@ -256,7 +262,7 @@ def build_mask_generators(cfg) -> dict[str, MaskGenerator]:
     """The masks a run draws per sample, from a :class:`vmim.config.Config`: one per ``config.MASK_SECTIONS`` entry
     whose kind is not none (``encoder`` always; ``decoder`` for VideoMAE V2), drawn in that order from the sample's
     generator."""
-    from .config import MASK_SECTIONS
+    from ..config.pretrain import MASK_SECTIONS
 
     sections = {name: getattr(cfg, section) for name, section in MASK_SECTIONS.items()}
     return {name: build_mask_generator(section) for name, section in sections.items() if section.kind != "none"}
