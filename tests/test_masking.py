@@ -159,9 +159,9 @@ def test_cube_mask_is_made_of_blocks():
 # ----------------------------------------------------------------------------------------------------
 
 
-RANDOM_KINDS = sorted(set(MASKINGS) - {"running_cell", "window"})
+RANDOM_KINDS = sorted(set(MASKINGS) - {"running_cell", "window", "multi_block"})
 """Grid maskings with many patterns (running_cell has 4: test_videomae_v2.py; window masks window tokens:
-test_lomar.py)."""
+test_lomar.py; multi_block places a few rectangles, repeated over time: test_multi_block.py)."""
 
 
 @pytest.mark.parametrize("name", RANDOM_KINDS)

@@ -29,7 +29,7 @@ from .checks import ConfigError, _check, _choice, check_data_sizes, check_finite
 from .registry import kinds
 from .run import CheckpointConfig, DataConfig, LogConfig, OptimConfig, RunConfig, TrainConfig, validate_common
 
-PROBE_METHODS = ("linear", "knn")
+PROBE_METHODS = ("linear", "knn", "attentive")
 
 
 def builtin_classes() -> dict[str, int]:
@@ -165,11 +165,25 @@ class EMAConfig:
 
 
 @dataclass
-class ProbeConfig:
-    """``vmim probe``: classifiers fit on frozen pooled features (evaluation transform, no augmentation)."""
+class AttentiveProbeConfig:
+    """V-JEPA's frozen-backbone probe: a learnable query cross-attending over the backbone's tokens (one block), then a
+    linear layer, trained with AdamW on the fit side's frozen tokens (``vmim.engine.attentive_probe``)."""
 
-    methods: List[str] = field(default_factory=lambda: list(PROBE_METHODS))
-    """linear (standardized features, logistic regression) and / or knn (cosine, majority of k)."""
+    steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    heads: int = 0
+    """Attention heads of the pool; 0 = 64-channel heads where the width allows."""
+    batch_size: int = 64
+
+
+@dataclass
+class ProbeConfig:
+    """``vmim probe``: classifiers fit on frozen features (evaluation transform, no augmentation)."""
+
+    methods: List[str] = field(default_factory=lambda: ["linear", "knn"])
+    """linear (mean-pooled features standardized, logistic regression), knn (cosine, majority of k) and / or attentive
+    (V-JEPA's attentive probe over the tokens, trained: the ``attentive`` section)."""
     knn_k: int = 20
     C: float = 1.0
     """Inverse L2 strength of the logistic regression."""
@@ -178,6 +192,7 @@ class ProbeConfig:
     seeds: int = 3
     compare_random_init: bool = True
     """Also probe the same architecture at random init (what the weights add)."""
+    attentive: AttentiveProbeConfig = field(default_factory=AttentiveProbeConfig)
 
 
 def _finetune_optim() -> OptimConfig:
@@ -267,6 +282,12 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     _check(p.C > 0, "probe.C", f"{p.C} must be positive")
     _check(p.labels_per_class >= 0, "probe.labels_per_class", f"{p.labels_per_class} must be >= 0")
     _check(p.seeds >= 1, "probe.seeds", f"{p.seeds} must be >= 1")
+    a = p.attentive
+    _check(a.steps >= 1, "probe.attentive.steps", f"{a.steps} must be >= 1")
+    _check(a.lr > 0, "probe.attentive.lr", f"{a.lr} must be positive")
+    _check(a.weight_decay >= 0, "probe.attentive.weight_decay", f"{a.weight_decay} must be >= 0")
+    _check(a.heads >= 0, "probe.attentive.heads", f"{a.heads} must be >= 0 (0 = 64-channel heads)")
+    _check(a.batch_size >= 1, "probe.attentive.batch_size", f"{a.batch_size} must be >= 1")
 
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "ConfigError", "EMAConfig", "EvalConfig", "FinetuneConfig",

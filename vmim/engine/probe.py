@@ -71,7 +71,7 @@ def score_features(fit: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     if probe_cfg.labels_per_class:
         draws = [per_class_subset(y_fit, probe_cfg.labels_per_class, seed) for seed in range(probe_cfg.seeds)]
     out = {}
-    for method in probe_cfg.methods:
+    for method in (m for m in probe_cfg.methods if m != "attentive"):  # attentive: trained on tokens, below
         accs = [linear_probe(x_fit[i], y_fit[i], x_test, y_test, probe_cfg.C) if method == "linear"
                 else knn_probe(x_fit[i], y_fit[i], x_test, y_test, probe_cfg.knn_k) for i in draws]
         out[method] = float(np.mean(accs))
@@ -149,6 +149,13 @@ def probe(cfg) -> ProbeResult:
             budget = cfg.probe.labels_per_class
             counts = (len(per_class_subset(fit[1], budget, 0)) if budget else len(fit[1]), len(test[1]))
             accuracy[key] = score_features(fit, test, cfg.probe)
+            if "attentive" in cfg.probe.methods:
+                from .attentive_probe import score_tokens, tokens_of
+
+                stop.immediate = None
+                fit_t, test_t = (tokens_of(model, keyed, side, cfg, monitor, stop) for side in sides)
+                stop.immediate = "the probe's classifier fits"
+                accuracy[key].update(score_tokens(fit_t, test_t, cfg.probe, seed=cfg.train.seed))
     # a file that failed for the first model is known bad for the second: both saw the same files
     skipped = sum(monitor.num_bad(d) for d in range(len(keyed)))
     return ProbeResult(accuracy, *counts, skipped=skipped)

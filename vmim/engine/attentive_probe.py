@@ -1,0 +1,158 @@
+"""Attentive probe (V-JEPA's evaluation): a learned query pools a frozen backbone's tokens, then a linear classifier.
+
+Where :mod:`vmim.engine.probe` fits sklearn classifiers on pooled ``(n, D)`` features, this probe needs the tokens
+``(n, N, D)``. Decisions:
+
+* **Extraction reuses the probe's**: :class:`TokenFeatures` hands :func:`~vmim.engine.probe.extract_features` a model
+  whose ``features`` are the flattened tokens ``backbone(x).tokens`` (class token dropped), so loading, evaluation
+  views, bad files (left out, counted, remembered) and stop signals are the probe's own. Several evaluation views are
+  averaged token by token (position by position), as the probe averages pooled features; the reference instead
+  concatenates the tokens of its 8 segments x 3 views and attends across them (``attend_across_segments``), which
+  costs V times the memory here.
+* **Tokens are extracted once**, then :class:`~vmim.models.attentive_pool.AttentivePool` + a linear layer are trained
+  on them with AdamW, mini-batches drawn from a seeded generator, cosine lr to 0, no augmentation. The reference
+  trains 20 epochs through the frozen encoder with training augmentation (``configs/evals/vitl16_k400_16x8x3.yaml``:
+  lr 1e-3, wd 0.01, batch 4 x 64 GPUs); storing ``n x N x D`` floats suits the probe's evaluation sets (digits, UCF /
+  HMDB at low resolution), not Kinetics at 16 x 224^2 (a streaming variant would run the frozen backbone per step).
+* **Frozen means frozen**: the tokens are plain tensors without grad, so gradients reach only the pool and the head.
+* **Deterministic**: the probe's modules are initialised under ``seed`` in a forked RNG (the global RNG is left
+  alone) and the mini-batch order comes from a generator seeded with it.
+* Weight decay on matrices and the query, not on biases and norms (the reference's param groups).
+* ``pooling="mean"`` trains the same linear head on the mean token, the control that shows what attending adds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.pooling import build_pooling
+from .probe_features import extract_features, per_class_subset
+
+
+class TokenFeatures(nn.Module):
+    """Wraps a :class:`~vmim.models.classifier.Classifier` so that ``features(clip)`` returns its backbone's tokens,
+    flattened to ``(B, N * D)`` (what :func:`~vmim.engine.probe.extract_features` averages over views);
+    ``token_shape`` is ``(N, D)`` after the first call."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+        self.token_shape: tuple[int, int] | None = None
+
+    def tokens(self, clip: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float ``(B, C, T, H, W)`` -> ``(B, N, D)`` tokens after the backbone's final norm."""
+        norm = self.classifier.normalizer
+        return self.classifier.backbone(norm(norm.pixels(clip))).tokens
+
+    def features(self, clip: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(clip)
+        self.token_shape = tuple(tokens.shape[1:])
+        return tokens.flatten(1)
+
+
+def extract_tokens(classifier: nn.Module, source, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, N, D)`` tokens (averaged over the evaluation views) and ``(n,)`` labels of every sample of ``source`` that
+    loads; ``kwargs`` are :func:`~vmim.engine.probe.extract_features`'s."""
+    adapter = TokenFeatures(classifier)
+    flat, labels = extract_features(adapter, source, **kwargs)
+    return flat.reshape(len(flat), *adapter.token_shape), labels
+
+
+def tokens_of(classifier: nn.Module, keyed: list, side: str, cfg, monitor, stop) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and labels of every source of ``side`` ("data.datasets" / "eval.datasets") in the probe's ``keyed``
+    (key, source, ...) list, concatenated: :func:`vmim.engine.probe._features_of` for tokens."""
+    e, d = cfg.eval, cfg.data
+    parts = [extract_tokens(classifier, source, views=e.val_views, crops=e.val_crops, short_side=e.short_side,
+                            batch_size=e.batch_size * 8, num_workers=d.num_workers,
+                            decode_timeout_s=d.decode_timeout_s, isolate=d.decode_isolation, monitor=monitor,
+                            dataset=i, stop=stop)
+             for i, (key, source, *_) in enumerate(keyed) if key.startswith(side + ".")]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class PooledClassifier(nn.Module):
+    """A token pooling and a linear layer: ``(B, N, D)`` -> logits ``(B, K)``."""
+
+    def __init__(self, pool: nn.Module, dim: int, num_classes: int):
+        super().__init__()
+        self.pool = pool
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(tokens))
+
+
+def fit_probe(tokens: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int,
+              pooling: str = "attentive", steps: int = 300, lr: float = 1e-3, weight_decay: float = 0.01,
+              heads: int = 0, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu"
+              ) -> PooledClassifier:
+    """Train a pooling + linear classifier on frozen ``(n, N, D)`` tokens with AdamW (cosine lr from ``lr`` to 0 over
+    ``steps``, mini-batches of ``batch_size`` drawn without replacement per pass); returns it in eval mode."""
+    x = torch.as_tensor(tokens, dtype=torch.float32).detach()
+    y = torch.as_tensor(labels, dtype=torch.long)
+    n, _, dim = x.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PooledClassifier(build_pooling(pooling, dim, heads), dim, num_classes).to(device)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    batch = min(batch_size, n)
+    perm, cursor = torch.randperm(n, generator=order), 0
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        if cursor + batch > n:
+            perm, cursor = torch.randperm(n, generator=order), 0
+        idx = perm[cursor:cursor + batch]
+        cursor += batch
+        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, tokens: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``(n, N, D)`` tokens."""
+    x = torch.as_tensor(tokens, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    device = next(model.parameters()).device
+    hits = sum(int((model(x[i:i + batch_size].to(device)).argmax(dim=1).cpu() == y[i:i + batch_size]).sum())
+               for i in range(0, len(x), batch_size))
+    return hits / len(x)
+
+
+def attentive_probe(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                    **settings: Any) -> float:
+    """Test top-1 of :func:`fit_probe` (``settings``: its keywords) trained on the fit tokens."""
+    num_classes = int(max(np.max(y_fit), np.max(y_test))) + 1
+    return accuracy(fit_probe(x_fit, y_fit, num_classes, **settings), x_test, y_test)
+
+
+def score_tokens(fit: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], probe_cfg, seed: int = 0,
+                 ) -> dict[str, float]:
+    """``{"attentive": accuracy}`` per ``probe_cfg`` (``labels_per_class`` and ``seeds`` as the other probes, and the
+    ``attentive`` section: steps, lr, weight_decay, heads, batch_size), the mean over the label draws."""
+    (x_fit, y_fit), (x_test, y_test) = fit, test
+    draws = [np.arange(len(y_fit))]
+    if probe_cfg.labels_per_class:
+        draws = [per_class_subset(y_fit, probe_cfg.labels_per_class, s) for s in range(probe_cfg.seeds)]
+    a = probe_cfg.attentive
+    settings = {"steps": a.steps, "lr": a.lr, "weight_decay": a.weight_decay, "heads": a.heads,
+                "batch_size": a.batch_size, "seed": seed}
+    accs = [attentive_probe(x_fit[i], y_fit[i], x_test, y_test, **settings) for i in draws]
+    return {"attentive": float(np.mean(accs))}
