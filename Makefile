@@ -11,7 +11,7 @@ DEMO_VIDEO_DIR ?= runs/demo_video
 DEMO_MASKFEAT_DIR ?= runs/demo_maskfeat
 DEMO_MVD_DIR ?= runs/demo_mvd
 
-.PHONY: setup demo demo-video demo-maskfeat demo-mvd test test-random-order bench clean
+.PHONY: setup demo demo-video demo-maskfeat demo-mvd test test-random-order bench docs clean
 
 setup: $(STAMP)
 
@@ -83,6 +83,10 @@ test-random-order: setup
 
 bench: setup
 	$(BIN)/python tools/bench_pretrain.py --config configs/demo/digits.yaml
+
+# Regenerate docs/config-reference.md from the config schemas (tests/test_config_reference.py fails while it is stale).
+docs: setup
+	$(BIN)/python tools/gen_config_reference.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
