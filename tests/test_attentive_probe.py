@@ -110,7 +110,7 @@ def test_gradients_reach_only_pool_and_head():
 
 
 def _classifier():
-    from vmim.models.classifier import Classifier
+    from vmim.meta_arch.classification import Classification as Classifier
     from vmim.models.vit import vit_test
 
     torch.manual_seed(0)
@@ -149,3 +149,22 @@ def test_token_features_adapter_flattens():
         tokens = adapter.tokens(clip)
     assert adapter.token_shape == (32, 64)  # 2 x 4 x 4 tokens
     torch.testing.assert_close(flat.view(2, 32, 64), tokens)
+
+
+def test_standardization_makes_the_probe_blind_to_channel_scale_and_offset():
+    """With ``standardize`` the probe sees each channel shifted and scaled by its fit statistics, so a
+    per-channel affine map of every token (a > 0) leaves the trained probe's logits unchanged; without it the probe
+    fits a different model (and on the mean token of tiny-scale features it barely moves from chance)."""
+    x, y, _ = toy(256, seed=5)
+    rng = np.random.default_rng(6)
+    a = rng.uniform(0.01, 0.1, x.shape[-1]).astype(np.float32)  # small channels, as a LayerNorm-ed ViT's mean token
+    b = rng.normal(0.0, 5.0, x.shape[-1]).astype(np.float32)
+    settings = {**SETTINGS, "steps": 30, "standardize": True}
+    plain, moved = fit_probe(x, y, 2, **settings), fit_probe(x * a + b, y, 2, **settings)
+    torch.testing.assert_close(moved.shift, torch.from_numpy(x.reshape(-1, x.shape[-1]).mean(0) * a + b),
+                               rtol=1e-4, atol=1e-4)
+    raw = fit_probe(x * a + b, y, 2, **{**settings, "standardize": False})
+    with torch.no_grad():
+        torch.testing.assert_close(moved(torch.from_numpy(x * a + b)), plain(torch.from_numpy(x)), rtol=1e-3,
+                                   atol=1e-4)
+        assert not torch.allclose(raw(torch.from_numpy(x * a + b)), plain(torch.from_numpy(x)), atol=1e-2)

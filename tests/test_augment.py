@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 from timm.data.auto_augment import AugmentOp
 
 from vmim.data.rand_augment import FILL, ClipRandAugment
-from vmim.engine.batch_augment import ClipMixup, ClipRandomErasing, soft_target_cross_entropy
+from vmim.meta_arch.batch_augment import ClipMixup, ClipRandomErasing, soft_target_cross_entropy
 
 RECIPE = "rand-m7-n4-mstd0.5-inc1"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -53,7 +53,7 @@ def dataset(paths: list[str], isolate: bool = False, decoder: str = "auto") -> M
 
 
 def same_sample(a: dict, b: dict) -> bool:
-    return (torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
+    return (torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"].encoder, b["masks"].encoder)
             and a["label"] == b["label"])
 
 
@@ -141,7 +141,7 @@ def test_failures_are_remembered_across_workers_epochs_and_restarts(files):
         again = list(restarted)
     assert not [f for batch in again for f in batch["bad"]]  # nothing opened twice
     for a, b in zip(again, first_epoch, strict=True):  # and the same samples as when the files failed
-        assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
+        assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"].encoder, b["masks"].encoder)
 
 
 def epoch_keys(sampler: MixedBatchSampler, epoch: int) -> list:

@@ -145,7 +145,7 @@ def test_reference_is_videomae_s_model_and_loss() -> None:
             .replace("heads.pixel.", ""): v for k, v in method.state_dict().items()}
     del mine["encoder_to_decoder.bias"]
     assert ref.load_state_dict(mine, strict=True)
-    clip, mask = timer.batch["clip"], timer.batch["masks"]["encoder"]
+    clip, mask = timer.batch["clip"], timer.batch["masks"].encoder
     mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
     step = ReferenceStep(ref, (clip.float() / 255 - mean) / std, mask, "fp32")
     with torch.no_grad():

@@ -164,9 +164,9 @@ def test_repeated_sampling_decodes_once_and_flattens_into_the_batch():
     dataset = MaskedClipDataset([source], {"encoder": MaskGenerator("tube", 0.75, 0.5)}, (2, 4, 4), repeat=4)
     items = [dataset[(0, i, 100 + i)] for i in range(3)]
     assert CountingSource.decodes == 3
-    assert items[0]["clip"].shape == (4, 3, 4, 16, 16) and items[0]["masks"]["encoder"].shape == (4, 32)
-    assert not torch.equal(items[0]["masks"]["encoder"][0], items[0]["masks"]["encoder"][1])  # a mask per repeat
+    assert items[0]["clip"].shape == (4, 3, 4, 16, 16) and items[0]["masks"].encoder.shape == (4, 32)
+    assert not torch.equal(items[0]["masks"].encoder[0], items[0]["masks"].encoder[1])  # a mask per repeat
     batch = collate(items)
-    assert batch["clip"].shape == (12, 3, 4, 16, 16) and batch["masks"]["encoder"].shape == (12, 32)
+    assert batch["clip"].shape == (12, 3, 4, 16, 16) and batch["masks"].encoder.shape == (12, 32)
     assert batch["label"].tolist() == [items[i]["label"][0].item() for i in range(3) for _ in range(4)]
     assert batch["dataset"].tolist() == [0] * 12 and batch["bad"] == []

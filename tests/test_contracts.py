@@ -33,7 +33,7 @@ from timm.models import group_parameters
 from tests.conftest import clip_batch, make_mask, rng
 from vmim import config
 from vmim.config import load_config, video_grid
-from vmim.masking import MASKINGS, WindowedMask, build_mask_generator, build_mask_generators, draw_masks
+from vmim.masking import MASKINGS, Masks, WindowedMask, build_mask_generator, build_mask_generators, draw_masks
 from vmim.meta_arch import LOSSES, TOKEN_SETS, build_loss, build_method
 from vmim.meta_arch.losses import weighted_mean
 from vmim.models import BACKBONES, HEADS, DecoderHead, EncoderOutput, InputNormalizer, LinearHead, build_head
@@ -732,8 +732,7 @@ def test_every_token_set_has_a_known_answer():
 
 @pytest.mark.parametrize("name", list(TOKEN_SETS))
 def test_token_set_known_answer(name):
-    masks = {"encoder": torch.tensor([ENCODER_1x8], dtype=torch.bool),
-             "decoder": torch.tensor([DECODER_1x8], dtype=torch.bool)}
+    masks = Masks(torch.tensor([ENCODER_1x8], dtype=torch.bool), torch.tensor([DECODER_1x8], dtype=torch.bool))
     query, weight = TOKEN_SETS[name](masks)
     want_query, want_weight = TOKEN_SET_KNOWN_ANSWERS[name]
     assert query.dtype == torch.bool and query.tolist() == [[bool(v) for v in want_query]]
@@ -742,7 +741,7 @@ def test_token_set_known_answer(name):
 
 @pytest.mark.parametrize("name", list(TOKEN_SETS))
 def test_token_set_contract(name):
-    masks = {"encoder": make_mask(4, N, N_MASKED, seed=0), "decoder": make_mask(4, N, 6, seed=1)}
+    masks = Masks(make_mask(4, N, N_MASKED, seed=0), make_mask(4, N, 6, seed=1))
     query, weight = TOKEN_SETS[name](masks)
     assert query.shape == (4, N) and query.dtype == torch.bool
     counts = query.sum(1)
@@ -767,7 +766,7 @@ FINETUNE_CONFIG_FILES = [p for p in ALL_CONFIG_FILES if p not in CONFIG_FILES]
 
 @pytest.mark.parametrize("path", FINETUNE_CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_shipped_finetune_config_builds_its_classifier(path):
-    from vmim.models.classifier import build_classifier
+    from vmim.meta_arch.classification import build_classification as build_classifier
 
     cfg = load_shipped(path)
     with torch.device("meta"):
@@ -838,7 +837,7 @@ def test_shipped_config_masks_serve_its_token_sets(path):
         for seed in range(3):  # as the data pipeline: every mask of a sample from that sample's generator, in order
             g = rng(seed)
             per_sample.append(draw_masks(generators, grid, g))
-        masks = {role: torch.from_numpy(np.stack([m[role] for m in per_sample])) for role in per_sample[0]}
+        masks = Masks.stack(per_sample)
         for name, t in cfg.targets.items():
             query, weight = TOKEN_SETS[t.token_set](masks)
             counts = query.sum(1)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import demo_methods  # noqa: E402
 from vmim.config import load_config, video_grid  # noqa: E402
 from vmim.meta_arch import build_method  # noqa: E402
-from vmim.models.loading import ARCH_KEYS  # noqa: E402
+from vmim.models.vit_init import ARCH_KEYS  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(demo_methods.METHODS))

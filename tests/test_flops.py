@@ -17,9 +17,10 @@ import vmim.engine.throughput  # noqa: F401  (registers the pretraining method's
 import vmim.models.mvit as mvit
 from tests.conftest import TINY_OVERRIDES, clip_batch, make_mask
 from vmim.config import load_config
+from vmim.masking import Masks
 from vmim.meta_arch import build_method
 from vmim.models.base import EncoderOutput
-from vmim.models.classifier import Classifier
+from vmim.meta_arch.classification import Classification as Classifier
 from vmim.models.flops import NoCount, count_macs, module_macs, step_flops, step_macs
 from vmim.models.heads import DecoderHead, LinearHead
 from vmim.models.vit import VisionTransformer, vit_base, vit_test
@@ -115,9 +116,9 @@ def test_pretraining_step_splits_trained_and_frozen(overrides, t):
     tiny = [o for o in TINY_OVERRIDES if "model.dense=true" not in overrides or not o.startswith("targets.pixel.head")]
     method = build_method(load_config(None, [*tiny, *overrides]))
     n = 2 * 4 * 4 if t == 4 else 4 * 4
-    batch = {"clip": clip_batch(b=3, t=t), "masks": {"encoder": make_mask(3, n, n * 3 // 4)}}
+    batch = {"clip": clip_batch(b=3, t=t), "masks": Masks(make_mask(3, n, n * 3 // 4))}
     if "decoder_masking.kind=random" in overrides:
-        batch["masks"]["decoder"] = make_mask(3, n, n // 2, seed=2)
+        batch["masks"] = Masks(batch["masks"].encoder, make_mask(3, n, n // 2, seed=2))
     trained, frozen = step_macs(method, batch)
     assert (trained, frozen) == _expected(method, batch) and frozen > 0
     assert step_flops(method, batch) == 2 * (3 * trained + frozen)

@@ -95,7 +95,7 @@ def test_isolated_samples_equal_in_process_samples(webm, repeat):
     expected = [in_process[key] for key in keys]
     for got in ([isolated[key] for key in keys], isolated.__getitems__(keys)):  # one by one, and pipelined
         for a, b in zip(got, expected):
-            assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
+            assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"].encoder, b["masks"].encoder)
             assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
 
 

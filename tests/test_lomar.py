@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import pretrain_with_falling_loss
 from vmim.config import ConfigError, load_config
-from vmim.masking import WindowedMask, build_mask_generator, build_mask_generators, draw_masks, window_mask
+from vmim.masking import Masks, WindowedMask, build_mask_generator, build_mask_generators, draw_masks, window_mask
 from vmim.meta_arch import build_method
 from vmim.models.flops import count_macs, module_macs
 from vmim.models.vit import VisionTransformer
@@ -201,13 +201,13 @@ def test_method_gathers_targets_at_window_tokens_and_previews():
     grid = method.backbone.grid(clip.shape)
     gens = build_mask_generators(cfg)
     drawn = [draw_masks(gens, grid, rng(b)) for b in range(2)]
-    masks = {k: torch.from_numpy(np.stack([d[k] for d in drawn])) for k in drawn[0]}
-    assert set(masks) == {"encoder", "encoder_windows"}
+    masks = Masks.stack(drawn)
+    assert masks.windows is not None and masks.decoder is None
     batch = {"clip": clip, "masks": masks}
     pixels = method.normalizer.pixels(clip)
     full = method.targets["pixel"](pixels)  # (B, N, D) per grid cell
-    slots = masks["encoder_windows"].flatten(1)
-    by_hand = torch.stack([full[b, slots[b][masks["encoder"][b]]] for b in range(2)])
+    slots = masks.windows.flatten(1)
+    by_hand = torch.stack([full[b, slots[b][masks.encoder[b]]] for b in range(2)])
     with torch.no_grad():
         _, predictions = method.predict(batch)
         assert predictions["pixel"][2].shape == by_hand.shape

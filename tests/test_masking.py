@@ -258,12 +258,12 @@ def test_dataset_item_is_a_function_of_its_key(dataset, source_id, grid):
     ratio = 0.5 if grid[0] == 1 else 0.75
     key = (source_id, 7, 12345)
     a, b = dataset[key], dataset[key]
-    assert a["masks"]["encoder"].dtype == torch.bool and a["masks"]["encoder"].shape == (n,)
-    assert int(a["masks"]["encoder"].sum()) == grid[0] * expected_count(grid[1] * grid[2], ratio)
+    assert a["masks"].encoder.dtype == torch.bool and a["masks"].encoder.shape == (n,)
+    assert int(a["masks"].encoder.sum()) == grid[0] * expected_count(grid[1] * grid[2], ratio)
     assert a["clip"].dtype == torch.uint8 and a["clip"].shape == (3, 4 if source_id else 1, 16, 16)
-    assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
+    assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["masks"].encoder, b["masks"].encoder)
     assert a["label"] == b["label"] and a["dataset"] == b["dataset"] == source_id
-    masks = {dataset[(source_id, 7, seed)]["masks"]["encoder"].numpy().tobytes() for seed in range(10)}
+    masks = {dataset[(source_id, 7, seed)]["masks"].encoder.numpy().tobytes() for seed in range(10)}
     assert len(masks) >= 8  # different seeds -> different masks (16 positions per slice: collisions are rare)
     assert {dataset[(source_id, 7, seed)]["label"] for seed in range(3)} == {a["label"]}
 
@@ -285,11 +285,11 @@ def test_batches_identical_with_any_worker_count(dataset, sources):
         assert a["bad"] == b["bad"] == []  # built-in data never fails to load
         for name in ("clip", "label", "dataset"):
             assert torch.equal(a[name], b[name]), name
-        assert torch.equal(a["masks"]["encoder"], b["masks"]["encoder"])
+        assert torch.equal(a["masks"].encoder, b["masks"].encoder)
         for row, key in enumerate(batch_keys):  # and each row is exactly dataset[key]
             item = dataset[key]
             assert torch.equal(a["clip"][row], item["clip"])
-            assert torch.equal(a["masks"]["encoder"][row], item["masks"]["encoder"])
+            assert torch.equal(a["masks"].encoder[row], item["masks"].encoder)
 
 
 def test_random_mask_units_are_whole_and_counted():

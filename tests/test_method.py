@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import clip_batch, make_mask
 from vmim.config import load_config
+from vmim.masking import Masks
 from vmim.meta_arch import MaskedModeling, build_method
 from vmim.models import DecoderHead, EncoderOutput, LinearHead
 from vmim.models.pos_embed import sincos_3d
@@ -126,11 +127,11 @@ def pixel_target(clip: torch.Tensor) -> torch.Tensor:
 def test_losses_by_hand_and_gradients(backbone):
     model = method(PIXEL, HOG, [f"model.backbone={backbone}"]).train()
     clip, mask = clip_batch(), make_mask(2, 8, 6)
-    out = model({"clip": clip, "masks": {"encoder": mask}})
+    out = model({"clip": clip, "masks": Masks(mask)})
     assert set(out) == {"loss", "loss/pixel", "loss/hog"}
     torch.testing.assert_close(out["loss"], 1.0 * out["loss/pixel"] + 0.5 * out["loss/hog"])
     with torch.no_grad():  # MSE over the masked tokens between the prediction and the normalized pixels
-        _, predictions = model.predict({"clip": clip, "masks": {"encoder": mask}})
+        _, predictions = model.predict({"clip": clip, "masks": Masks(mask)})
         query, weight, pred = predictions["pixel"]
         assert torch.equal(query, mask) and pred.shape == (2, 6, 2 * 8 * 8 * 3) and weight.eq(1).all()
         want = ((pred - pixel_target(clip)[mask].reshape(2, 6, -1)) ** 2).mean()
@@ -143,7 +144,7 @@ def test_losses_by_hand_and_gradients(backbone):
 def test_visible_token_set_with_a_linear_head_on_images():
     model = method(["targets.pixel.token_set=visible", "targets.pixel.head.kind=linear"]).train()
     image, mask = clip_batch(t=1), make_mask(2, 4, 3)  # image grid (1, 2, 2)
-    out = model({"clip": image, "masks": {"encoder": mask}})
+    out = model({"clip": image, "masks": Masks(mask)})
     with torch.no_grad():
         _, encoded = model.encode(image, mask)
         pred = model.heads["pixel"].proj(encoded.tokens)  # the encoder's own visible tokens, no decoder
@@ -158,7 +159,7 @@ def test_a_head_reads_the_inner_block_it_names():
                            "targets.mimic.head.kind=linear", "targets.mimic.head.block=-2"]).train()
     assert model.heads["mimic"].proj.in_features == model.backbone.dims[-2]
     clip, mask = clip_batch(), make_mask(2, 8, 6)
-    out = model({"clip": clip, "masks": {"encoder": mask}})
+    out = model({"clip": clip, "masks": Masks(mask)})
     with torch.no_grad():
         x = model.normalizer(model.normalizer.pixels(clip))
         _, blocks = model.backbone.forward_intermediates(x, mask, indices=[-2], norm=False)
@@ -182,8 +183,8 @@ def test_configured_loss_is_used(loss, fn):
     model = method(PIXEL, extra)
     clip, mask = clip_batch(), make_mask(2, 8, 6)
     with torch.no_grad():
-        out = model({"clip": clip, "masks": {"encoder": mask}})
-        _, predictions = model.predict({"clip": clip, "masks": {"encoder": mask}})
+        out = model({"clip": clip, "masks": Masks(mask)})
+        _, predictions = model.predict({"clip": clip, "masks": Masks(mask)})
         want = fn(predictions["pixel"][2], pixel_target(clip)[mask].reshape(2, 6, -1))
     torch.testing.assert_close(out["loss/pixel"], want, atol=1e-5, rtol=1e-5)
 
@@ -200,7 +201,7 @@ def test_preview_pixel_target():
     model = method(PIXEL).eval()
     b, size = 3, 16
     clip, mask = clip_batch(b=b), make_mask(b, 8, 5, seed=2)
-    image = model.preview({"clip": clip, "masks": {"encoder": mask}})
+    image = model.preview({"clip": clip, "masks": Masks(mask)})
     assert image.shape == (3, 3 * size, b * size) and image.min() >= 0 and image.max() <= 1
     frames = clip[:, :, 0].float() / 255
     for i in range(b):
@@ -213,10 +214,10 @@ def test_preview_pixel_target():
                 keep[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = 0
         torch.testing.assert_close(image[:, size:2 * size, cols], frames[i] * keep)  # row 2: masked input
         torch.testing.assert_close(image[:, 2 * size:, cols] * keep, frames[i] * keep)  # row 3: visible = input
-    image_preview = model.preview({"clip": clip_batch(b=2, t=1), "masks": {"encoder": make_mask(2, 4, 3)}})
+    image_preview = model.preview({"clip": clip_batch(b=2, t=1), "masks": Masks(make_mask(2, 4, 3))})
     assert image_preview.shape == (3, 3 * size, 2 * size)
 
 
 def test_preview_hog_only_is_none():
     model = method(HOG).eval()
-    assert model.preview({"clip": clip_batch(), "masks": {"encoder": make_mask(2, 8, 6)}}) is None
+    assert model.preview({"clip": clip_batch(), "masks": Masks(make_mask(2, 8, 6))}) is None

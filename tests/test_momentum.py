@@ -24,6 +24,7 @@ from vmim.engine.checkpoint import load
 from vmim.engine.hooks import Hook
 from vmim.engine.metrics import read_metrics
 from vmim.engine.pretrain import PretrainTask, Trainer
+from vmim.masking import Masks
 from vmim.meta_arch import build_method
 from vmim.models import DecoderHead, LinearHead
 from vmim.models.loading import read_weights
@@ -100,7 +101,7 @@ def test_one_update_is_m_old_plus_one_minus_m_new():
         for p in ema.parameters():
             p.add_(torch.randn_like(p))
     before = {k: v.clone() for k, v in ema.state_dict().items()}
-    batch = {"clip": clip_batch(b=2, t=4, size=16), "masks": {"encoder": make_mask(2, 32, 24)}}
+    batch = {"clip": clip_batch(b=2, t=4, size=16), "masks": Masks(make_mask(2, 32, 24))}
     method(batch)["loss"].backward()
     torch.optim.SGD(method.parameters(), lr=1.0).step()
     after = {k: v.clone() for k, v in student.state_dict().items()}
@@ -413,7 +414,7 @@ def test_pixels_hog_and_momentum_in_one_method_each_with_its_head_tokens_and_los
     assert isinstance(method.targets["momentum"], MomentumTarget) and method.weights == WEIGHTS
 
     mask = make_mask(2, 32, 24, seed=2)
-    batch = {"clip": clip_batch(b=2, t=4, size=16, seed=6), "masks": {"encoder": mask}}
+    batch = {"clip": clip_batch(b=2, t=4, size=16, seed=6), "masks": Masks(mask)}
     with torch.no_grad():
         losses = method(batch)
         pixels, encoded = method.encode(batch["clip"], mask)

@@ -235,7 +235,7 @@ def test_probe_reports_both_accuracies(tmp_path):
     # Not "the two accuracies differ": after 8 steps both can be the same count of 359 test digits right (they were,
     # 0.8913649025069638 twice, on some machines). What is guaranteed: the probe scored features of the loaded
     # weights, whose features differ from those of the seed's random init (the probe's first draw after seeding).
-    from vmim.models.classifier import build_classifier
+    from vmim.meta_arch.classification import build_classification as build_classifier
     from vmim.models.loading import load_init
 
     models = []

@@ -75,9 +75,9 @@ def test_dataset_resizes_a_batch_to_its_size_then_masks_its_grid():
     small = dataset.__getitems__(keys)
     for key, sample in zip(keys, small):
         full = dataset[key]  # the same key at the sources' own size
-        assert full["clip"].shape == (3, 1, 32, 32) and full["masks"]["encoder"].shape == (64,)
-        assert sample["clip"].shape == (3, 1, 16, 16) and sample["masks"]["encoder"].shape == (16,)
-        assert sample["masks"]["encoder"].sum() == 12  # 0.75 of the 4x4 grid
+        assert full["clip"].shape == (3, 1, 32, 32) and full["masks"].encoder.shape == (64,)
+        assert sample["clip"].shape == (3, 1, 16, 16) and sample["masks"].encoder.shape == (16,)
+        assert sample["masks"].encoder.sum() == 12  # 0.75 of the 4x4 grid
         torch.testing.assert_close(sample["clip"], resize_clip(full["clip"], 16))
         assert sample["label"] == full["label"]
 

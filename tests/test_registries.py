@@ -34,7 +34,7 @@ FAMILIES = list(CONFIG_REGISTRIES)
 LIST_SECTIONS = {
     "backbones": "backbones", "maskings": "maskings", "targets": "targets", "heads": "heads", "losses": "losses",
     "datasets": "dataset kinds", "token_sets": "token sets", "index_formats": "index formats",
-    "decoders": "video decoders",
+    "decoders": "video decoders", "poolings": "poolings",
 }
 
 

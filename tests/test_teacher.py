@@ -19,6 +19,7 @@ from torch import nn
 
 from tests.conftest import TINY_RUN_OVERRIDES, clip_batch, make_mask
 from vmim.config import ConfigError, config_to_yaml, load_config, video_grid
+from vmim.masking import Masks
 from vmim.meta_arch import build_method
 from vmim.models import create_backbone, load_backbone
 from vmim.models.frozen import Frozen
@@ -344,7 +345,7 @@ def test_mrmae_losses_cover_disjoint_token_sets(tmp_path):
     torch.manual_seed(0)
     method = build_method(cfg)
     mask = make_mask(2, 16, 12, seed=1)  # 75 % of a 4x4 grid masked
-    batch = {"clip": clip_batch(b=2, t=1, size=16, seed=7), "masks": {"encoder": mask}}
+    batch = {"clip": clip_batch(b=2, t=1, size=16, seed=7), "masks": Masks(mask)}
     with torch.no_grad():
         base = method(batch)
     originals = dict(method.targets.items())
@@ -368,7 +369,7 @@ def test_mrmae_losses_cover_disjoint_token_sets(tmp_path):
     # the student's mimic input (the visible-only encoder) ignores the masked pixels; the teacher (global attention
     # on the full image) does not, which is why the token sets, not the pixels, keep the two losses apart
     where = mask.view(2, 1, 1, 4, 4).repeat_interleave(4, 3).repeat_interleave(4, 4)
-    changed = {"clip": torch.where(where, 255 - batch["clip"], batch["clip"]), "masks": {"encoder": mask}}
+    changed = {"clip": torch.where(where, 255 - batch["clip"], batch["clip"]), "masks": Masks(mask)}
     with torch.no_grad():
         _, before = method.predict(batch)
         _, after = method.predict(changed)

@@ -16,6 +16,7 @@ from vmim.engine import throughput
 from vmim.config import load_config
 from vmim.engine.metrics import read_metrics
 from vmim.engine.throughput import batch_signature, gpu_peak_tflops, peak_tflops, step_flops, table_precision
+from vmim.masking import Masks
 from vmim.meta_arch import build_method
 
 
@@ -74,8 +75,8 @@ def test_pretraining_run_logs_tflops_and_mfu_to_tensorboard(tmp_path):
     engine.pretrain(cfg)
 
     method, b = build_method(cfg), cfg.data.batch_size
-    expected = {step_flops(method, {"clip": clip_batch(b=b, t=1), "masks": {"encoder": make_mask(b, 16, 8)}}),
-                step_flops(method, {"clip": clip_batch(b=b, t=4), "masks": {"encoder": make_mask(b, 32, 24)}})}
+    expected = {step_flops(method, {"clip": clip_batch(b=b, t=1), "masks": Masks(make_mask(b, 16, 8))}),
+                step_flops(method, {"clip": clip_batch(b=b, t=4), "masks": Masks(make_mask(b, 32, 24))})}
     peak = peak_tflops("cpu", cfg.train.precision)[0]
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "perf/tflops" in r]
     assert [r["step"] for r in records] == list(range(1, 9))

@@ -18,7 +18,7 @@ from tests.conftest import clip_batch, make_mask, rng
 from tests.test_method import PIXEL, method, pixel_target
 from vmim import config
 from vmim.config import ConfigError, load_config
-from vmim.masking import MaskGenerator, build_mask_generators, running_cell_mask
+from vmim.masking import MaskGenerator, Masks, build_mask_generators, running_cell_mask
 from vmim.meta_arch import TOKEN_SETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_build_mask_generators_adds_the_decoder_mask():
 
 def test_decoder_kept_without_a_decoder_mask_names_it():
     with pytest.raises(KeyError, match="decoder"):
-        TOKEN_SETS["decoder_kept"]({"encoder": make_mask(2, 16, 8)})
+        TOKEN_SETS["decoder_kept"](Masks(make_mask(2, 16, 8)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def v2_batch():
     encoder.view(2, 4, 16)[1] = encoder.view(2, 4, 16)[1].roll(5, dims=-1)
     decoder = torch.zeros(2, 64, dtype=torch.bool)
     decoder.view(2, 4, 16)[:, :, ::2] = True  # half of every slice not reconstructed
-    return {"clip": clip, "masks": {"encoder": encoder, "decoder": decoder}}
+    return {"clip": clip, "masks": Masks(encoder, decoder)}
 
 
 def test_decoder_masking_builds_visible_plus_kept_and_counts_masked_and_kept():
@@ -103,7 +103,7 @@ def test_decoder_masking_builds_visible_plus_kept_and_counts_masked_and_kept():
     model.heads["pixel"].blocks[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
     out = model(batch)
     assert lengths == [16 + 32]  # 16 visible tokens + mask tokens at the 32 decoder-kept positions (of 64)
-    enc, dec = batch["masks"]["encoder"], batch["masks"]["decoder"]
+    enc, dec = batch["masks"].encoder, batch["masks"].decoder
     with torch.no_grad():
         _, predictions = model.predict(batch)
         query, weight, pred = predictions["pixel"]
@@ -121,7 +121,7 @@ def test_decoder_masking_builds_visible_plus_kept_and_counts_masked_and_kept():
 def test_decoder_masked_loss_ignores_pixels_outside_its_token_set():
     model = method(PIXEL, V2, ["data.img_size=32", "data.num_frames=8"]).eval()
     batch = v2_batch()
-    enc, dec = batch["masks"]["encoder"], batch["masks"]["decoder"]
+    enc, dec = batch["masks"].encoder, batch["masks"].decoder
     with torch.no_grad():
         base = model(batch)["loss/pixel"]
         for positions, should_change in ((enc & dec, False), (enc & ~dec, True)):

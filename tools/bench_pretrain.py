@@ -83,7 +83,7 @@ from vmim.engine.compile import compile_blocks
 from vmim.engine.optim import build_optimizer
 from vmim.engine.precision import autocast, resolve_device, resolve_precision
 from vmim.engine.throughput import measure_matmul_tflops, peak_tflops, step_flops
-from vmim.masking import build_mask_generators, draw_masks
+from vmim.masking import Masks, build_mask_generators, draw_masks
 from vmim.meta_arch import build_method
 from vmim.models.vit import VIT_SIZES
 
@@ -214,17 +214,17 @@ class StepTimer:
         rng = np.random.default_rng(0)
         generators = build_mask_generators(cfg)
         drawn = [draw_masks(generators, self.grid, rng) for _ in range(b)]
-        masks = {name: torch.from_numpy(np.stack([d[name] for d in drawn])).to(self.device) for name in drawn[0]}
+        masks = Masks.stack(drawn).to(self.device)
         self.batch = {"clip": clip, "masks": masks}
-        encoded = masks["encoder"].shape[1]  # the grid's tokens, or a windowed encoder's window tokens
+        encoded = masks.encoder.shape[1]  # the grid's tokens, or a windowed encoder's window tokens
         self.info = {"backbone": cfg.model.backbone, "optimizer": f"AdamW {self.optimizer.impl}", "modality": modality,
                      "batch": b, "input": [frames, s, s],
                      "device": str(self.device), "precision": self.precision, "tokens": int(np.prod(self.grid)),
-                     "visible_tokens": encoded - int(masks["encoder"][0].sum())}
-        if "encoder_windows" in masks:
+                     "visible_tokens": encoded - int(masks.encoder[0].sum())}
+        if masks.windowed:
             self.info["window_tokens"] = encoded
-        if "decoder" in masks:
-            self.info["decoder_kept_tokens"] = int((~masks["decoder"][0]).sum())
+        if masks.decoder is not None:
+            self.info["decoder_kept_tokens"] = int((~masks.decoder[0]).sum())
         self.flops = step_flops(self.model, self.batch)  # model FLOPs of one step (forward + backward)
         if self.device.type == "cpu":  # measured once per process; longer than a run's start-up measurement
             measure_matmul_tflops(self.device, self.precision, seconds=PEAK_SECONDS)
@@ -241,7 +241,7 @@ class StepTimer:
         """Tensors this variant keeps between steps: parameters, buffers, optimizer state, batch."""
         state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         return [*self.model.parameters(), *self.model.buffers(), *state, self.batch["clip"],
-                *self.batch["masks"].values()]
+                *self.batch["masks"].tensors()]
 
     def state_bytes(self) -> int:
         """Parameters + their gradients (as many bytes as the parameters that train) + buffers + optimizer state."""
@@ -329,7 +329,7 @@ class ReferenceTimer(StepTimer):
         mean = torch.tensor(cfg.data.mean, device=self.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(cfg.data.std, device=self.device).view(1, -1, 1, 1, 1)
         videos = (mine.batch["clip"].float() / 255 - mean) / std
-        mask = mine.batch["masks"]["encoder"]
+        mask = mine.batch["masks"].encoder
         self.flops, self.peak = mine.flops, mine.peak  # the same architecture: the same model FLOPs
         del mine
         torch.manual_seed(0)
@@ -337,7 +337,7 @@ class ReferenceTimer(StepTimer):
                                   cfg.model.tubelet_size, size.embed_dim, size.depth, size.num_heads, head.dim,
                                   head.depth, head.heads, cfg.model.in_chans).to(self.device).train()
         self.reference = ReferenceStep(model, videos, mask, self.precision)
-        self.model, self.optimizer, self.batch = model, self.reference.optimizer, {"clip": videos, "masks": {"m": mask}}
+        self.model, self.optimizer, self.batch = model, self.reference.optimizer, {"clip": videos, "masks": Masks(mask)}
         self.times, self.round_medians, self.teacher_ms, self.saved_bytes, self.cuda_peak_bytes = [], [], {}, None, 0
         self.first_step_s, self.compiled = None, 0
 

@@ -1,5 +1,5 @@
-"""Command line: ``vmim pretrain``, ``vmim finetune``, ``vmim eval``, ``vmim probe``, ``vmim convert``,
-``vmim submit``, ``vmim list``.
+"""Command line: one verb per training task of the TASKS table (``vmim pretrain``, ``vmim finetune``), and ``vmim
+eval``, ``vmim probe``, ``vmim convert``, ``vmim submit``, ``vmim list``.
 
 The config is loaded and validated before torch is imported, so a typo fails in well under a second.
 """
@@ -7,10 +7,11 @@ The config is loaded and validated before torch is imported, so a typo fails in 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
-from .config import config_to_yaml, load_config
+from .config import TASKS, config_to_yaml, load_config
 from .errors import VmimError
 from .preflight import check_data_paths, check_output_dir
 
@@ -25,7 +26,6 @@ def _train(args: argparse.Namespace, task: str) -> int:
     check_data_paths(cfg)  # so does a missing or malformed list / folder, naming its key: before the run folder
     import signal
 
-    from .config import TASKS
     from .engine.trainer import StopRequested
 
     run = TASKS[task].run_fn()
@@ -36,14 +36,6 @@ def _train(args: argparse.Namespace, task: str) -> int:
         print(f"vmim: {stop}", file=sys.stderr)
         return 128 + signal.Signals[stop.signal_name].value if stop.signal_name in signal.Signals.__members__ else 1
     return 0
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    return _train(args, "pretrain")
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    return _train(args, "finetune")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -163,16 +155,12 @@ def _list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmim", description="Masked video-and-image pretraining.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="pretrain (or resume) a run")
-    p.add_argument("--config", required=True, help="YAML config (may use _base_)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
-    p.set_defaults(func=_pretrain)
-    p = sub.add_parser("finetune", help="fine-tune (or resume) a classifier: a config with task: finetune")
-    p.add_argument("--config", required=True, help="YAML config (task: finetune; see configs/finetune)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
-    p.set_defaults(func=_finetune)
+    for name, task in TASKS.items():  # one verb per training task of the TASKS table
+        p = sub.add_parser(name, help=f"{task.summary}: a config with task: {name}")
+        p.add_argument("--config", required=True, help=f"YAML config (task: {name}; may use _base_)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
+        p.set_defaults(func=functools.partial(_train, task=name))
     p = sub.add_parser("eval", help="multi-view test of a fine-tuned run: eval.num_views x eval.num_crops views per "
                                     "video, softmax averaged, predictions file, top-1 / top-5")
     p.add_argument("target", help="fine-tuning run directory, or a checkpoint file")

@@ -14,6 +14,7 @@ SECTIONS = (
     ("heads", "heads (targets.<name>.head.kind)"),
     ("losses", "losses (targets.<name>.loss.kind)"),
     ("datasets", "dataset kinds (data.datasets.<name>.kind)"),
+    ("poolings", "poolings (head.pooling)"),
 )
 """Families printed with a summary per kind, in order, after the backbones."""
 
@@ -28,8 +29,9 @@ def package_registries() -> dict[str, list[str]]:
     from .models import BACKBONES, HEADS
     from .targets import TARGETS
 
+    POOLINGS = registry.LazyRegistry("poolings")
     out = {"backbones": BACKBONES, "maskings": MASKINGS, "targets": TARGETS, "heads": HEADS, "losses": LOSSES,
-           "token_sets": TOKEN_SETS, "datasets": DATASET_KINDS}
+           "token_sets": TOKEN_SETS, "datasets": DATASET_KINDS, "poolings": POOLINGS}
     built = {family: [name for name in reg if callable(reg[name])] for family, reg in out.items()}
     return {**built, "index_formats": list(PACKAGE_INDEX_FORMATS), "decoders": list(PACKAGE_DECODERS)}
 
@@ -37,7 +39,7 @@ def package_registries() -> dict[str, list[str]]:
 def config_registries() -> dict[str, list[str]]:
     """Family -> names the config accepts (torch-free)."""
     out = {name: list(registry.kinds(name)) for name in ("backbones", "maskings", "targets", "heads", "losses",
-                                                           "token_sets", "datasets")}
+                                                           "token_sets", "datasets", "poolings")}
     return {**out, "index_formats": list(INDEX_FORMATS), "decoders": list(DECODERS)}
 
 

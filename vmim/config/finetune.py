@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .checks import ConfigError, _check, _choice, check_data_sizes, check_finite
-from .registry import kinds
+from .registry import kinds, names
 from .run import CheckpointConfig, DataConfig, LogConfig, OptimConfig, RunConfig, TrainConfig, validate_common
 
 PROBE_METHODS = ("linear", "knn", "attentive")
@@ -114,6 +114,10 @@ class ClassifierConfig:
     """Dropout before the linear layer (VideoMAE fc_drop_rate: 0.5 for ViT-L/H and UCF101)."""
     init_scale: float = 0.001
     """The linear layer starts at trunc_normal(std 0.02) x this (VideoMAE: 0.001; MAE's std 2e-5 = 0.001)."""
+    pooling: str = ""
+    """Empty = the backbone's own pooling (``model.global_pool``, then ``model.fc_norm``); or a registered pooling
+    over the backbone's tokens, then ``model.fc_norm``: mean, cls (the class token), attentive (V-JEPA's learned
+    query, one cross-attention block)."""
 
 
 @dataclass
@@ -245,6 +249,11 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
                    f"{h.num_classes}, and {section}.datasets.{name} ({ds.kind}) has {known} classes")
     _check(0 <= h.dropout < 1, "head.dropout", f"{h.dropout} is outside [0, 1)")
     _check(h.init_scale > 0, "head.init_scale", f"{h.init_scale} must be positive")
+    if h.pooling:
+        _choice("head.pooling", h.pooling, names("poolings"))
+        reads_prefix = kinds("poolings")[h.pooling].info.get("prefix")
+        _check(not reads_prefix or getattr(cfg.model, "cls_token", None) is not False, "head.pooling",
+               f"{h.pooling} pooling reads the class token: set model.cls_token=true")
     if a.rand_augment:
         try:
             parse_rand_augment(a.rand_augment)

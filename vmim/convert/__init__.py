@@ -16,9 +16,8 @@ Decisions, and why:
   format's module is imported when it is used (:func:`vmim.convert.dispatch.format_module`).
 * **Layering.** This package sits at the models layer: formats import :mod:`vmim.convert.common` and
   :mod:`vmim.models` (a ViT format also the shared :mod:`vmim.convert.vit`), never another format, and nothing above
-  models. :mod:`vmim.models.loading` reads what this package writes, so it imports the two modules it needs,
-  :mod:`~vmim.convert.common` and :mod:`~vmim.convert.mvit_init`; both import nothing from :mod:`vmim.models` when
-  they are imported, so no import order re-enters ``vmim.models``' ``__init__`` half-way.
+  models. :mod:`vmim.models.loading` and the backbones' init loaders read what this package writes, so they import
+  :mod:`~vmim.convert.common`, which imports nothing from :mod:`vmim.models`.
 """
 
 from __future__ import annotations

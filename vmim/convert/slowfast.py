@@ -4,7 +4,7 @@ A SlowFast checkpoint is ``{epoch, model_state, optimizer_state, cfg (a YAML str
 the names :class:`~vmim.models.mvit.MViT` uses (flat ``blocks.{i}``, ``attn.pool_q``, ``attn.rel_pos_t``, ``proj``
 for the shortcut projection; ``research/finetune-mvit-teachers.md`` §3.5), so the conversion is mostly validation
 and architecture inference. Loading these weights into an MViT of another q-pooling layout is
-:mod:`vmim.convert.mvit_init`.
+:mod:`vmim.models.mvit_init`.
 
 Decisions, and why:
 

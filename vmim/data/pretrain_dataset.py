@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from ..masking import MaskGenerator, draw_masks
+from ..masking import MaskGenerator, Masks, draw_masks
 from ..models.grid import token_grid
 from .bad_files import Failure, failure_reason
 from .isolation import IsolatedWorker
@@ -58,12 +58,13 @@ def load_repeated(source: ClipSource, index: int, rng: np.random.Generator, repe
 
 
 class MaskedClipDataset:
-    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "masks": {name: bool (N,)}, "label", "dataset", "bad"}.
+    """``dataset[(d, i, seed)]`` -> {"clip": uint8 (C,T,H,W), "masks": :class:`~vmim.masking.masks.SampleMasks` of
+    tensors (None without generators), "label", "dataset", "bad"}.
 
-    ``mask_generators`` names each mask the method needs (``encoder``, and e.g. ``decoder`` for VideoMAE V2's
-    dual masking; none for fine-tuning); masks are drawn in that order, after ``clip_transform`` (fine-tuning's
-    RandAugment) if given. The same seed drives augmentation and the masks, so a sample is
-    a pure function of its key. A sample
+    ``mask_generators`` maps each mask role the method needs (``encoder``, and e.g. ``decoder`` for VideoMAE V2's
+    dual masking; none for fine-tuning) to its generator; masks are drawn in that order, after ``clip_transform``
+    (fine-tuning's RandAugment) if given. The same seed drives augmentation and the masks, so a sample is a pure
+    function of its key. A sample
     that fails to load (corrupt file, decoder error, timeout) is replaced by another index of the same
     dataset drawn from the same seed (:func:`attempt_rng`); the failures travel with the sample in ``"bad"`` as
     :class:`~vmim.data.bad_files.Failure` records for the main process to report and count.
@@ -150,17 +151,17 @@ class MaskedClipDataset:
         if img_size is not None:  # progressive resolution: the batch's stage size (KeyBatch.img_size)
             clips = [(resize_clip(clip, img_size), label) for clip, label in clips]
         grid = token_grid(clips[0][0].shape, self.patch_size)
-        masks = [{name: torch.from_numpy(m) for name, m in draw_masks(self.mask_generators, grid, rng).items()}
+        masks = [draw_masks(self.mask_generators, grid, rng).torch() if self.mask_generators else None
                  for _ in clips]
         if self.repeat == 1:
             (clip, label), = clips
             return {"clip": clip, "masks": masks[0], "label": label, "dataset": dataset, "bad": failures}
-        return {"clip": torch.stack([c for c, _ in clips]),
-                "masks": {name: torch.stack([m[name] for m in masks]) for name in masks[0]},
+        return {"clip": torch.stack([c for c, _ in clips]), "masks": None if masks[0] is None else Masks.stack(masks),
                 "label": torch.tensor([label for _, label in clips]), "dataset": dataset, "bad": failures}
 
     def __getitem__(self, key: SampleKey) -> dict:
-        """One sample; with ``repeat > 1`` clip, mask and label gain a leading repeat dimension."""
+        """One sample; with ``repeat > 1`` clip and label gain a leading repeat dimension, and the masks are the
+        repeats' :class:`~vmim.masking.masks.Masks`."""
         return self._sample(key, attempt_rng(key[2], 0))
 
     def _submit(self, key: SampleKey, rng: np.random.Generator) -> int | None:
@@ -208,14 +209,17 @@ class MaskedClipDataset:
 
 
 def collate(samples: list[dict]) -> dict:
-    """default_collate (repeated samples are flattened into the batch); ``"bad"`` failures become one list."""
+    """default_collate (repeated samples are flattened into the batch); the samples' masks become one
+    :class:`~vmim.masking.masks.Masks` (None without masks: fine-tuning); ``"bad"`` failures become one list."""
     failures = [f for s in samples for f in s["bad"]]
+    masks = [s["masks"] for s in samples]
     if samples[0]["clip"].ndim == 5:  # repeated sampling: (repeat, C, T, H, W) per sample
         repeat = samples[0]["clip"].shape[0]
         batch = {k: torch.cat([s[k] for s in samples]) for k in ("clip", "label")}
-        batch["masks"] = {name: torch.cat([s["masks"][name] for s in samples]) for name in samples[0]["masks"]}
         batch["dataset"] = torch.tensor([s["dataset"] for s in samples]).repeat_interleave(repeat)
+        batch["masks"] = None if masks[0] is None else Masks.cat(masks)
     else:
-        batch = default_collate([{k: v for k, v in s.items() if k != "bad"} for s in samples])
+        batch = default_collate([{k: v for k, v in s.items() if k not in ("bad", "masks")} for s in samples])
+        batch["masks"] = None if masks[0] is None else Masks.stack(masks)
     batch["bad"] = failures
     return batch

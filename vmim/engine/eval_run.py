@@ -59,7 +59,7 @@ def resolve_target(target: str | Path, checkpoint: str | None = None) -> tuple[P
 
 def load_finetuned(target: str | Path, checkpoint: str | None = None, overrides: list[str] = ()):
     """(config, classifier with the checkpoint's weights, checkpoint path) of a fine-tuned run."""
-    from ..models.classifier import build_classifier
+    from ..meta_arch.classification import build_classification
 
     path, config = resolve_target(target, checkpoint)
     state = load(path)
@@ -70,7 +70,7 @@ def load_finetuned(target: str | Path, checkpoint: str | None = None, overrides:
         cfg = load_config(config, list(overrides), task="finetune")
     else:
         cfg = build_config(apply_overrides(yaml.safe_load(state["config"]), list(overrides)))
-    model = build_classifier(cfg, int(state["model"]["head.weight"].shape[0]))
+    model = build_classification(cfg, int(state["model"]["head.weight"].shape[0]))
     model.load_state_dict(state["model"])
     return cfg, model.eval(), path
 

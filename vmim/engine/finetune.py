@@ -8,8 +8,9 @@ are, and what one micro-batch's loss is:
   sample's own seed (one set of ops for every frame), after the dataset's crop and flip (VideoMAE runs it on the
   full decoded frames before cropping; on the 224² crop it costs a fraction, and its geometric ops' fill corners are
   no longer partly cropped away: a small, deliberate difference);
-* on the device: uint8 -> [0, 1] pixels, random erasing (one box on every frame), mixup / cutmix with label
-  smoothing, then the classifier (which normalizes) and soft-target cross-entropy;
+* the model is the classification method (:mod:`vmim.meta_arch.classification`): on the device it turns uint8 into
+  [0, 1] pixels, erases (one box on every frame), mixes (Mixup / CutMix with label smoothing), normalizes, pools,
+  classifies and returns the soft-target cross-entropy; this task only moves the clip and the label there;
 * hooks: model EMA (optional) and per-epoch validation on ``eval.datasets`` (top-1 / top-5 / loss to TensorBoard,
   ``checkpoints/best.pt`` kept for the best top-1 of the first eval dataset).
 
@@ -36,7 +37,7 @@ from torch import nn
 from ..config import config_to_yaml
 from ..data import build_sources, build_train_data
 from ..data.labels import check_labels, resolve_num_classes
-from ..models.classifier import build_classifier
+from ..meta_arch.classification import build_classification
 from .checkpoint import save_atomic
 from .distributed import DistInfo
 from .hooks import Hook
@@ -59,10 +60,9 @@ class FinetuneTask(Task):
         self.eval_sources = {name: source for name, source, *_ in self.eval_built}
         for name, source in self.eval_sources.items():
             check_labels(f"eval.datasets.{name}", source, self.num_classes)
-        self.erasing = self.mixup = None
 
     def build_model(self) -> nn.Module:
-        model = build_classifier(self.cfg, self.num_classes)
+        model = build_classification(self.cfg, self.num_classes)
         if self.cfg.init:
             from ..models.loading import load_init
 
@@ -72,25 +72,16 @@ class FinetuneTask(Task):
 
     def build_data(self, model: nn.Module, dist: DistInfo) -> TrainData:
         from ..data.rand_augment import ClipRandAugment
-        from .batch_augment import ClipMixup, ClipRandomErasing
 
         a, d = self.cfg.augment, self.cfg.data
         transform = ClipRandAugment(a.rand_augment, d.img_size) if a.rand_augment else None
-        self.erasing = ClipRandomErasing(a.random_erasing, d.mean, d.std) if a.random_erasing > 0 else None
-        self.mixup = ClipMixup(a.mixup, a.cutmix, a.mixup_prob, a.switch_prob, a.label_smoothing, self.num_classes)
         return build_train_data(self.cfg, self.built, model.backbone.patch_size, dist.world_size, dist.rank, {},
                                 transform)
 
     def forward(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-        from .batch_augment import soft_target_cross_entropy
-
-        pixels = batch["clip"].to(device, non_blocking=True).float().div_(255)
-        labels = batch["label"].to(device, non_blocking=True)
-        if self.erasing is not None:
-            pixels = self.erasing(pixels)
-        pixels, targets = self.mixup(pixels, labels)
-        logits = model(pixels)
-        return {"loss": soft_target_cross_entropy(logits.float(), targets)}
+        losses = model({"clip": batch["clip"].to(device, non_blocking=True),
+                        "label": batch["label"].to(device, non_blocking=True)})
+        return {"loss": losses["loss"]}
 
     def hooks(self) -> list[Hook]:
         ema = ModelEMA(self.cfg.ema.decay) if self.cfg.ema.decay > 0 else None

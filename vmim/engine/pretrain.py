@@ -26,9 +26,8 @@ __all__ = ["NonFiniteLossError", "PretrainTask", "Preview", "StopRequested", "Tr
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """The clip and every mask of a batch on ``device``."""
-    return {"clip": batch["clip"].to(device, non_blocking=True),
-            "masks": {k: m.to(device, non_blocking=True) for k, m in batch["masks"].items()}}
+    """The clip and the masks (a :class:`~vmim.masking.masks.Masks`) of a batch on ``device``."""
+    return {"clip": batch["clip"].to(device, non_blocking=True), "masks": batch["masks"].to(device, non_blocking=True)}
 
 
 class Preview(Hook):

@@ -117,7 +117,7 @@ def probe(cfg) -> ProbeResult:
     """
     from ..data import build_sources
     from ..data.bad_files import BadFileMonitor
-    from ..models.classifier import build_classifier
+    from ..meta_arch.classification import build_classification
     from ..models.loading import load_init
 
     with StopSignals(immediate="probe set-up") as stop:
@@ -137,8 +137,8 @@ def probe(cfg) -> ProbeResult:
         models = {}
         if cfg.probe.compare_random_init:  # the backbone is the first draw after seeding: the same weights for a seed
             torch.manual_seed(cfg.train.seed)
-            models["random_init"] = build_classifier(cfg, 1)
-        models["pretrained"] = build_classifier(cfg, 1)
+            models["random_init"] = build_classification(cfg, 1)
+        models["pretrained"] = build_classification(cfg, 1)
         if cfg.init:
             load_init(models["pretrained"].backbone, cfg.init, cfg.model)
         accuracy, counts = {}, (0, 0)

@@ -27,6 +27,7 @@ the estimate is unbiased. The preview forward (``log.image_every_steps``) is not
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import TYPE_CHECKING, Any, Mapping
@@ -162,10 +163,13 @@ def peak_tflops(device: torch.device | str, precision: str) -> tuple[float, str]
 
 
 def batch_signature(value: Any) -> Any:
-    """What fixes a batch's FLOPs: tensor shapes, and the row-0 True count of every 2-D bool tensor (masks)."""
+    """What fixes a batch's FLOPs: tensor shapes, and the row-0 True count of every 2-D bool tensor (masks), in
+    mappings and dataclasses (the typed ``Masks``) alike."""
     if isinstance(value, torch.Tensor):
         count = int(value[0].sum()) if value.dtype == torch.bool and value.ndim == 2 and len(value) else None
         return tuple(value.shape), count
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return tuple((f.name, batch_signature(getattr(value, f.name))) for f in dataclasses.fields(value))
     if isinstance(value, Mapping):
         return tuple((k, batch_signature(v)) for k, v in sorted(value.items()))
     return None

@@ -13,8 +13,9 @@ same ratio) hides the same number of tokens and visible tokens can be gathered w
 Windowed masks (LoMaR, :func:`window_mask`) are the one exception, and a seam of their own: the encoder does not see
 the grid but K local windows of it, each as its own sequence, so the mask is over the K x w window tokens, and a
 :class:`WindowedMask` carries it with the windows' grid indices (windows may overlap, so no (N,) mask can say which
-copy of a token is hidden). :func:`draw_masks` turns it into two batch entries, ``encoder`` (the mask over window
-tokens, still the same count per sample) and ``encoder_windows``; the backbone encodes the windows, and the method
+copy of a token is hidden). :func:`draw_masks` puts it into the sample's typed masks
+(:class:`~vmim.masking.masks.SampleMasks`) as ``encoder`` (the mask over window tokens, still the same count per
+sample) and ``windows``; the backbone encodes the windows, and the method
 gathers the targets at the window tokens, so heads, losses and token sets work unchanged.
 
 Registry: :data:`MASKINGS` maps a config ``kind`` to its function ``fn(grid, ratio, rng, **keys)``, where ``keys``
@@ -31,6 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..config.registry import LazyRegistry
+from .masks import SampleMasks
 
 Grid = tuple[int, int, int]
 MaskFn = Callable[[Grid, float, np.random.Generator], np.ndarray]
@@ -185,17 +187,10 @@ def window_count(grid: Grid, ratio: float, num_windows: int = 4, window_size: in
     return num_windows * num_masked((wt, min(window_size, grid[1]), min(window_size, grid[2])), ratio)
 
 
-def draw_masks(generators: dict[str, "MaskGenerator"], grid: Grid, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One sample's masks, drawn in order from its generator: ``name`` -> bool mask; a windowed mask adds
-    ``<name>_windows`` (its window indices: :class:`WindowedMask`)."""
-    masks = {}
-    for name, make in generators.items():
-        drawn = make(grid, rng)
-        if isinstance(drawn, WindowedMask):
-            masks[name], masks[f"{name}_windows"] = drawn.mask, drawn.windows
-        else:
-            masks[name] = drawn
-    return masks
+def draw_masks(generators: dict[str, "MaskGenerator"], grid: Grid, rng: np.random.Generator) -> SampleMasks:
+    """One sample's masks, drawn in order from its generator (role ``encoder`` / ``decoder`` -> generator), as numpy
+    arrays in a :class:`~vmim.masking.masks.SampleMasks` (a windowed encoder mask fills its ``windows``)."""
+    return SampleMasks.from_roles({role: make(grid, rng) for role, make in generators.items()})
 
 
 class MaskGenerator:

@@ -8,7 +8,7 @@ from typing import Any
 
 _EXPORTS = {
     "LOSSES": "losses", "build_loss": "losses", "MaskedModeling": "masked_modeling", "TOKEN_SETS": "token_sets",
-    "build_method": "build",
+    "build_method": "build", "Classification": "classification", "build_classification": "classification",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import Config, video_grid
+from ..masking.masks import Masks
 from ..models import EncoderOutput, InputNormalizer, build_head, create_backbone
 from ..models.flops import encoded_tokens, module_macs
 from ..targets import TARGETS, Target, build_target
@@ -37,13 +38,6 @@ from .losses import LossFn, build_loss, weighted_mean
 from .token_sets import TOKEN_SETS
 
 Batch = dict[str, Any]
-
-
-def _slots(masks: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """(B, L) grid index of each encoder token slot when the encoder ran over local windows (LoMaR), else None (the
-    slots are the grid)."""
-    windows = masks.get("encoder_windows")
-    return None if windows is None else windows.flatten(1)
 
 
 def _at_slots(values: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
@@ -172,8 +166,8 @@ class MaskedModeling(nn.Module):
 
     def predict(self, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """[0, 1] pixels and, per target, (query (B, N) bool, loss weight (B, M), prediction (B, M, D))."""
-        masks = batch["masks"]
-        pixels, encoded = self.encode(batch["clip"], masks["encoder"], masks.get("encoder_windows"))
+        masks: Masks = batch["masks"]
+        pixels, encoded = self.encode(batch["clip"], masks.encoder, masks.windows)
         out = {}
         for name, head in self.heads.items():
             query, weight = TOKEN_SETS[self.token_sets[name]](masks)
@@ -181,12 +175,12 @@ class MaskedModeling(nn.Module):
         return pixels, out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """batch {"clip": (B, C, T, H, W), "masks": {"encoder": (B, N) bool, ...}} -> {"loss", "loss/<name>"}, plus
+        """batch {"clip": (B, C, T, H, W), "masks": :class:`~vmim.masking.masks.Masks`} -> {"loss", "loss/<name>"}, plus
         ``perf/teacher_ms/<name>`` (a teacher target's forward time, not a loss) once one has finished."""
         pixels, predictions = self.predict(batch)
         losses: dict[str, torch.Tensor] = {}
         total = pixels.new_zeros(())
-        slots = _slots(batch["masks"])
+        slots = batch["masks"].slots
         for name, (query, weight, pred) in predictions.items():
             target = _at_slots(self.targets[name](pixels), slots)
             target = target[query].reshape(query.shape[0], -1, target.shape[-1])
@@ -233,10 +227,10 @@ class MaskedModeling(nn.Module):
         backbone on the encoder mask and every head on its token set's queries; frozen: the targets (an EMA encoder
         counted by the target that reads it). Only shapes and row-0 mask counts are read."""
         shape, masks = tuple(batch["clip"].shape), batch["masks"]
-        first = {k: v[:1] for k, v in masks.items()}  # every sample has the same counts
-        n_masked = int(first["encoder"].sum())
-        if "encoder_windows" in masks:  # LoMaR: K windows of w tokens, each its own sequence
-            windows = masks["encoder_windows"]
+        first = masks.head(1)  # every sample has the same counts
+        n_masked = int(first.encoder.sum())
+        if masks.windowed:  # LoMaR: K windows of w tokens, each its own sequence
+            windows = masks.windows
             k, w = windows.shape[1], math.prod(windows.shape[2:])
             n_in, trained = k * w, module_macs(self.backbone, shape, n_masked, windows=(k, w))
         else:
@@ -258,9 +252,9 @@ class MaskedModeling(nn.Module):
     def preview(self, batch: Batch, max_items: int = 8) -> torch.Tensor | None:
         """Image grid rows: input, masked input, reconstruction (first frame), from the first target that maps back
         to pixels; (3, rows*H, cols*W) in [0, 1], or None when no target does."""
-        batch = {"clip": batch["clip"][:max_items], "masks": {k: m[:max_items] for k, m in batch["masks"].items()}}
+        batch = {"clip": batch["clip"][:max_items], "masks": batch["masks"].head(max_items)}
         pixels, predictions = self.predict(batch)
-        grid, slots, encoder_mask = self.backbone.grid(pixels.shape), _slots(batch["masks"]), batch["masks"]["encoder"]
+        grid, slots, encoder_mask = self.backbone.grid(pixels.shape), batch["masks"].slots, batch["masks"].encoder
         if slots is None:
             keep, fill = ~encoder_mask, encoder_mask
         else:  # windows: visible = seen in some window; filled = predicted there and seen in none; the rest stays black

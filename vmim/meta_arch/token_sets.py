@@ -1,7 +1,8 @@
 """Token sets: which positions a target's head predicts, and which of them its loss counts.
 
-A token set maps the batch's masks (bool ``(B, N)``, True = masked) to ``(query, weight)``: ``query`` bool ``(B, N)``
-with the same count M per sample (what the head builds) and ``weight`` float ``(B, M)`` (1 where the loss counts).
+A token set maps the batch's :class:`~vmim.masking.masks.Masks` (bool ``(B, N)``, True = masked) to
+``(query, weight)``: ``query`` bool ``(B, N)`` with the same count M per sample (what the head builds) and
+``weight`` float ``(B, M)`` (1 where the loss counts).
 
 * ``masked``: the encoder-masked tokens (MAE, VideoMAE, MaskFeat).
 * ``visible``: the encoder's visible tokens (MR-MAE's feature mimicking on the encoder output).
@@ -17,8 +18,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..config.registry import LazyRegistry
-
-Masks = dict[str, torch.Tensor]
+from ..masking.masks import Masks
 
 
 def _ones(query: torch.Tensor) -> torch.Tensor:
@@ -27,21 +27,21 @@ def _ones(query: torch.Tensor) -> torch.Tensor:
 
 
 def masked(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-    query = masks["encoder"]
+    query = masks.encoder
     return query, _ones(query)
 
 
 def visible(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-    query = ~masks["encoder"]
+    query = ~masks.encoder
     return query, _ones(query)
 
 
 def decoder_kept(masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-    if "decoder" not in masks:
+    if masks.decoder is None:
         raise KeyError("token set decoder_kept needs a decoder mask in the batch (config decoder_masking)")
-    query = ~masks["decoder"]
+    query = ~masks.decoder
     b = query.shape[0]
-    return query, masks["encoder"][query].reshape(b, -1).float()
+    return query, masks.encoder[query].reshape(b, -1).float()
 
 
 TOKEN_SETS: Mapping[str, Callable[[Masks], tuple[torch.Tensor, torch.Tensor]]] = LazyRegistry("token_sets")

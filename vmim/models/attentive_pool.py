@@ -21,6 +21,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
+from .flops import linear_macs, mlp_macs
 from .layers import attention
 
 
@@ -38,6 +39,9 @@ class AttentivePool(nn.Module):
         num_queries: learned query tokens; their outputs are averaged.
         mlp_ratio: MLP hidden width over ``dim``.
     """
+
+    reads_prefix = False
+    """Attends over the grid tokens only (the reference pools patch tokens; a class token is not one of them)."""
 
     def __init__(self, dim: int, num_heads: int = 0, num_queries: int = 1, mlp_ratio: float = 4.0):
         super().__init__()
@@ -69,17 +73,28 @@ class AttentivePool(nn.Module):
         return x.reshape(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
     def _qkv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        query = self.query.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        b, query = tokens.shape[0], self.query.to(tokens.dtype)
+        q = self.q(query).expand(b, -1, -1)  # the queries are the same for every sample: projected once
         k, v = self.kv(self.norm_kv(tokens)).chunk(2, dim=-1)
-        return query, self._heads(self.q(query)), self._heads(k), self._heads(v)
+        return query.expand(b, -1, -1), self._heads(q), self._heads(k), self._heads(v)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, D)."""
+    def forward(self, tokens: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, D); ``prefix`` (the pooling call's common signature) is not read."""
         query, q, k, v = self._qkv(tokens)
         out = attention(q, k, v).transpose(1, 2).reshape(query.shape)
         x = query + self.proj(out)
         x = x + self.mlp(self.norm_mlp(x))
         return x.mean(dim=1)
+
+    def macs(self, batch: int, n_tokens: int) -> int:
+        """Multiply-adds of one forward over ``(batch, n_tokens, D)`` (:mod:`vmim.models.flops`): keys and values of
+        every token, the queries' projection (once: they are parameters), then per sample and query q @ k^T and
+        attn @ v, the output projection and the MLP."""
+        queries = batch * self.query.shape[1]
+        dim = self.q.in_features
+        return (linear_macs(self.kv, batch * n_tokens) + linear_macs(self.q, self.query.shape[1])
+                + 2 * queries * n_tokens * dim
+                + linear_macs(self.proj, queries) + mlp_macs(self.mlp, queries))
 
     @torch.no_grad()
     def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,8 @@ def module_macs(module: nn.Module, *args: Any, **kwargs: Any) -> int:
 
 def step_macs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[int, int]:
     """(trained, frozen) multiply-adds of one micro-batch's forward: the model's ``step_macs(batch)`` (``clip``
-    ``(B, C, T, H, W)``, ``masks`` of bool ``(B, N)`` for pretraining); only shapes and row-0 mask counts are read.
+    ``(B, C, T, H, W)``, ``masks`` a :class:`~vmim.masking.masks.Masks` for pretraining); only shapes and row-0
+    mask counts are read.
 
     Raises:
         NoCount: the model declares none.

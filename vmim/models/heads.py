@@ -21,13 +21,8 @@ from ..config.registry import LazyRegistry
 from .base import EncoderOutput
 from .flops import block_macs, linear_macs
 from .layers import Block, init_weights
+from .layouts import DecoderInPlace, DecoderKept
 from .pos_embed import FIXED_TABLES
-
-
-def _gather(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rows of an (N, D) table at the True entries of bool (B, N) positions -> (B, M, D)."""
-    b, n = positions.shape
-    return table.expand(b, n, table.shape[-1])[positions].reshape(b, -1, table.shape[-1])
 
 
 class DecoderHead(nn.Module):
@@ -45,12 +40,16 @@ class DecoderHead(nn.Module):
     FastMIM, MaskFeat, MViT): nothing is appended and the head has no mask token of its own (a parameter without
     gradient would stop DDP); the blocks run over the N encoder tokens and the head reads the query positions
     (FastMIM's one-block decoder).
+
+    The two regimes are the decoder-side token layouts of :mod:`vmim.models.layouts`: :class:`DecoderKept` and
+    :class:`DecoderInPlace` (a plain attribute, ``layout``: no parameters, no state-dict keys).
     """
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 4, dim: int = 384, heads: int = 6,
                  mlp_ratio: float = 4.0, pos_embed: str = "sincos_3d", dense: bool = False):
         super().__init__()
         self.dim, self.dense = dim, dense
+        self.layout = DecoderInPlace() if dense else DecoderKept()
         self.pos_table = FIXED_TABLES[pos_embed if pos_embed in FIXED_TABLES else "sincos_3d"]
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = None if dense else nn.Parameter(torch.zeros(1, 1, dim))  # dense: the encoder's serves
@@ -69,26 +68,24 @@ class DecoderHead(nn.Module):
         x = self.embed(encoded.tokens)
         pos = self.pos_table(encoded.grid, self.dim, x.device).to(x.dtype)
         if self.dense:  # a windowed encoder's tokens (LoMaR) take the positions of the grid cells they stand for
-            return self._decode_in_place(x, pos if encoded.index is None else pos[encoded.index], query)
-        x = x + (pos if encoded.present is None else _gather(pos, encoded.present))
-        queries = self.mask_token.to(x.dtype) + _gather(pos, query)
-        m = queries.shape[1]
-        x = torch.cat([x, queries], dim=1)
+            return self._decode_in_place(x, pos, encoded.index, query)
+        x, m = self.layout.assemble(x, pos, encoded.present, query, self.mask_token)
         for block in self.blocks[:-1]:
             x = block(x)
         if len(self.blocks):  # the last block computes only the query rows: no loss reads the others
             x = self.blocks[-1](x, queries=m)
         return self.head(self.norm(x[:, -m:]))
 
-    def _decode_in_place(self, x: torch.Tensor, pos: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """A dense encoder's (B, N, dim) embedded tokens and their (N, dim) or (B, N, dim) positions: the blocks over
-        them, the head at the query."""
+    def _decode_in_place(self, x: torch.Tensor, pos: torch.Tensor, index: torch.Tensor | None, query: torch.Tensor
+                         ) -> torch.Tensor:
+        """A dense encoder's (B, N, dim) embedded tokens, the (N, dim) position table and the windows' ``index`` (or
+        None): the blocks over them, the head at the query."""
         if x.shape[1] != query.shape[1]:
             raise ValueError(f"a dense decoder needs a token at every position: got {x.shape[1]} of {query.shape[1]}")
-        x = x + pos
+        x = self.layout.assemble(x, pos, index)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x[query].reshape(x.shape[0], -1, self.dim)))
+        return self.head(self.norm(self.layout.read(x, query)))
 
     def macs(self, batch: int, n_in: int, n_query: int) -> int:
         """Multiply-adds of one forward (:mod:`vmim.models.flops`): the embedding of the ``n_in`` encoder tokens, the

@@ -255,8 +255,9 @@ define_family("backbones", "backbone", kind_field="backbone", default_kind="vit_
 define_family("heads", "head", default_kind="decoder")
 
 for _name in VIT_SIZES:
-    register("backbones", _name, ViTConfig, f"vmim.models.vit:{_name}")
+    register("backbones", _name, ViTConfig, f"vmim.models.vit:{_name}", init="vmim.models.vit_init:load_vit_init")
 for _name in MVIT_SIZES:
-    register("backbones", _name, MViTConfig, f"vmim.models.mvit:{_name}")
+    register("backbones", _name, MViTConfig, f"vmim.models.mvit:{_name}",
+             init="vmim.models.mvit_init:load_mvit_init")
 register("heads", "decoder", DecoderHeadConfig, "vmim.models.heads:_decoder")
 register("heads", "linear", LinearHeadConfig, "vmim.models.heads:_linear")

@@ -12,6 +12,12 @@ pretraining, ``rel_pos.table``) or one ``per_block`` (fine-tuning, ``blocks.<i>.
 ``pos_embed: none``. The visible-only encoder gathers each sample's rows and columns of present tokens from the grid
 bias, so both encoder modes take it.
 
+Token layouts (:mod:`vmim.models.layouts`): the ViT is patch embedding + blocks + norm over a layout, picked from
+``dense`` and ``mask_in`` (and per call, whether ``windows`` are given): the layout says which tubelets are embedded,
+how masked ones are filled in, their positions, the relative position bias among them, and how the blocks' sequences
+map back to the grid. The layouts hold no parameters: ``mask_token`` and the tables stay this module's, so the
+state-dict keys are those of checkpoints written before layouts existed.
+
 Local windows (LoMaR): given ``windows`` (B, K, wt, wh, ww) grid indices (:func:`vmim.masking.window_mask`) and a
 mask over those K x w window tokens, the dense encoder embeds only the window tokens and runs each window as its own
 sequence, B x K sequences of w tokens (plus the class token, if any), with the relative position bias of the window
@@ -23,8 +29,8 @@ same tables: offsets beyond a window's were never trained there and start at the
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
-
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +39,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import EncoderOutput
-from .flops import block_macs, conv_macs, encoded_tokens
+from .flops import block_macs, conv_macs
 from .grid import token_grid
 from .layers import Block, init_weights
+from .layouts import Laid, TokenLayout, mask_ins, select_layout
 from .pos_embed import PositionEmbedding
-from .rel_pos import RelativePositionBias, gather_present, pad_prefix
+from .rel_pos import RelativePositionBias
 from .schemas import VIT_SIZES, ViTSize  # noqa: F401  (ViTSize: re-exported)
 
 REL_POS_BIASES = ("none", "shared", "per_block")
@@ -110,8 +117,8 @@ class VisionTransformer(nn.Module):
                  cls_token: bool = False, global_pool: str = "avg", fc_norm: bool = False, rel_pos_bias: str = "none",
                  layer_scale: float = 0.0, mask_in: str = "tokens"):
         super().__init__()
-        if mask_in not in ("tokens", "pixels"):
-            raise ValueError(f"mask_in must be tokens or pixels; got {mask_in!r}")
+        if mask_in not in mask_ins():
+            raise ValueError(f"mask_in must be {' or '.join(mask_ins())}; got {mask_in!r}")
         if global_pool not in ("avg", "token") or (global_pool == "token" and not cls_token):
             raise ValueError(f"global_pool must be avg, or token with cls_token=True; got {global_pool!r}")
         if rel_pos_bias not in REL_POS_BIASES:
@@ -124,8 +131,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, embed_dim)
         self.pos_embed = PositionEmbedding(pos_embed, embed_dim, video_grid)
         self.mask_in = mask_in
-        token_shape = (1, 1, embed_dim) if mask_in == "tokens" else (1, in_chans, 1, 1, 1)
-        self.mask_token = nn.Parameter(torch.zeros(token_shape)) if dense else None
+        self.layout: TokenLayout = select_layout(dense, mask_in)  # a plain object: no parameters, no state
+        token_shape = self.layout.mask_token_shape(embed_dim, in_chans)
+        self.mask_token = nn.Parameter(torch.zeros(token_shape)) if token_shape is not None else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear ramp, no tensor (meta-safe)
         block_grid = video_grid if rel_pos_bias == "per_block" else None
@@ -174,42 +182,21 @@ class VisionTransformer(nn.Module):
         return {"stem": r"^patch_embed|^pos_embed|^mask_token|^cls_token",
                 "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,)), (r"^rel_pos", (99999,))]}
 
+    def layout_for(self, windowed: bool) -> TokenLayout:
+        """This backbone's layout, or the local-window one for a batch with windows (ValueError if it cannot run
+        them)."""
+        return select_layout(self.dense, self.mask_in, True) if windowed else self.layout
+
+    def lay_out(self, x: torch.Tensor, mask: torch.Tensor | None, windows: torch.Tensor | None = None) -> Laid:
+        """Patch + position embedding of the tokens this call's layout keeps, as sequences without the class token."""
+        return self.layout_for(windows is not None).embed(self, x, mask, windows)
+
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None, windows: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch + position embedding; visible-only: the visible tokens; the class token first, if any. Returns (tokens
         (B, prefix + N_present, D), present or None); with ``windows``, (B*K, prefix + w, D) and None."""
-        grid = self.grid(x.shape)
-        if windows is not None:
-            return self._embed_windows(x, mask, windows, grid), None
-        present = None if mask is None or self.dense else ~mask
-        if self.dense and mask is not None and self.mask_in == "pixels":
-            x = torch.where(self._pixel_mask(mask, x.shape, grid), self.mask_token.to(x.dtype), x)
-        tokens = self.patch_embed(x, present)  # visible-only: only the visible tubelets are embedded
-        if self.dense and mask is not None and self.mask_in == "tokens":
-            tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        if self.pos_embed.kind != "none":
-            pos = self.pos_embed(grid, x.device).to(tokens.dtype)
-            if present is not None:
-                b, n = present.shape
-                pos = pos.expand(b, n, pos.shape[-1])[present].reshape(b, -1, pos.shape[-1])
-            tokens = tokens + pos
-        return self._with_prefix(tokens), present
-
-    def _embed_windows(self, x: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor, grid: tuple[int, int, int]
-                       ) -> torch.Tensor:
-        """(B, C, T, H, W), mask (B, K*w) over the window tokens and windows (B, K, wt, wh, ww) grid indices -> one
-        sequence per window, (B*K, prefix + w, D): the window tokens' tubelets embedded, masked ones replaced by the
-        mask token, positions (if any) from the grid's table."""
-        if not self.dense or self.mask_in != "tokens":
-            raise ValueError("local windows (LoMaR) need a dense encoder with its mask token on tokens "
-                             "(model.dense=true, model.mask_in=tokens)")
-        b, k = windows.shape[:2]
-        index = windows.flatten(1)  # (B, K*w), window-major
-        tokens = self.patch_embed(x, index)
-        tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        if self.pos_embed.kind != "none":
-            tokens = tokens + self.pos_embed(grid, x.device).to(tokens.dtype).reshape(-1, self.embed_dim)[index]
-        return self._with_prefix(tokens.reshape(b * k, -1, self.embed_dim))
+        laid = self.lay_out(x, mask, windows)
+        return self._with_prefix(laid.tokens), laid.present
 
     def _with_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
         """(S, L, D) sequences -> (S, prefix + L, D): the class token first, if any."""
@@ -217,31 +204,14 @@ class VisionTransformer(nn.Module):
             return tokens
         return torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
-    @staticmethod
-    def _unwindow(tokens: torch.Tensor, windows: torch.Tensor | None) -> torch.Tensor:
-        """Per-window (B*K, w, D) -> (B, K*w, D), window-major; without windows ``tokens`` unchanged."""
-        return tokens if windows is None else tokens.reshape(windows.shape[0], -1, tokens.shape[-1])
-
-    def _pixel_mask(self, mask: torch.Tensor, shape: torch.Size, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(B, N) token mask -> (B, 1, T, H, W) over the pixels of the masked tubelets (an image's one frame stands
-        for its whole tubelet)."""
-        t, p, _ = self.patch_size
-        m = mask.view(mask.shape[0], 1, *grid)
-        return m.repeat_interleave(min(t, shape[2]), 2).repeat_interleave(p, 3).repeat_interleave(p, 4)
-
-    def _fit_bias(self, bias: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
-        """A grid bias (h, N, N) -> the logits of the tokens the blocks see: present tokens only, (B, h, M, M), when
-        visible-only; zero rows and columns for the class token."""
-        if present is not None:
-            bias = gather_present(bias, present)
-        return pad_prefix(bias, self.num_prefix_tokens)
-
-    def _biases(self, grid: tuple[int, int, int], present: torch.Tensor | None) -> Iterator[torch.Tensor | None]:
-        """Each block's additive attention logits in block order (None without a relative position bias): a shared
-        table is mapped once, per-block tables one at a time (a clip's 12 (h, N, N) biases at once would be GBs)."""
-        shared = None if self.rel_pos is None else self._fit_bias(self.rel_pos(grid), present)
+    def _biases(self, laid: Laid) -> Iterator[torch.Tensor | None]:
+        """Each block's additive attention logits in block order (None without a relative position bias), among the
+        tokens the layout keeps: a shared table is mapped once, per-block tables one at a time (a clip's 12 (h, N, N)
+        biases at once would be GBs)."""
+        prefix = self.num_prefix_tokens
+        shared = None if self.rel_pos is None else laid.fit_bias(self.rel_pos(laid.grid), prefix)
         for block in self.blocks:
-            yield (self._fit_bias(block.rel_pos(grid), present) if self.rel_pos_bias == "per_block" else shared)
+            yield (laid.fit_bias(block.rel_pos(laid.grid), prefix) if self.rel_pos_bias == "per_block" else shared)
 
     def _run_block(self, index: int, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         block = self.blocks[index]
@@ -264,16 +234,14 @@ class VisionTransformer(nn.Module):
             ``index``), and ``blocks``.
         """
         wanted = {b % self.depth: b for b in blocks}
-        tokens, present = self.embed(x, mask, windows)
-        biases = self._biases(self.grid(x.shape) if windows is None else tuple(windows.shape[2:]), present)
-        kept = {}
-        for i, bias in enumerate(biases):
+        laid = self.lay_out(x, mask, windows)
+        tokens, kept = self._with_prefix(laid.tokens), {}
+        for i, bias in enumerate(self._biases(laid)):
             tokens = self._run_block(i, tokens, bias)
             if i in wanted:
-                kept[wanted[i]] = self._unwindow(tokens[:, self.num_prefix_tokens:], windows)
-        out = self.norm(self._unwindow(tokens[:, self.num_prefix_tokens:], windows))
-        index = None if windows is None else windows.flatten(1)
-        return EncoderOutput(out, present, self.grid(x.shape), kept, index)
+                kept[wanted[i]] = laid.merge(tokens[:, self.num_prefix_tokens:])
+        out = self.norm(laid.merge(tokens[:, self.num_prefix_tokens:]))
+        return EncoderOutput(out, laid.present, self.grid(x.shape), kept, laid.index)
 
     def forward_intermediates(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                               indices: int | list[int] | None = None, norm: bool = False
@@ -292,22 +260,21 @@ class VisionTransformer(nn.Module):
             wanted = set(range(self.depth - indices, self.depth))
         else:
             wanted = {i % self.depth for i in indices}
-        tokens, present = self.embed(x, mask)
-        biases = self._biases(self.grid(x.shape), present)
-        outputs = []
-        for i, bias in enumerate(biases):
+        laid = self.lay_out(x, mask)
+        tokens, outputs = self._with_prefix(laid.tokens), []
+        for i, bias in enumerate(self._biases(laid)):
             tokens = self._run_block(i, tokens, bias)
             if i in wanted:
                 out = tokens[:, self.num_prefix_tokens:]
                 outputs.append(self.norm(out) if norm else out)
-        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), present, self.grid(x.shape)), outputs
+        return EncoderOutput(self.norm(tokens[:, self.num_prefix_tokens:]), laid.present, self.grid(x.shape)), outputs
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, D) pooled features, as timm's ViT: the final norm on every token (unless fc_norm),
         then the class token or the mean of the grid tokens, then fc_norm (if on)."""
-        tokens, present = self.embed(x, mask)
-        biases = self._biases(self.grid(x.shape), present)
-        for i, bias in enumerate(biases):
+        laid = self.lay_out(x, mask)
+        tokens = self._with_prefix(laid.tokens)
+        for i, bias in enumerate(self._biases(laid)):
             tokens = self._run_block(i, tokens, bias)
         tokens = self.norm(tokens)
         pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens:].mean(dim=1)
@@ -318,14 +285,10 @@ class VisionTransformer(nn.Module):
         sample (:mod:`vmim.models.flops`): the patch embedding of the encoded tokens (visible-only: the visible ones;
         an image is repeated to the tubelet), then the blocks over the class token and the encoded tokens; with
         ``windows`` (K, w) (LoMaR), the blocks over B x K sequences of the class token and w window tokens."""
-        b = shape[0]
-        if windows is not None:
-            k, w = windows
-            return conv_macs(self.patch_embed.proj, b * k * w) + sum(
-                block_macs(blk, b * k, self.num_prefix_tokens + w) for blk in self.blocks)
-        encoded = encoded_tokens(self, shape, n_masked)
-        length = self.num_prefix_tokens + encoded
-        return conv_macs(self.patch_embed.proj, b * encoded) + sum(block_macs(blk, b, length) for blk in self.blocks)
+        n = math.prod(self.grid(tuple(shape)))
+        embedded, sequences, length = self.layout_for(windows is not None).counts(shape[0], n, n_masked, windows)
+        return conv_macs(self.patch_embed.proj, embedded) + sum(
+            block_macs(blk, sequences, self.num_prefix_tokens + length) for blk in self.blocks)
 
 
 def _vit(size: str, **kwargs) -> VisionTransformer:

@@ -1,5 +1,9 @@
 """Batch augmentations of fine-tuning that run on the device: random erasing, Mixup / CutMix, the soft-target loss.
 
+They belong to the classification method (:mod:`vmim.meta_arch.classification`), which applies them in its training
+forward, as the masked-modeling method draws its own targets: the trainer and the fine-tuning task see neither.
+(Moved here from ``vmim.engine.batch_augment``; the behaviour and the random draws are unchanged.)
+
 Both work on a batch of float pixels in [0, 1], shape ``(B, C, T, H, W)``, *before* the model's per-channel
 normalization ``(x - mean) / std``. That is equivalent to the references, which erase and mix normalized tensors:
 

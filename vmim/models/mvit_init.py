@@ -1,5 +1,6 @@
-"""MViT weights across q-pooling layouts: :func:`mvit_init_state`, the MViT half of
-:func:`vmim.models.loading.load_init`.
+"""Fine-tuning starts for an MViT: :func:`load_mvit_init` (registered as each MViT size's ``init``, which
+:func:`vmim.models.loading.load_init` calls) and :func:`mvit_init_state`, which fits weights across q-pooling
+layouts.
 
 Decisions, and why:
 
@@ -9,10 +10,8 @@ Decisions, and why:
   changes only the lengths of some ``attn.rel_pos_{h,w,t}`` tables; they are linearly interpolated along their
   length (``align_corners=False``), as SlowFast's ``load_checkpoint`` does and as the model itself does at run time
   for other input sizes, and each one is reported.
-* **Imports of vmim.models inside the functions.** :mod:`vmim.models.loading` imports this module while
-  ``vmim.models`` is being initialised; importing ``vmim.models.mvit`` here at module level would, when this module
-  is imported first, re-enter ``vmim.models``' ``__init__`` and find this module half-made (see
-  :mod:`vmim.convert`).
+* **Left fresh, reported**: a ``mask_token`` the weights lack; anything else missing, unexpected or mis-shaped: one
+  ``ValueError`` listing every key.
 """
 
 from __future__ import annotations
@@ -23,8 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models.schemas import MViTConfig
-from .common import block_order
+from torch import nn
+
+from ..convert.common import block_order, check_and_load
+from .registry import create_backbone
+from .schemas import MVIT_SIZES, MViTConfig
 
 MVIT_ARCH_KEYS = ("backbone", "in_chans", "cls_token", "dim_mul_in_att")
 """MViT config keys whose difference changes what the weights mean (resolved: None = the size's own)."""
@@ -43,7 +45,6 @@ def resample_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
 
 def resolved_arch(cfg: MViTConfig) -> dict[str, Any]:
     """The values of :data:`MVIT_ARCH_KEYS` with None replaced by the registered size's own."""
-    from ..models.schemas import MVIT_SIZES  # module docstring: not at import time
 
     size = MVIT_SIZES[cfg.backbone]
     return {"backbone": cfg.backbone, "in_chans": cfg.in_chans,
@@ -66,7 +67,6 @@ def mvit_init_state(sd: dict[str, torch.Tensor], src_cfg: Any, model_cfg: MViTCo
     Raises:
         ValueError: an architecture mismatch, naming ``model.<key>``.
     """
-    from ..models.registry import create_backbone  # module docstring: not at import time
 
     def refuse(key: str, ours: Any, theirs: Any) -> None:
         raise ValueError(f"model.{key}: the model has {ours!r}, the init weights ({origin}) have {theirs!r}")
@@ -97,4 +97,19 @@ def mvit_init_state(sd: dict[str, torch.Tensor], src_cfg: Any, model_cfg: MViTCo
     return sd, report
 
 
-__all__ = ["MVIT_ARCH_KEYS", "mvit_init_state", "resample_rel_pos", "resolved_arch"]
+def load_mvit_init(backbone: nn.Module, weights: Any, model_cfg: MViTConfig) -> list[str]:
+    """:func:`vmim.models.loading.load_init` for an MViT (rules in the module docstring)."""
+    sd, lines = mvit_init_state(weights.state_dict, weights.config, model_cfg, backbone.state_dict(),
+                                weights.origin)
+    check_and_load(backbone, sd, f"the init weights ({weights.origin})")
+    report = [f"init: {len(weights.state_dict)} backbone tensors from {weights.origin}", *lines]
+    theirs = weights.config.global_pool
+    if theirs is None:  # the size's own
+        with torch.device("meta"):
+            theirs = create_backbone(weights.config).global_pool
+    if theirs != backbone.global_pool:
+        report.append(f"init: pooling {backbone.global_pool} (the weights' own: {theirs})")
+    return report
+
+
+__all__ = ["MVIT_ARCH_KEYS", "load_mvit_init", "mvit_init_state", "resample_rel_pos", "resolved_arch"]
