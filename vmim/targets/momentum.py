@@ -78,6 +78,7 @@ class MomentumTarget(Target):
         self.norm = bool(norm)
         self.normalizer = None if normalizer is None else copy.deepcopy(normalizer)
         self._encoder: tuple[nn.Module, ...] = ()  # read, not registered: its weights are the method's
+        self._spread: Tensor | None = None  # of the latest targets: extra_metrics
         if encoder is not None:
             self._check(encoder, key)
             self._encoder = (encoder,)
@@ -137,7 +138,17 @@ class MomentumTarget(Target):
                     raise ValueError(f"block {b} has {f.shape[1]} tokens, the student's grid {tuple(grid)} has {n}: "
                                      "a momentum target reads only blocks on the output grid")
                 feats.append(F.layer_norm(f, f.shape[-1:], eps=NORM_EPS) if self.norm else f)
-            return feats[0] if len(feats) == 1 else torch.stack(feats).mean(dim=0)
+            target = feats[0] if len(feats) == 1 else torch.stack(feats).mean(dim=0)
+            self._spread = target.reshape(-1, target.shape[-1]).std(dim=0).mean()
+            return target
+
+    def extra_metrics(self) -> dict[str, float]:
+        """``{"target_spread": s}`` once a forward has run (logged ``perf/target_spread/<name>``), then consumed: the
+        per-channel std of the latest targets over every sample and token, averaged over channels. It falls towards
+        0 when the EMA encoder collapses towards one output for every token (with ``norm`` 1 is the most a channel
+        can spread; a random-init ViT-Tiny's last block gives about 0.43 on the motion clips)."""
+        spread, self._spread = self._spread, None
+        return {} if spread is None else {"target_spread": float(spread)}
 
     def macs(self, shape: Sequence[int]) -> int:
         """The EMA encoder on every token of a clip of ``shape`` (the norm and the average are not counted)."""
