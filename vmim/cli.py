@@ -136,14 +136,6 @@ def _convert(args: argparse.Namespace) -> int:
     return convert_command(args)
 
 
-def _int_list(text: str) -> list[int]:
-    """'1,3' -> [1, 3]; '' -> []."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not comma-separated block indices (e.g. 1,3)") from None
-
-
 def _list(args: argparse.Namespace) -> int:
     """Every registry: the names a config may use."""
     from .registries import describe_registries

@@ -7,8 +7,7 @@ first use, so the torch-free schema module can be imported (config validation) w
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DATASET_KINDS": "build", "build_source": "build", "build_sources": "build", "build_train_data": "build",
@@ -19,9 +18,4 @@ _EXPORTS = {
     "stage_size": "sampler",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vmim.data' has no attribute '{name}'")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

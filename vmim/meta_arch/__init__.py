@@ -3,17 +3,11 @@ schema module imports without torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "LOSSES": "losses", "build_loss": "losses", "MaskedModeling": "masked_modeling", "TOKEN_SETS": "token_sets",
     "build_method": "build", "Classification": "classification", "build_classification": "classification",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ The package face is lazy (PEP 562): a name is imported from its module on first 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "BACKBONES": "registry", "create_backbone": "registry", "EncoderOutput": "base", "token_grid": "grid",
@@ -16,9 +15,4 @@ _EXPORTS = {
     "MViT": "mvit", "InputNormalizer": "normalize", "VisionTransformer": "vit", "image_to_clip": "vit",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

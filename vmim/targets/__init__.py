@@ -6,17 +6,11 @@ torch-free schema module imports without torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "TARGETS": "build", "build_target": "build", "Target": "base", "HOGTarget": "hog", "hog_histograms": "hog",
     "MomentumTarget": "momentum", "PixelTarget": "pixel", "TeacherTarget": "teacher",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
