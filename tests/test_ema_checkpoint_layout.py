@@ -74,3 +74,28 @@ def test_a_run_checkpointed_in_the_previous_layout_resumes_with_its_ema(tmp_path
     assert "resumed at step 2" in (tmp_path / "log.txt").read_text()
     for key, value in start.ema.items():
         torch.testing.assert_close(value, state["model"][f"targets.momentum.ema.{key}"], rtol=0, atol=0, msg=key)
+
+
+def test_a_sharded_folder_of_the_previous_layout_loads_its_ema(tmp_path):
+    """A DCP folder (``train.parallel: fsdp``) written before the move stores the EMA under the old names:
+    :func:`vmim.engine.fsdp.load_sharded` reads those into the method's ``ema.<name>`` tensors (one process, DCP
+    without a process group), and the same folder with the new names loads as before."""
+    import torch.distributed.checkpoint as dcp
+
+    from vmim.engine.fsdp import load_sharded, sharded_state
+
+    cfg = load_config(None, [*TINY_OVERRIDES, *MOMENTUM])
+    torch.manual_seed(0)
+    saved = build_method(cfg)
+    with torch.no_grad():
+        for p in saved.ema["momentum"].parameters():
+            p.mul_(-0.5).add_(0.25)
+    state = sharded_state(saved, torch.optim.AdamW(saved.parameters()))
+    expected = {k: v.clone() for k, v in saved.ema["momentum"].state_dict().items()}
+    for layout, folder in ((old_layout, tmp_path / "old"), (lambda sd: sd, tmp_path / "new")):
+        dcp.save({"model": layout(dict(state["model"])), "optimizer": state["optimizer"]}, checkpoint_id=str(folder))
+        torch.manual_seed(1)
+        method = build_method(cfg)
+        load_sharded(method, torch.optim.AdamW(method.parameters()), str(folder), method.legacy_state_names())
+        for key, value in method.ema["momentum"].state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=f"{folder.name}: {key}")

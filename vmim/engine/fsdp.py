@@ -83,16 +83,29 @@ def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[st
     return {"model": model_sd, "optimizer": optim_sd}
 
 
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: str,
+                 legacy_names: dict[str, str] | None = None) -> None:
     """Read a DCP checkpoint folder's ``model`` and ``optimizer`` into the sharded model and optimizer (collective).
 
     The template from :func:`sharded_state` tells DCP which shard each rank reads; building it fills a fresh
     optimizer's state first (torch steps it once with zero gradients), which the read then overwrites.
+    ``legacy_names`` (the model's ``legacy_state_names()``: key -> its name in an earlier layout): a model key the
+    folder lacks is read from its earlier name when the folder has that one (a checkpoint written before the key
+    moved).
     """
     import torch.distributed.checkpoint as dcp
 
     state = sharded_state(model, optimizer)
+    renamed = {}
+    if legacy_names:
+        stored = set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+        for key, old in legacy_names.items():
+            if f"model.{key}" not in stored and f"model.{old}" in stored and key in state["model"]:
+                state["model"][old] = state["model"].pop(key)
+                renamed[old] = key
     dcp.load(state, checkpoint_id=path)
+    for old, key in renamed.items():
+        state["model"][key] = state["model"].pop(old)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

@@ -217,10 +217,13 @@ class Trainer:
         state = self.checkpoints.load_latest(self.sharded) if resume == "auto" else load(resume, self.sharded)
         if state is None:
             return
+        legacy = getattr(self.raw_model, "legacy_state_names", None)  # keys a method moved since (its EMA copies)
+        upgrade = getattr(self.raw_model, "upgrade_state_dict", None)
         if "sharded" in state:  # a DCP folder, read in place: every rank its own shards
-            load_sharded(self.raw_model, self.optimizer, state["sharded"])
+            load_sharded(self.raw_model, self.optimizer, state["sharded"], legacy() if legacy else None)
         elif self.sharded:  # a whole checkpoint (a ddp run's last.pt) into the sharded model
-            load_full(self.raw_model, self.optimizer, state["model"], state["optimizer"])
+            model_sd = upgrade(state["model"]) if upgrade else state["model"]
+            load_full(self.raw_model, self.optimizer, model_sd, state["optimizer"])
         else:  # a file, or a sharded folder read whole (its optimizer keyed by parameter name)
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(native_optimizer_state(state["optimizer"], self.raw_model, self.optimizer))

@@ -112,6 +112,15 @@ class MaskedModeling(nn.Module):
         upgrade_ema_keys(state_dict, "", list(self.ema))
         return state_dict
 
+    def legacy_state_names(self) -> dict[str, str]:
+        """Key -> its name in the previous layout, for the keys that moved (the EMA copies): what a sharded (DCP)
+        checkpoint of that layout stores them under; loaders read those names into these tensors."""
+        names = {}
+        for name in self.ema:
+            new = f"ema.{name}."
+            names.update({k: f"targets.{name}.ema.{k[len(new):]}" for k in self.state_dict() if k.startswith(new)})
+        return names
+
     @classmethod
     def from_config(cls, cfg: Config) -> "MaskedModeling":
         backbone = create_backbone(cfg.model, video_grid(cfg))
