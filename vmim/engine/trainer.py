@@ -321,8 +321,8 @@ class Trainer:
             NonFiniteLossError: ``train.nan_patience`` non-finite steps in a row.
         """
         cfg = self.cfg
-        try:
-            with StopSignals() as self.stop:  # SIGTERM / SIGUSR2: checkpoint at the next step, then stop
+        with StopSignals() as self.stop:  # SIGTERM / SIGUSR2: checkpoint at the next step, then stop
+            try:
                 self.restore()
                 self.metrics.resume_at(self.state.step)  # logs read as one run: drop what was logged past it
                 self.metrics.text("config", self.state.step, "```\n" + config_to_yaml(cfg) + "\n```")
@@ -360,8 +360,8 @@ class Trainer:
                 if self.dist.world_size > 1:  # leave together: a rank tearing down its process group while another
                     dist.barrier()  # still writes the gathered last.pt aborted once ("terminate called ...", CI)
                 return self.state
-        finally:
-            self.close()
+            finally:  # inside: a late signal (Slurm repeats its time-limit warning) while the workers shut down
+                self.close()  # is recorded and dropped, never handed to the launcher's requeue handler
 
     def close(self) -> None:
         """Flush logs, end the data side's workers and decode children, leave the process group."""
