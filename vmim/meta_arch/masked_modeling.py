@@ -197,8 +197,8 @@ class MaskedModeling(nn.Module):
             losses[f"loss/{name}"] = loss
             total = total + self.weights[name] * loss
         losses["loss"] = total
-        for key, value in self.extra_metrics().items():  # logged with the losses, not part of any
-            losses[key] = total.new_tensor(value).detach()
+        for key, value in self._extra_values().items():  # logged with the losses, not part of any; a tensor stays
+            losses[key] = value.detach() if torch.is_tensor(value) else total.new_tensor(value)  # one: no host sync
         return losses
 
     # ------------------------------------------------------------------------------------------------
@@ -208,7 +208,12 @@ class MaskedModeling(nn.Module):
     def extra_metrics(self) -> dict[str, float]:
         """The targets' per-step scalars, ``perf/<key>/<name>`` (a teacher's ``perf/teacher_ms/<name>`` once one of
         its forwards has finished); :meth:`forward` adds them to its output. Reading them consumes them."""
-        return {f"perf/{key}/{name}": float(value) for name, extra in self._asking("extra_metrics")
+        return {key: float(value) for key, value in self._extra_values().items()}
+
+    def _extra_values(self) -> dict[str, Any]:
+        """:meth:`extra_metrics` as the targets give them (a device tensor stays one: :meth:`forward` logs it beside
+        the losses without a host sync per micro-batch)."""
+        return {f"perf/{key}/{name}": value for name, extra in self._asking("extra_metrics")
                 for key, value in extra().items()}
 
     def records(self) -> dict[str, dict]:

@@ -148,7 +148,7 @@ class MomentumTarget(Target):
         0 when the EMA encoder collapses towards one output for every token (with ``norm`` 1 is the most a channel
         can spread; a random-init ViT-Tiny's last block gives about 0.43 on the motion clips)."""
         spread, self._spread = self._spread, None
-        return {} if spread is None else {"target_spread": float(spread)}
+        return {} if spread is None else {"target_spread": spread.detach()}
 
     def macs(self, shape: Sequence[int]) -> int:
         """The EMA encoder on every token of a clip of ``shape`` (the norm and the average are not counted)."""
