@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from pathlib import Path
 
+from .commands import eval as eval_command
+from .commands import probe as probe_command
 from .config import TASKS, config_to_yaml, load_config
 from .errors import VmimError
 from .preflight import check_data_paths, check_output_dir
@@ -35,15 +36,6 @@ def _train(args: argparse.Namespace, task: str) -> int:
     except StopRequested as stop:
         print(f"vmim: {stop}", file=sys.stderr)
         return 128 + signal.Signals[stop.signal_name].value if stop.signal_name in signal.Signals.__members__ else 1
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    """``vmim eval``: refusals (exit 2), too many bad files (1) and a stop signal (128 + signal: Interrupted) are
-    one-line :class:`~vmim.errors.VmimError` s, printed by :func:`main`."""
-    from .engine.eval_run import run_eval
-
-    run_eval(args.target, args.checkpoint, args.overrides, args.output)
     return 0
 
 
@@ -85,42 +77,6 @@ def _submit(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _probe(args: argparse.Namespace) -> int:
-    """``vmim probe --config FILE`` (a fine-tuning config) or ``vmim probe RUN_DIR`` (a pretraining run, on digits).
-    Bad files and stop signals as ``vmim eval`` (:mod:`vmim.engine.probe`)."""
-    if args.config:  # argparse hands the first override to the optional RUN_DIR
-        overrides = ([args.run_dir] if args.run_dir else []) + list(args.overrides)
-        cfg = load_config(args.config, overrides, task="finetune")
-        check_data_paths(cfg)
-        what = f"init {cfg.init or '(random)'}"
-    else:
-        if not args.run_dir:
-            print("vmim probe: give a pretraining RUN_DIR or --config FILE", file=sys.stderr)
-            return 2
-        run_dir = Path(args.run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            print(f"vmim probe: {run_dir} is not a run directory (no config.yaml); give a pretraining run's folder "
-                  "or --config FILE", file=sys.stderr)
-            return 2
-        run_cfg = load_config(run_dir / "config.yaml", task="pretrain")
-        from .engine.checkpoint import CheckpointManager
-        from .engine.probe import probe_config_for_pretraining_run
-
-        init = args.checkpoint or str(CheckpointManager(run_dir).last)
-        if not Path(init).exists():
-            print(f"vmim probe: no checkpoint in {run_dir / 'checkpoints'}", file=sys.stderr)
-            return 2
-        cfg = probe_config_for_pretraining_run(run_cfg, init, args.overrides)
-        what = f"held-out digits, {init}"
-    from .engine.probe import probe
-
-    result = probe(cfg)
-    print(f"probe on {', '.join(cfg.eval.datasets)} ({what}):")
-    for line in result.lines(cfg.probe.labels_per_class):
-        print(line)
-    return 0
-
-
 def _convert(args: argparse.Namespace) -> int:
     """``vmim convert --from FORMAT SRC DST``: a reference checkpoint -> a vmim backbone file. An unsafe, empty or
     random source is refused before torch is imported (:func:`vmim.safe_load.peek`)."""
@@ -153,13 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, ~key.sub deletes")
         p.set_defaults(func=functools.partial(_train, task=name))
-    p = sub.add_parser("eval", help="multi-view test of a fine-tuned run: eval.num_views x eval.num_crops views per "
-                                    "video, softmax averaged, predictions file, top-1 / top-5")
-    p.add_argument("target", help="fine-tuning run directory, or a checkpoint file")
-    p.add_argument("--checkpoint", help="best, last, or a file (default: best.pt if kept, else last.pt)")
-    p.add_argument("--output", help="folder for <dataset>.predictions.tsv (default: <run>/eval)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config (eval.num_views=...)")
-    p.set_defaults(func=_eval)
+    p = sub.add_parser("eval", help=eval_command.HELP)
+    eval_command.add_arguments(p)
+    p.set_defaults(func=eval_command.run)
     p = sub.add_parser("submit", help="submit pretraining or fine-tuning (the config's task) to Slurm, or run it as "
                                       "local processes, via submitit")
     p.add_argument("--config", help="YAML config, as for pretrain / finetune")
@@ -187,12 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the jobs and report their results")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for pretrain")
     p.set_defaults(func=_submit)
-    p = sub.add_parser("probe", help="linear / k-NN probes on frozen features: weights vs random init")
-    p.add_argument("run_dir", nargs="?", help="a pretraining run: probe on the built-in digits")
-    p.add_argument("--config", help="fine-tuning config: fit on data.datasets, score on eval.datasets, weights = init")
-    p.add_argument("--checkpoint", help="with RUN_DIR: checkpoint file (default: the run's newest)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the probe config")
-    p.set_defaults(func=_probe)
+    p = sub.add_parser("probe", help=probe_command.HELP)
+    probe_command.add_arguments(p)
+    p.set_defaults(func=probe_command.run)
     p = sub.add_parser("convert", help="import a reference checkpoint (VideoMAE, MAE, MVD, timm ViT, SlowFast "
                                        "MViTv2) as a vmim backbone file, for init= and vmim.models.load_backbone")
     from .convert.cli import add_arguments
