@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.video_fixtures import CODECS, encode, encode_frames
-from vmim.data.digits import DigitImages
+from vmim.data.digits import DigitImages, DigitMotion
 from vmim.data.eval_views import build_test_loader
 from vmim.data.indexes import Entry
 from vmim.data.sources import VideoSource
@@ -161,13 +161,47 @@ def test_images_take_one_centre_view_and_labels_must_fit():
     source = DigitImages("test", img_size=16)
     loader = build_test_loader(source, 1, 1, 0, batch_size=128, isolate=False)
     result = evaluate(lambda x: torch.arange(10.0).flip(0).expand(len(x), -1), loader, 10, "cpu")
-    assert result.summary_line().endswith(f"({len(source)} videos, 1 x 1 views)")
+    assert result.modality == "image"
+    assert result.summary_line().endswith(f"({len(source)} images, 1 view)")  # was "359 videos, 1 x 1 views"
     assert result.top1 == pytest.approx(np.mean(source.labels == 0)) and result.top5 == pytest.approx(
         np.mean(source.labels < 5))
     with pytest.raises(ValueError, match=r"label [5-9] is outside 0\.\.4"):
         evaluate(lambda x: torch.zeros(len(x), 5), loader, 5, "cpu")
     with pytest.raises(ValueError, match=r"expected \(128, 10\)"):
         evaluate(lambda x: torch.zeros(len(x), 3), loader, 10, "cpu")
+
+
+def test_the_summary_names_images_and_videos_by_the_source_modality():
+    """The built-in digits_images (image) and digits_motion (video) test sets, scored by a model that always ranks
+    class 0 first: the known accuracy, and the line names what was evaluated. Images: their crops are their views."""
+    def first_class_model(x: torch.Tensor) -> torch.Tensor:
+        return torch.arange(10.0).flip(0).expand(len(x), -1)
+
+    images = DigitImages("test", img_size=16)
+    result = evaluate(first_class_model, build_test_loader(images, 1, 3, 0, batch_size=128, isolate=False), 10, "cpu")
+    assert result.summary_line() == f"top1 {100 * np.mean(images.labels == 0):.2f}% top5 " \
+                                    f"{100 * np.mean(images.labels < 5):.2f}% ({len(images)} images, 3 views)"
+    motion = DigitMotion("test", img_size=16, num_frames=4)
+    result = evaluate(first_class_model, build_test_loader(motion, 2, 1, 0, batch_size=128, isolate=False), 10, "cpu")
+    assert result.modality == "video" and result.top1 == pytest.approx(90 / 359)  # labels i % 4, permuted: 90 zeros
+    assert result.summary_line() == f"top1 25.07% top5 100.00% ({len(motion)} videos, 2 x 1 views)"
+    one = EvalResult.from_records([record(0)], 1, 1, modality="image")
+    assert one.summary_line() == "top1 100.00% top5 100.00% (1 image, 1 view)"
+    assert EvalResult.from_records([record(0), record(1)], 2, 3).summary_line().endswith("(2 videos, 2 x 3 views)")
+
+
+def test_a_stopped_image_pass_counts_images():
+    class SignalOnFirstCall(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return torch.zeros(len(x), 10)
+
+    images = DigitImages("test", img_size=16)
+    loader = build_test_loader(images, 1, 1, 0, batch_size=100, isolate=False)
+    with StopSignals() as stop:
+        with pytest.raises(Interrupted, match=rf"SIGTERM received: evaluation stopped after 100 of {len(images)} "
+                                              r"images$"):
+            evaluate(SignalOnFirstCall(), loader, 10, "cpu", stop=stop)
 
 
 def record(index: int, path: str = "p") -> VideoRecord:

@@ -28,6 +28,11 @@ Decisions:
   the largest shard has (the collective calls match) and the stop lands on every rank at the same batch.
 * Every rank gets the merged result (the decision to keep a checkpoint can be taken on any rank); only rank 0
   writes the predictions file, through a temporary file renamed into place.
+* **The result knows its modality.** :func:`evaluate` reads it from the loader's source (``source.modality``:
+  ``video`` or ``image``), so the callers (validation, ``vmim eval``) pass nothing new and an image set is not
+  called videos: ``(2000 images, 1 view)`` against ``(359 videos, 2 x 3 views)`` (an image has one temporal view;
+  its C crops are ``C views``). The field names (``num_videos``, :class:`VideoRecord`) stay, as do the keys that
+  other code reads; ``EvalResult.modality`` defaults to ``video`` for results built without it.
 """
 
 from __future__ import annotations
@@ -82,10 +87,17 @@ class VideoRecord:
         return self.label in self.top5
 
 
+def sample_noun(modality: str, count: int | None = None) -> str:
+    """``videos`` / ``images`` (``video`` / ``image`` for a count of 1) for a source's ``modality``."""
+    noun = "image" if modality == "image" else "video"
+    return noun if count == 1 else noun + "s"
+
+
 @dataclass
 class EvalResult:
-    """Merged evaluation of all N videos: records sorted by index; ``top1`` / ``top5`` are fractions of N (a failed
-    video is a miss); ``loss`` is the mean over loaded videos of ``-log`` (merged probability of the label)."""
+    """Merged evaluation of all N videos (or images: ``modality``): records sorted by index; ``top1`` / ``top5`` are
+    fractions of N (a failed video is a miss); ``loss`` is the mean over loaded videos of ``-log`` (merged probability
+    of the label)."""
 
     records: list[VideoRecord]
     top1: float
@@ -96,10 +108,11 @@ class EvalResult:
     num_views: int
     num_crops: int
     rank: int = field(default=0, compare=False)  # only rank 0 writes files
+    modality: str = "video"  # the source's: "video" or "image" (module docstring)
 
     @classmethod
     def from_records(cls, records: Sequence[VideoRecord], num_views: int, num_crops: int,
-                     rank: int = 0) -> EvalResult:
+                     rank: int = 0, modality: str = "video") -> EvalResult:
         records = sorted(records, key=lambda r: r.index)
         n = len(records)
         loaded = [r for r in records if r.loaded]
@@ -108,14 +121,19 @@ class EvalResult:
                    top1=sum(r.correct for r in records) / n if n else math.nan,
                    top5=sum(r.in_top5 for r in records) / n if n else math.nan,
                    loss=sum(losses) / len(losses) if losses else math.nan,
-                   num_videos=n, num_failed=n - len(loaded), num_views=num_views, num_crops=num_crops, rank=rank)
+                   num_videos=n, num_failed=n - len(loaded), num_views=num_views, num_crops=num_crops, rank=rank,
+                   modality=modality)
 
     def summary_line(self) -> str:
         """``top1 81.25% top5 100.00% (16 videos, 5 x 3 views)``; with failures ``(16 videos, 2 failed to load and
-        count as misses, 5 x 3 views)``."""
+        count as misses, 5 x 3 views)``; an image set ``(2000 images, 1 view)`` (its crops are its views)."""
         failed = f", {self.num_failed} failed to load and count as misses" if self.num_failed else ""
+        if self.modality == "image":
+            views = f"{self.num_crops} view{'s' if self.num_crops != 1 else ''}"
+        else:
+            views = f"{self.num_views} x {self.num_crops} views"
         return (f"top1 {100 * self.top1:.2f}% top5 {100 * self.top5:.2f}% "
-                f"({self.num_videos} videos{failed}, {self.num_views} x {self.num_crops} views)")
+                f"({self.num_videos} {sample_noun(self.modality, self.num_videos)}{failed}, {views})")
 
     def failed_lines(self) -> list[str]:
         """One line per video that failed to load: ``a.mp4: reason (failed to load: a miss)``, in index order."""
@@ -242,15 +260,15 @@ def next_batch(batches, loader: DataLoader, stop: StopSignals | None) -> dict | 
 
 
 def _agreed_stop(stop: StopSignals | None, dist: DistInfo | None, device: torch.device, seen: int,
-                 total: int) -> None:
+                 total: int, modality: str = "video") -> None:
     """Raise Interrupted when a stop was requested on any rank (collective when distributed)."""
     if stop is None:
         return
     request = stop.agreed(dist, device)
     if request:
         name = stop.signal_name or "a stop signal"
-        raise Interrupted(f"{name} received: evaluation stopped after {seen} of {total} videos", request,
-                          stop.signal_name)
+        raise Interrupted(f"{name} received: evaluation stopped after {seen} of {total} "
+                          f"{sample_noun(modality, total)}", request, stop.signal_name)
 
 
 @torch.no_grad()
@@ -270,6 +288,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     device = torch.device(device)
     dataset = eval_dataset(loader)
     source = dataset.source
+    modality = getattr(source, "modality", "video")
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     if was_training is not None:
         model.eval()
@@ -279,11 +298,11 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     batches = iter(loader)
     try:
         for _ in range(rounds):
-            _agreed_stop(stop, dist, device, len(records), len(dataset))
+            _agreed_stop(stop, dist, device, len(records), len(dataset), modality)
             try:
                 batch = next_batch(batches, loader, stop if world == 1 else None)  # ranks: agreed per batch
             except WaitAbandoned:  # only once a stop was requested: said now
-                _agreed_stop(stop, dist, device, len(records), len(dataset))
+                _agreed_stop(stop, dist, device, len(records), len(dataset), modality)
                 raise
             if batch is None:  # this rank's shard is done; it still joins the others' agreements
                 continue
@@ -297,7 +316,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
             for row, (index, label) in enumerate(zip(loaded, batch["label"].tolist())):
                 if not 0 <= label < num_classes:
                     raise ValueError(f"{source.describe(index)}: label {label} is outside 0..{num_classes - 1} "
-                                     f"(num_classes={num_classes}); evaluation needs labeled videos")
+                                     f"(num_classes={num_classes}); evaluation needs labeled {sample_noun(modality)}")
                 records.append(VideoRecord(index, source.describe(index), label, tuple(top_ids[row].tolist()),
                                            tuple(top_scores[row].tolist()), float(scores[row, label])))
         if next(batches, None) is not None:  # none: rounds covers every shard (merge_records would say otherwise)
@@ -310,4 +329,4 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
             shutdown()
         dataset.close()
     merged = merge_records(gather_records(records, dist), len(dataset))
-    return EvalResult.from_records(merged, dataset.num_views, dataset.num_crops, dist.rank if dist else 0)
+    return EvalResult.from_records(merged, dataset.num_views, dataset.num_crops, dist.rank if dist else 0, modality)

@@ -8,8 +8,11 @@ own (the pretraining preview image; validation for fine-tuning).
 
 Throughput: :class:`LogMetrics` built with the run's device and precision adds the model FLOPs of every optimizer step
 to the window (:class:`~vmim.engine.throughput.Throughput`) and logs ``perf/tflops`` (achieved TFLOP/s per device,
-over the window's wall time, data loading included) and ``perf/mfu`` (that over the device's peak) next to clips/s.
-One hook computes every ``perf/*`` value from the same elapsed time, so they agree with each other exactly.
+over the window's wall time, data loading included), ``perf/mfu`` (that over the device's peak, never above 1: a
+window that beats a peak raises it first and the log says so once, see :mod:`vmim.engine.throughput`) and
+``perf/peak_tflops`` (the peak it was divided by) next to clips/s; the step line ends ``MFU 41.20% (peak 0.0271,
+measured at start-up)``, naming where the peak came from. One hook computes every ``perf/*`` value from the same
+elapsed time, so they agree with each other exactly.
 
 Time shares: a model may report the time a part of its forward took, per micro-batch, as ``perf/<part>_ms/<name>``
 beside its losses (the pretraining method does so for each frozen teacher: ``perf/teacher_ms/<target>``). The hook
@@ -97,8 +100,9 @@ class LogMetrics(Hook):
     log.txt and the progress bar (averaged over ranks).
 
     Args:
-        device, precision: the run's; given, the hook also counts model FLOPs and logs ``perf/tflops`` and
-            ``perf/mfu`` (the peak is looked up or measured here, at start-up).
+        device, precision: the run's; given, the hook also counts model FLOPs and logs ``perf/tflops``,
+            ``perf/mfu`` and ``perf/peak_tflops`` (the peak is looked up or measured here, at start-up, and raised
+            when a window beats it).
     """
 
     def __init__(self, device: "torch.device | None" = None, precision: str = "fp32"):
@@ -121,7 +125,10 @@ class LogMetrics(Hook):
         })
         if window.flops:
             values["perf/tflops"] = window.flops / elapsed / 1e12
-            values["perf/mfu"] = values["perf/tflops"] / self.throughput.peak_tflops
+            values["perf/mfu"], note = self.throughput.mfu(values["perf/tflops"], trainer.state.step)
+            values["perf/peak_tflops"] = self.throughput.peak_tflops
+            if note is not None:
+                (trainer.log.info if self.throughput.measured else trainer.log.warning)(note)
         shares = time_shares(values, trainer.cfg.optim.accum_steps, elapsed / window.steps if window.steps else 0)
         values.update({f"perf/{part}_share": share for part, share in shares.items()})
         values = all_reduce_mean(values, trainer.dist, trainer.device)
@@ -135,6 +142,6 @@ class LogMetrics(Hook):
                 f"lr {values['lr']:.3e} grad {values.get('grad_norm', float('nan')):.3f} "
                 f"{values['perf/clips_per_s']:.1f} clips/s data-wait {values['perf/data_wait']:.0%}"
                 + "".join(f" {part}s {values[f'perf/{part}_share']:.0%}" for part in shares)
-                + (f" {values['perf/tflops']:.4g} TFLOP/s MFU {values['perf/mfu']:.2%}" if "perf/mfu" in values
-                   else ""))
+                + (f" {values['perf/tflops']:.4g} TFLOP/s MFU {values['perf/mfu']:.2%} (peak "
+                   f"{values['perf/peak_tflops']:.4g}, {self.throughput.basis})" if "perf/mfu" in values else ""))
         window.reset()

@@ -12,6 +12,25 @@ Peak (:func:`peak_tflops`):
   "the fraction of what one big matmul gets here". The log says which kind of peak a run uses. Measurements are
   cached per process (device, precision, threads).
 
+**A reported MFU never passes 100 %** (:meth:`Throughput.mfu`). A measured peak is a *lower bound* of what the
+machine can do: taken while other processes held the cores (a CI job, a second run), it comes out low, and MFU was
+printed above 100 % ("MFU 130%" on a busy 2-core machine). Every achieved rate is a lower bound of the same
+quantity, so the honest estimate of the peak is the best of all of them. Decision: when a log window achieves more
+than the peak, the peak is **revised upward** before MFU is computed: the first time, the matmul is measured again
+(between two windows, so neither window's time includes it; the machine may be quiet now) and the peak becomes the
+larger of that and the achieved rate; later windows that beat the peak raise it to their rate. The first revision is
+said once in the log (old peak, re-measured rate, new peak, why); every step line names the peak and where it came
+from (``peak 0.012, measured at start-up`` / ``re-measured at step 40`` / ``best rate seen, step 90`` /
+``datasheet``), and ``perf/peak_tflops`` goes to TensorBoard beside ``perf/mfu``, so a revision is visible.
+Rejected: *clamping* MFU at 100 % (it hides the error and leaves every later window against a wrong peak); *not
+reporting* MFU once the peak is known to be low (the number is useful once the peak is revised, and the re-measured
+matmul usually is the machine's real peak); a longer or repeated start-up measurement alone (a machine busy for the
+whole start-up still measures low). Each rank keeps and revises its own peak (no collective: a re-measure on one rank
+only delays the others' next all-reduce); each rank's MFU is at most 1, so their logged mean is too.
+A **datasheet** peak is an upper bound by construction: a window above it means the model's FLOP count is too high
+or the GPU is not the table's row. It is raised to the achieved rate too (MFU stays at most 100 % and every rank logs
+the same keys), with a warning that names those two causes: a bug to report, not a busy machine.
+
 Model FLOPs per step come from :func:`vmim.models.flops.step_flops` (2 FLOPs/MAC x (3 x trained forward + frozen
 forward)): the task's model counts its own step (``step_macs(batch)``), asking each of its parts (backbone, heads,
 targets) for theirs, so this module knows no method, target or mask; it keeps only peaks, ratios, the cache and the
@@ -99,14 +118,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_tflops(device: torch.device, precision: str, seconds: float = MEASURE_SECONDS
-                          ) -> tuple[float, str]:
+def measure_matmul_tflops(device: torch.device, precision: str, seconds: float = MEASURE_SECONDS,
+                          fresh: bool = False) -> tuple[float, str]:
     """Best TFLOP/s of an ``n x n`` matmul in ``precision`` (fp32 / tf32: float32, bf16, fp16) on ``device``, timed for
     about ``seconds``; ``n`` doubles from 256 while one product takes under 10 ms (at most 2048 on a CPU, 8192 on a
-    GPU). Returns (TFLOP/s, a description). Cached per (device, precision, threads). Draws from its own generator:
-    the global random state (drop path, resumable runs) is left as it was."""
+    GPU). Returns (TFLOP/s, a description: ``the best of N nxn float32 matmuls on ...``). Cached per (device,
+    precision, threads); ``fresh`` measures again and returns that measurement, and the cache keeps the better of the
+    two (a busy machine only lowers a measurement). Draws from its own generator: the global random state (drop path,
+    resumable runs) is left as it was."""
     key = (device.type, device.index, precision, torch.get_num_threads())
-    if key in _MEASURED:
+    if key in _MEASURED and not fresh:
         return _MEASURED[key]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     limit = 8192 if device.type == "cuda" else 2048
@@ -137,24 +158,36 @@ def measure_matmul_tflops(device: torch.device, precision: str, seconds: float =
     threads = torch.get_num_threads()
     where = f"cpu with {threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else str(device)
     name = str(dtype).removeprefix("torch.")
-    _MEASURED[key] = (best, f"measured at start-up: the best of {products} {n}x{n} {name} matmuls on {where}")
-    return _MEASURED[key]
+    measured = (best, f"the best of {products} {n}x{n} {name} matmuls on {where}")
+    if key not in _MEASURED or _MEASURED[key][0] < best:
+        _MEASURED[key] = measured
+    return measured
+
+
+def datasheet_peak(device: torch.device, precision: str) -> tuple[float, str] | None:
+    """(dense TFLOP/s, source) of a GPU whose name and precision column the table lists; None for a CPU or any other
+    GPU (their peak is measured)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    column = table_precision(device, precision)
+    found = gpu_peak_tflops(name, column)
+    return None if found is None else (found[0], f"{name}, {column} dense, {found[1]}")
 
 
 def peak_tflops(device: torch.device | str, precision: str) -> tuple[float, str]:
     """Peak dense TFLOP/s of ``device`` in ``precision`` (``fp32`` ``bf16`` ``fp16``, as ``train.precision`` resolves)
     and where it comes from: a datasheet row for a known GPU, else a measured matmul (module docstring)."""
     device = torch.device(device)
+    found = datasheet_peak(device, precision)
+    if found is not None:
+        return found
+    column = table_precision(device, precision)
+    value, how = measure_matmul_tflops(device, column)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        column = table_precision(device, precision)
-        found = gpu_peak_tflops(name, column)
-        if found is not None:
-            return found[0], f"{name}, {column} dense, {found[1]}"
-        value, how = measure_matmul_tflops(device, column)
-        return value, f"{how}; {name} {column} is not in the peak table"
-    value, how = measure_matmul_tflops(device, precision)
-    return value, f"{how}; the achievable matmul peak of this CPU, not a datasheet figure"
+        return value, f"measured at start-up: {how}; {name} {column} is not in the peak table"
+    return value, f"measured at start-up: {how}; the achievable matmul peak of this CPU, not a datasheet figure"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,18 +215,61 @@ class Throughput:
         device, precision: the run's (``train.precision`` resolved); a CPU or unknown GPU is measured here.
 
     Attributes:
-        peak_tflops, source: :func:`peak_tflops`.
+        peak_tflops, source: :func:`peak_tflops` at start-up; :meth:`mfu` raises the peak when a window beats it
+            (module docstring) and appends the revision to ``source``.
+        basis: where the current peak comes from, in a few words for the step line (``measured at start-up``,
+            ``datasheet``, ``re-measured at step 40``, ``best rate seen, step 90``).
+        revisions: how many times the peak was raised.
     """
 
     def __init__(self, device: torch.device, precision: str):
+        device = torch.device(device)
+        self.device, self.precision = device, precision
+        self.measured = datasheet_peak(device, precision) is None
         self.peak_tflops, self.source = peak_tflops(device, precision)
-        self.precision = precision
+        self.basis = "measured at start-up" if self.measured else "datasheet"
+        self.revisions = 0
         self._cache: dict[Any, float | None] = {}
         self._warned = False
 
     def summary(self) -> str:
         """One log line: the peak MFU is measured against and where it comes from."""
-        return f"MFU against a peak of {self.peak_tflops:.4g} TFLOP/s {self.precision} per device: {self.source}"
+        line = f"MFU against a peak of {self.peak_tflops:.4g} TFLOP/s {self.precision} per device: {self.source}"
+        if self.measured:
+            line += " (raised, and said once, if a log window achieves more: MFU never passes 100%)"
+        return line
+
+    def mfu(self, achieved: float, step: int) -> tuple[float, str | None]:
+        """MFU of ``achieved`` TFLOP/s (this rank's window ending at ``step``), at most 1: a window above the peak
+        first raises it (module docstring). Returns (MFU, the log line saying so on the first revision, else None)."""
+        note = self._revise(achieved, step) if achieved > self.peak_tflops else None
+        return achieved / self.peak_tflops, note
+
+    def _revise(self, achieved: float, step: int) -> str | None:
+        old, self.revisions = self.peak_tflops, self.revisions + 1
+        if self.revisions > 1:  # said once already: raised to the best rate seen, without a line
+            self.peak_tflops, self.basis = achieved, f"best rate seen, step {step}"
+            self.source = f"{self.source}; raised to {achieved:.4g} TFLOP/s (achieved) at step {step}"
+            return None
+        if not self.measured:
+            note = (f"MFU: step {step} achieved {achieved:.4g} TFLOP/s, above the datasheet peak of {old:.4g} "
+                    f"({self.source}): the model's FLOP count for this step is too high or this GPU is not that "
+                    f"table row (a bug to report). MFU is against the achieved rate from here on, so it stays at "
+                    f"most 100%, but do not trust it")
+            self.peak_tflops, self.basis = achieved, f"datasheet raised to the achieved rate at step {step}"
+            self.source = f"{self.source}; raised to {achieved:.4g} TFLOP/s (achieved) at step {step}"
+            return note
+        again, how = measure_matmul_tflops(self.device, table_precision(self.device, self.precision), fresh=True)
+        self.peak_tflops = max(again, achieved)
+        if again >= achieved:
+            self.basis, kept = f"re-measured at step {step}", "the re-measured matmul"
+        else:
+            self.basis, kept = f"best rate seen, step {step}", "the achieved rate: the machine is still busy"
+        self.source = f"{self.source}; raised to {self.peak_tflops:.4g} TFLOP/s ({kept}) at step {step}"
+        return (f"MFU: step {step} achieved {achieved:.4g} TFLOP/s, above the peak of {old:.4g} measured at start-up "
+                f"(the machine was busy then). Re-measured: {again:.4g} TFLOP/s ({how}). Peak raised to "
+                f"{self.peak_tflops:.4g} TFLOP/s ({kept}); MFU is against it from here on, and a later window that "
+                f"beats it raises it again (without a line), so MFU never passes 100%")
 
     def step(self, trainer: "Trainer", batch: dict) -> float:
         """Model FLOPs of the optimizer step that ``batch`` completed, on this rank (0: the task gives no count)."""
@@ -218,5 +294,5 @@ def task_step_flops(model: nn.Module, batch: Mapping[str, Any]) -> float | None:
         return None
 
 
-__all__ = ["GPU_PEAKS", "Throughput", "batch_signature", "gpu_peak_tflops", "measure_matmul_tflops", "peak_tflops",
-           "step_flops", "table_precision", "task_step_flops"]
+__all__ = ["GPU_PEAKS", "Throughput", "batch_signature", "datasheet_peak", "gpu_peak_tflops", "measure_matmul_tflops",
+           "peak_tflops", "step_flops", "table_precision", "task_step_flops"]
