@@ -37,8 +37,8 @@ LONG = [*TINY, "data.batch_size=16", "data.num_workers=1", f"train.steps_per_epo
 # must not be able to finish before that on any machine. The time-limit test asks for the signal 55 s before its
 # 1-minute limit (due 5 s in; observed 10-20 s in, at most ~35 s), and this run needs well over that: 3000 steps, at
 # most ~40 steps/s on an idle machine (steps this small cost overhead, not compute: a bigger batch is no slower), so
-# >= ~75 s. (1200 steps once finished in 22 s, before a signal due 30 s in.) Each allocation is stopped and requeued,
-# several times.
+# >= ~75 s. (1200 steps once finished in 22 s, before a signal due 30 s in.) After the first requeue the test raises the
+# job's limit, so the rest runs to the end on a loaded machine too.
 LONGER_EPOCHS = 15
 LONGER = [*LONG, f"train.epochs={LONGER_EPOCHS}"]
 
@@ -93,6 +93,18 @@ def wait_step(run_dir: Path, step: int, job_id: str, timeout: float = 300) -> No
             return
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not reach step {step} ({state(job_id)}):\n{job_logs(run_dir)}")
+
+
+def wait_log(run_dir: Path, text: str, job_id: str, timeout: float = 300) -> None:
+    """Until ``text`` is in the run's log.txt (appended by the job; a partial last line cannot match a later one)."""
+    deadline = time.time() + timeout
+    log = run_dir / "log.txt"
+    while time.time() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id}: no '{text}' in log.txt after {timeout} s ({state(job_id)}):\n"
+                         f"{job_logs(run_dir)}")
 
 
 def job_logs(run_dir: Path) -> str:
@@ -157,6 +169,11 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path, request):
     run = tmp_path / "run"
     job = submit(run, "--time-min", "1", "--signal-delay-s", "55",  # USR2 due 5 s in; sent at Slurm's next check
                  "--sbatch", "nodelist=n2", overrides=LONGER)  # n1: the preemption test's exclusive job
+    wait_log(run, "requeued job", job)  # the first allocation hit its time limit, saved and was requeued
+    # The rest runs to the end under a long limit: a 1-minute allocation on a loaded machine can spend most of itself
+    # starting up, and the job then crawls from requeue to requeue (37 allocations, 673 of 3000 steps in 15 minutes
+    # once, under CI load). One time-limit stop and its resume are what this test is about.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)
     reference = request.getfixturevalue("long_reference")  # made (or waited for) while the job runs
     wait_done(job, run, timeout=900)
     log = (run / "log.txt").read_text()
