@@ -106,6 +106,8 @@ def test_rand_augment_known_ops_give_known_answers():
     # PosterizeIncreasing at m=5 keeps 4 - int(0.5 * 4) = 2 bits.
     out = _single_op("PosterizeIncreasing", 5)(clip, np.random.default_rng(0))
     assert torch.equal(out, clip & 0b11000000)
+    # ... and at m=10 (an mstd draw reaches it) 0 bits: a black clip (Pillow 13 raises on 0 bits; before, black)
+    assert torch.equal(_single_op("PosterizeIncreasing", 10)(clip, np.random.default_rng(0)), torch.zeros_like(clip))
     # Rotate at m=9: +-27 degrees (sign drawn from rng), bicubic, grey fill, the same on every frame.
     ra = _single_op("Rotate", 9)
     signs = set()

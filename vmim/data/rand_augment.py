@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from timm.data.auto_augment import AugmentOp, rand_augment_transform
+from timm.data.auto_augment import AugmentOp, posterize, rand_augment_transform
 
 from ..config.finetune import parse_rand_augment
 
@@ -65,8 +65,14 @@ class DrawnOp:
     """Python ``random`` is seeded with this before the op runs on each frame (only ``GaussianBlurRand`` uses it)."""
 
     def apply(self, img: Image.Image) -> Image.Image:
-        """The op on one PIL frame; the caller owns Python's global random state (see :meth:`ClipRandAugment.apply`)."""
+        """The op on one PIL frame; the caller owns Python's global random state (see :meth:`ClipRandAugment.apply`).
+
+        Posterize keeping 0 bits (``PosterizeIncreasing`` at magnitude 10, which ``mstd`` draws reach: ~0.2 % of the
+        clips of ``rand-m9-n2-mstd0.5-inc1``) is a black frame, as Pillow before 13 made it; Pillow 13 raises
+        instead, in a loader worker, which stopped a run."""
         random.seed(self.frame_seed)
+        if self.op.aug_fn is posterize and self.args and self.args[0] < 1:
+            return Image.new(img.mode, img.size)
         return self.op.aug_fn(img, *self.args, **self.op.kwargs)
 
 
