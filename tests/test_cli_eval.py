@@ -6,13 +6,18 @@ random bytes) are skipped as misses with one stdout line each, and stop the comm
 SIGTERM while a pass is blocked on a video (a FIFO in the list: the pass cannot finish before the signal) stops it
 with exit 143 and no predictions file.
 
-One tiny fine-tuned run (the motion demo shrunk to 2 steps, validated on the digits motion test split) is built once
-for the module; every row evaluates it with 1 x 1 views.
+One tiny fine-tuned run (the motion demo shrunk to 2 steps, without a validation set: the digits motion test split is
+scored for curves only) is built once for the module; every row evaluates it with 1 x 1 views. Which checkpoint is
+scored, and the first line that says so: no ``best.pt`` without a validation set (last.pt is scored), an old
+``best.pt`` without ``selected_on`` is never the default, one selected on a validation set is. ``--test`` scores other
+data (a list file, ``KIND:SPLIT``), named by the file stem, with every refusal of ``eval.datasets``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -52,6 +57,8 @@ def setup(tmp_path_factory) -> dict:
              "not_integer": [f"{videos[0]} 0", f"{videos[1]} one"]}
     for name, lines in lists.items():
         (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (root / "other").mkdir()
+    (root / "other" / "good.txt").write_text((root / "good.txt").read_text())
     pretrain_run = root / "pretrain_run"  # what `vmim eval` must refuse: a pretraining run's folder
     (pretrain_run / "checkpoints").mkdir(parents=True)
     (pretrain_run / "config.yaml").write_text((REPO / "configs/demo/digits.yaml").read_text())
@@ -83,6 +90,16 @@ REFUSED = [
     ("unknown_key", "run", ["eval.num_veiws=2"], 2, ["eval.num_veiws"]),
     ("too_many_bad_files", "run", [*clips("{root}/two_bad.txt"), "data.max_bad_fraction=0.3"], 1,
      ["dataset 'clips'", "2 undecodable of 4", "data.max_bad_fraction=0.3"]),
+    ("test_list_missing", "run", ["--test", "{root}/missing.txt"], 2, ["--test", "{root}/missing.txt",
+                                                                       "does not exist"]),
+    ("test_not_a_builtin", "run", ["--test", "digits_moshun:test"], 2, ["--test", "digits_moshun:test",
+                                                                         "digits_motion"]),
+    ("test_same_stem_twice", "run", ["--test", "{root}/good.txt", "--test", "{root}/other/good.txt"], 2,
+     ["--test", "{root}/good.txt", "{root}/other/good.txt", "'good'"]),
+    ("test_label_out_of_range", "run", ["--test", "{root}/out_of_range.txt"], 2,
+     ["eval.datasets.out_of_range", "{root}/out_of_range.txt line 2", "label 7, outside 0..3"]),
+    ("test_split_not_a_split", "run", ["--test", "digits_motion:tset"], 2, ["eval.datasets.digits_motion_tset.split",
+                                                                             "tset"]),
 ]
 
 
@@ -132,3 +149,63 @@ def test_sigterm_mid_pass_stops_without_a_predictions_file(setup):
                    "predictions were not written", code=128 + signal.SIGTERM)
     assert not (out / "clips.predictions.tsv").exists() and not vmim_lines(
         subprocess.CompletedProcess([], 0, "", done.stdout))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Which checkpoint is scored, and the first line that says so
+# ----------------------------------------------------------------------------------------------------
+
+
+def first_lines(proc: subprocess.CompletedProcess, n: int = 1) -> list[str]:
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stdout.splitlines()[:n]
+
+
+def test_a_run_without_validation_set_keeps_no_best_and_eval_scores_last(setup):
+    run = setup["run"]
+    assert not (run / "checkpoints" / "best.pt").exists()
+    log = (run / "log.txt").read_text()
+    assert "no validation set: checkpoints/best.pt is not kept; vmim eval scores last.pt" in log
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tags = {key for record in records for key in record}
+    assert "test/test/top1" in tags and not [t for t in tags if t.startswith("val")]  # curves only, as test/...
+    proc = run_cli("eval", "--output", setup["root"] / "out_last", run, *FAST, *clips(setup["root"] / "good.txt"))
+    assert first_lines(proc) == [f"checkpoint {run / 'checkpoints' / 'last.pt'}: step 2, epoch 1; the last checkpoint"]
+
+
+def test_an_old_best_pt_without_selected_on_is_not_the_default(setup, tmp_path):
+    """A best.pt as earlier releases kept it (the best top-1 of the first eval dataset: the test set) is scored only
+    when asked for, and said to be test-selected; one that records a validation set is the default."""
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run, ignore=shutil.ignore_patterns("tb", "eval"))
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    old = {"model": last["model"], "config": last["config"], "task": "finetune", "step": 1, "epoch": 1,
+           "weights": "model", "top1": 0.5}
+    torch.save(old, run / "checkpoints" / "best.pt")
+    good = clips(setup["root"] / "good.txt")
+    default = first_lines(run_cli("eval", "--output", tmp_path / "a", run, *FAST, *good), 2)
+    assert default[0] == f"checkpoint {run / 'checkpoints' / 'last.pt'}: step 2, epoch 1; the last checkpoint"
+    assert default[1].startswith(f"note: {run / 'checkpoints' / 'best.pt'} records no selected_on") and \
+        "test set" in default[1] and "--checkpoint best" in default[1], default
+    asked = first_lines(run_cli("eval", "--output", tmp_path / "b", "--checkpoint", "best", run, *FAST, *good), 2)
+    assert asked[0] == f"checkpoint {run / 'checkpoints' / 'best.pt'}: step 1, epoch 1; given with --checkpoint"
+    assert asked[1].startswith(f"note: {run / 'checkpoints' / 'best.pt'} records no selected_on"), asked
+    torch.save({**old, "selected_on": "val/motion_val top-1", "validations": 3}, run / "checkpoints" / "best.pt")
+    chosen = first_lines(run_cli("eval", "--output", tmp_path / "c", run, *FAST, *good), 2)
+    assert chosen[0] == (f"checkpoint {run / 'checkpoints' / 'best.pt'}: step 1, epoch 1; best validation top-1 on "
+                         "val/motion_val of 3 validations (50.00%)"), chosen
+    assert not chosen[1].startswith("note:")
+
+
+def test_test_flag_scores_other_data_named_by_the_stem(setup):
+    """--test replaces eval.datasets: a built-in split (KIND:SPLIT) and a list file, each with its predictions file,
+    the overrides still tuning how the list is read."""
+    root, out = setup["root"], setup["root"] / "out_test_flag"
+    proc = run_cli("eval", "--output", out, setup["run"], *FAST, "eval.datasets.good.stride=2", "--test",
+                   "digits_motion:test", "--test", root / "good.txt")
+    lines = proc.stdout.strip().splitlines()
+    assert first_lines(proc)[0].startswith(f"checkpoint {setup['run'] / 'checkpoints' / 'last.pt'}: step 2")
+    assert sorted(p.name for p in out.iterdir()) == ["digits_motion_test.predictions.tsv", "good.predictions.tsv"]
+    assert len((out / "digits_motion_test.predictions.tsv").read_text().splitlines()) == 1 + 359
+    assert len((out / "good.predictions.tsv").read_text().splitlines()) == 1 + 3
+    assert lines[-1].endswith("(3 videos, 1 x 1 views)") and "(359 videos, 1 x 1 views)" in proc.stdout

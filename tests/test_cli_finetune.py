@@ -2,7 +2,8 @@
 and line where there is one), exit 2, no traceback, no run folder, no process left behind, well under a second each.
 
 Rows cover the fine-tuning keys (augmentation strings and strengths, label smoothing, head, evaluation views and
-crops, probe options, EMA) and the labeled lists; the comment says what a row did before."""
+crops, probe options, EMA, the validation set and early stopping) and the labeled lists; the comment says what a row
+did before."""
 
 from __future__ import annotations
 
@@ -66,6 +67,22 @@ ROWS = [
     (train_list("{d}/four.txt") + ["head.num_classes=4"],
      ["data.datasets.motion.path", "{d}/four.txt", "line 2", "head.num_classes=4"]),  # found after torch before
     (train_list("{d}/negative.csv", "csv"), ["data.datasets.motion.path", "{d}/negative.csv", "line 3", "negative"]),
+    # the validation set (issue 21): one source, never the test set, early stopping only with it
+    (["eval.val_fraction=0.1", "eval.val_datasets.v.kind=digits_motion"], ["eval.val_fraction", "not both"]),
+    (["eval.val_datasets.v.kind=digits_motion", "eval.val_datasets.v.split=test"],
+     ["eval.val_datasets.v", "eval.datasets.motion_test", "test set"]),
+    (["eval.val_fraction=1"], ["eval.val_fraction", "[0, 1)"]),
+    (["eval.val_fraction=nan"], ["eval.val_fraction", "finite"]),
+    (["eval.val_fraction=0.1", "eval.val_seed=-1"], ["eval.val_seed"]),
+    (["eval.patience=3"], ["eval.patience", "needs a validation set"]),
+    (["eval.patience=-1"], ["eval.patience"]),
+    (["eval.patience=3", "eval.val_fraction=0.1", "eval.every_epochs=0"], ["eval.patience", "eval.every_epochs=0"]),
+    (["eval.val_views=2", "eval.val_datasets.v.kind=digits_images"], ["eval.val_views", "eval.val_datasets.v",
+                                                                        "images"]),
+    (["eval.val_datasets.v.kind=video", "eval.val_datasets.v.path={d}/nowhere.txt"],
+     ["eval.val_datasets.v.path", "{d}/nowhere.txt"]),  # read by the task: after torch, still before the run folder
+    (["eval.val_datasets.v.kind=video", "eval.val_datasets.v.path={d}/unlabeled.txt"],
+     ["eval.val_datasets.v.path", "{d}/unlabeled.txt", "line 2", "no label"]),
 ]
 
 

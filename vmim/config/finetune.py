@@ -1,9 +1,18 @@
 """Typed configuration of supervised runs (``task: finetune``): fine-tuning, multi-view evaluation and probing.
 
 One schema serves the three commands, so a fine-tuning recipe is also its evaluation and probe recipe:
-``vmim finetune`` trains on ``data.datasets`` and validates on ``eval.datasets`` every ``eval.every_epochs``;
-``vmim eval`` scores ``eval.datasets`` with ``eval.num_views`` x ``eval.num_crops`` views; ``vmim probe`` fits
-linear / k-NN classifiers on frozen features of ``data.datasets`` and scores them on ``eval.datasets``.
+``vmim finetune`` trains on ``data.datasets`` and validates on the validation sets every ``eval.every_epochs``;
+``vmim eval`` scores ``eval.datasets`` (the test sets) with ``eval.num_views`` x ``eval.num_crops`` views;
+``vmim probe`` fits linear / k-NN classifiers on frozen features of ``data.datasets`` and scores them on
+``eval.datasets``.
+
+Test-set hygiene (issue 21): the validation sets, which pick ``checkpoints/best.pt`` and stop a run early
+(``eval.patience``), are never the test sets. They are either a separate list (``eval.val_datasets``) or a
+stratified, seeded fraction carved from each training dataset before its own ``fraction`` subset is taken
+(``eval.val_fraction``, ``eval.val_seed``: :mod:`vmim.data.splits`), never both. Without a validation set no
+checkpoint is selected and nothing stops early; the test sets may still be scored per epoch for curves. A
+validation entry equal to a test entry (same kind, list, split, ...) is refused: it would select on the test set
+under another name.
 
 Defaults are VideoMAE's fine-tuning recipe (``run_class_finetuning.py``): AdamW (0.9, 0.999), weight decay 0.05,
 layer decay 0.75, warm-up 5 epochs, min lr 1e-6, RandAugment ``rand-m7-n4-mstd0.5-inc1``, random erasing 0.25,
@@ -25,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from .checks import ConfigError, _check, _choice, check_data_sizes, check_finite
+from .checks import ConfigError, _check, _check_seed, _choice, check_data_sizes, check_finite
 from .probe import ProbeConfig, validate_probe
 from .registry import kinds, names
 from .run import CheckpointConfig, DataConfig, LogConfig, OptimConfig, RunConfig, TrainConfig, validate_common
@@ -144,7 +153,9 @@ class EvalConfig:
     """Validation during fine-tuning, ``vmim eval`` and the probe's test side."""
 
     datasets: Dict[str, Any] = field(default_factory=dict)
-    """name -> a labeled dataset entry (kinds as data.datasets); its crop and flip keys are not used."""
+    """name -> a labeled dataset entry (kinds as data.datasets): the test sets, which ``vmim eval`` scores; never used
+    to select a checkpoint or stop (without a validation set they are scored per epoch for curves only). Their crop
+    and flip keys are not used."""
     num_views: int = 5
     """Temporal clips per video for ``vmim eval`` (K400: 5, SSv2: 2); images have 1."""
     num_crops: int = 3
@@ -158,6 +169,19 @@ class EvalConfig:
     """Validate every N epochs and after the last one; 0 = only after the last."""
     batch_size: int = 8
     """Videos per batch (each brings views x crops clips)."""
+    val_datasets: Dict[str, Any] = field(default_factory=dict)
+    """name -> a labeled dataset entry (kinds as data.datasets): the validation sets, distinct from the test sets
+    (``eval.datasets``). The first one selects ``checkpoints/best.pt`` and drives ``eval.patience``. Not with
+    ``eval.val_fraction``."""
+    val_fraction: float = 0.0
+    """Carve this fraction of each class of every ``data.datasets`` entry (before its ``fraction`` subset) as the
+    validation set ``<name>_val``, never trained on; listed in ``<run>/val_split.tsv``. 0 = none. Not with
+    ``eval.val_datasets``."""
+    val_seed: int = 0
+    """Seed of the ``eval.val_fraction`` carve: the same seed and list give the same split (also on resume)."""
+    patience: int = 0
+    """Early stopping: end training after this many validations in a row without a better validation top-1; 0 =
+    off. Needs a validation set."""
 
 
 @dataclass
@@ -176,7 +200,7 @@ class FinetuneConfig(RunConfig):
     """A supervised run (``task: finetune``)."""
 
     KINDED = {"model": "backbones"}
-    MAPPINGS = {"data.datasets": "datasets", "eval.datasets": "datasets"}
+    MAPPINGS = {"data.datasets": "datasets", "eval.datasets": "datasets", "eval.val_datasets": "datasets"}
 
     task: str = "finetune"
     output_dir: str = "runs/finetune"
@@ -210,11 +234,12 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     validate_common(cfg)
     h, a, e = cfg.head, cfg.augment, cfg.eval
     _check(h.num_classes >= 0, "head.num_classes", f"{h.num_classes} must be >= 0 (0 = from the training list)")
-    for section, datasets in (("data", cfg.data.datasets), ("eval", e.datasets)):
+    for section, datasets in (("data.datasets", cfg.data.datasets), ("eval.datasets", e.datasets),
+                              ("eval.val_datasets", e.val_datasets)):
         for name, ds in datasets.items():
             known = builtin_classes().get(ds.kind)
             _check(not h.num_classes or known is None or known == h.num_classes, "head.num_classes",
-                   f"{h.num_classes}, and {section}.datasets.{name} ({ds.kind}) has {known} classes")
+                   f"{h.num_classes}, and {section}.{name} ({ds.kind}) has {known} classes")
     _check(0 <= h.dropout < 1, "head.dropout", f"{h.dropout} is outside [0, 1)")
     _check(h.init_scale > 0, "head.init_scale", f"{h.init_scale} must be positive")
     if h.pooling:
@@ -241,9 +266,13 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         ds.check(f"eval.datasets.{name}", cfg)
     _check(e.num_views >= 1, "eval.num_views", f"{e.num_views} must be >= 1")
     _check(e.val_views >= 1, "eval.val_views", f"{e.val_views} must be >= 1")
-    images = [name for name, ds in e.datasets.items() if ds.kind in image_kinds()]
+    validated = [("eval.datasets", e.datasets), ("eval.val_datasets", e.val_datasets)]
+    if e.val_fraction:  # the carved validation sets hold the training data's kind
+        validated.append(("data.datasets", cfg.data.datasets))
+    images = [f"{key}.{name}" for key, datasets in validated for name, ds in datasets.items()
+              if ds.kind in image_kinds()]
     _check(e.val_views == 1 or not images, "eval.val_views",
-           f"{e.val_views} temporal views, and eval.datasets.{images[0] if images else ''} holds images (one view)")
+           f"{e.val_views} temporal views, and {images[0] if images else ''} holds images (one view)")
     _choice("eval.num_crops", str(e.num_crops), ("1", "3"))
     _choice("eval.val_crops", str(e.val_crops), ("1", "3"))
     _check(e.short_side == 0 or e.short_side >= cfg.data.img_size, "eval.short_side",
@@ -251,7 +280,48 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     _check(e.every_epochs >= 0, "eval.every_epochs", f"{e.every_epochs} must be >= 0")
     _check(e.batch_size >= 1, "eval.batch_size", f"{e.batch_size} must be >= 1")
     _check(0 <= cfg.ema.decay < 1, "ema.decay", f"{cfg.ema.decay} is outside [0, 1)")
+    validate_validation(cfg)
     validate_probe(cfg.probe)
 
+
+def validate_validation(cfg: FinetuneConfig) -> None:
+    """The validation set's keys: ``eval.val_datasets`` or ``eval.val_fraction`` (not both), the seed, and
+    ``eval.patience`` (needs a validation set and per-epoch validation). Raises ConfigError naming the key."""
+    e = cfg.eval
+    for name, ds in e.val_datasets.items():
+        ds.check(f"eval.val_datasets.{name}", cfg)
+        for test_name, test in e.datasets.items():
+            _check(_identity(ds) != _identity(test), f"eval.val_datasets.{name}",
+                   f"is the same data as the test set eval.datasets.{test_name}: a checkpoint selected on it would be "
+                   "test-selected; validate on other data (or eval.val_fraction)")
+    _check(0 <= e.val_fraction < 1, "eval.val_fraction", f"{e.val_fraction} is outside [0, 1) (0 = no carved "
+                                                         "validation set)")
+    _check(not (e.val_fraction and e.val_datasets), "eval.val_fraction",
+           f"{e.val_fraction:g}, and eval.val_datasets names {', '.join(e.val_datasets)}: give one validation set "
+           "(a carved fraction or a separate list), not both")
+    _check_seed("eval.val_seed", e.val_seed)
+    _check(e.patience >= 0, "eval.patience", f"{e.patience} must be >= 0 (0 = no early stopping)")
+    if e.patience:
+        _check(bool(e.val_fraction or e.val_datasets), "eval.patience",
+               f"{e.patience}: early stopping needs a validation set (eval.val_fraction or eval.val_datasets); it "
+               "never stops on the test sets (eval.datasets)")
+        _check(e.every_epochs > 0, "eval.patience",
+               f"{e.patience} validations without a better top-1, and eval.every_epochs=0 validates only after the "
+               "last epoch")
+
+
+IDENTITY_KEYS = ("kind", "path", "root", "format", "labels", "split", "split_number", "partition")
+"""The keys of a dataset entry that say which samples it holds (not how they are read)."""
+
+
+def _identity(ds: Any) -> dict:
+    """What of a dataset entry names its samples: two entries alike here hold the same data."""
+    return {key: getattr(ds, key) for key in IDENTITY_KEYS if hasattr(ds, key)}
+
+
+def has_validation_set(cfg: FinetuneConfig) -> bool:
+    """Whether the run has a validation set (``eval.val_datasets`` or ``eval.val_fraction``)."""
+    return bool(cfg.eval.val_datasets or cfg.eval.val_fraction)
+
 __all__ = ["AugmentConfig", "ClassifierConfig", "ConfigError", "EMAConfig", "EvalConfig", "FinetuneConfig",
-           "ProbeConfig", "parse_rand_augment", "validate_finetune"]
+           "ProbeConfig", "has_validation_set", "parse_rand_augment", "validate_finetune", "validate_validation"]

@@ -1,10 +1,19 @@
-"""Building the training data from a config: each dataset kind's source, the mixing sampler and the loader."""
+"""Building the training data from a config: each dataset kind's source, the mixing sampler and the loader; a
+validation set carved from the training sources (:func:`build_carved_sources`); one-line descriptions of built
+sources for the run's log (:func:`describe_source`).
+
+Decision: building a source logs nothing about its ``fraction`` subset. A fine-tuning task builds its sources
+before the trainer sets up the 'vmim' logger (the lists are checked before the run folder exists), so such a line
+reached neither ``log.txt`` nor the console; the task describes its data instead (``Task.summary_lines``), and the
+trainer logs that after its own set-up lines."""
 
 from __future__ import annotations
 
 import logging
 from functools import partial
 from typing import Callable, Mapping
+
+import numpy as np
 
 from ..config.registry import LazyRegistry
 from ..masking import build_mask_generators
@@ -81,17 +90,21 @@ DATASET_KINDS: Mapping[str, Callable[..., tuple[ClipSource, int, int]]] = LazyRe
 (``vmim/data/schemas.py``)."""
 
 
-def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
-    """One dataset from its config entry: (source, files listed, files missing)."""
+def _base_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    """One dataset's whole list (no ``fraction`` subset): (source, files listed, files missing)."""
     if ds_cfg.kind not in DATASET_KINDS:
         raise KeyError(f"unknown dataset kind '{ds_cfg.kind}'; registered: {', '.join(DATASET_KINDS)}")
-    source, listed, missing = DATASET_KINDS[ds_cfg.kind](name, ds_cfg, data_cfg, in_chans)
+    return DATASET_KINDS[ds_cfg.kind](name, ds_cfg, data_cfg, in_chans)
+
+
+def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource, int, int]:
+    """One dataset from its config entry: (source, files listed, files missing). A ``fraction`` below 1 keeps that
+    stratified subset (:mod:`vmim.data.subset`); :func:`describe_source` says so in the run's log."""
+    source, listed, missing = _base_source(name, ds_cfg, data_cfg, in_chans)
     if ds_cfg.fraction < 1:
         from .subset import SubsetSource, source_labels, stratified_subset
 
         source = SubsetSource(source, stratified_subset(source_labels(source), ds_cfg.fraction, ds_cfg.subset_seed))
-        log.info(f"dataset '{name}': {len(source)} samples ({ds_cfg.fraction:g} of each class, seed "
-                 f"{ds_cfg.subset_seed})")
         listed = len(source) + missing
     return source, listed, missing
 
@@ -99,6 +112,52 @@ def build_source(name: str, ds_cfg, data_cfg, in_chans: int) -> tuple[ClipSource
 def build_sources(datasets: dict, data_cfg, in_chans: int) -> list[tuple[str, ClipSource, int, int]]:
     """(name, source, files listed, files missing) of every entry of a ``datasets`` mapping, in order."""
     return [(name, *build_source(name, ds_cfg, data_cfg, in_chans)) for name, ds_cfg in datasets.items()]
+
+
+def build_carved_sources(datasets: dict, data_cfg, in_chans: int, val_fraction: float, val_seed: int
+                         ) -> tuple[list[tuple], list[tuple], list]:
+    """Training sources with a validation set carved from each (:mod:`vmim.data.splits`): (training built, validation
+    built, splits), the built lists as :func:`build_sources`'; validation set ``i`` is ``<name>_val`` of training set
+    ``i``. The carve comes before each entry's ``fraction`` subset, so no validation sample is trained on."""
+    from .splits import carve
+
+    train, val, splits = [], [], []
+    for name, ds_cfg in datasets.items():
+        source, listed, missing = _base_source(name, ds_cfg, data_cfg, in_chans)
+        split = carve(name, source, val_fraction, val_seed, ds_cfg.fraction, ds_cfg.subset_seed)
+        splits.append(split)
+        train.append((name, split.train_source(), len(split.train) + missing, missing))
+        val.append((f"{name}_val", split.val_source(), len(split.val), 0))
+    return train, val, splits
+
+
+def sample_labels(source) -> np.ndarray:
+    """(n,) int labels of a source or of a :class:`~vmim.data.subset.SubsetSource` (its own samples only)."""
+    from .subset import SubsetSource, source_labels
+
+    return source.labels if isinstance(source, SubsetSource) else source_labels(source)
+
+
+def per_class(labels) -> str:
+    """``36 per class`` (every class alike) or ``32-37 per class`` over the classes present."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    if not len(counts):
+        return "no samples"
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low} per class" if low == high else f"{low}-{high} per class"
+
+
+def describe_source(name: str, source, ds_cfg=None, labeled: bool = True, of: int | None = None) -> str:
+    """One log line's worth about a built dataset: ``'motion': 144 videos, 36 per class (0.1 of each class, seed 0)``;
+    ``of``: how many samples the ``fraction`` was taken from when not the whole list (after a validation carve)."""
+    modality = "images" if getattr(source, "modality", "video") == "image" else "videos"
+    text = f"'{name}': {len(source)} {modality}"
+    if labeled:
+        text += f", {per_class(sample_labels(source))}"
+    if ds_cfg is not None and ds_cfg.fraction < 1:
+        base = f" of the {of} left after the validation carve" if of is not None else ""
+        text += f" ({ds_cfg.fraction:g} of each class{base}, seed {ds_cfg.subset_seed})"
+    return text
 
 
 def build_train_data(cfg, built: list[tuple[str, ClipSource, int, int]], patch_size: tuple[int, int, int],
@@ -123,8 +182,10 @@ def build_train_data(cfg, built: list[tuple[str, ClipSource, int, int]], patch_s
     return PretrainData(loader, sampler, names, monitor)
 
 
-def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0) -> PretrainData:
-    """This rank's data over the configured mix; call ``set_epoch(epoch, start_batch)`` before iterating."""
-    built = build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
+def build_pretrain_data(cfg, patch_size: tuple[int, int, int], world_size: int = 1, rank: int = 0,
+                        built: list[tuple[str, ClipSource, int, int]] | None = None) -> PretrainData:
+    """This rank's data over the configured mix (``built``: its sources, already built); call
+    ``set_epoch(epoch, start_batch)`` before iterating."""
+    built = built if built is not None else build_sources(cfg.data.datasets, cfg.data, cfg.model.in_chans)
     masks = build_mask_generators(cfg)  # {"encoder": ..., "decoder": ... when decoder_masking is set}
     return build_train_data(cfg, built, patch_size, world_size, rank, masks)

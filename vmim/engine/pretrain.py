@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..data import build_pretrain_data
+from ..data import build_pretrain_data, build_sources
 from ..meta_arch import build_method
 from .distributed import DistInfo
 from .hooks import Hook
@@ -92,7 +92,8 @@ class PretrainTask(Task):
         return build_method(self.cfg)
 
     def build_data(self, model: nn.Module, dist: DistInfo) -> TrainData:
-        return build_pretrain_data(self.cfg, model.backbone.patch_size, dist.world_size, dist.rank)
+        self.built = build_sources(self.cfg.data.datasets, self.cfg.data, self.cfg.model.in_chans)  # summary_lines
+        return build_pretrain_data(self.cfg, model.backbone.patch_size, dist.world_size, dist.rank, self.built)
 
     def forward(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
         losses = model(to_device(batch, device))

@@ -2,9 +2,9 @@
 
 The trainer (:mod:`vmim.engine.trainer`) owns everything generic: device, precision, DDP, accumulation, clipping,
 the NaN guard, checkpoints with exact mid-epoch resume, stop signals and metrics. A task owns what differs between
-pretraining and fine-tuning: which model, which data, what one forward pass returns, and its own hooks (e.g. the
-reconstruction preview, or per-epoch validation). Tasks never see the optimizer; the trainer never sees targets,
-masks or labels.
+pretraining and fine-tuning: which model, which data, what one forward pass returns, its own hooks (e.g. the
+reconstruction preview, or per-epoch validation), and the lines that say in words what the run trains on
+(:meth:`Task.summary_lines`). Tasks never see the optimizer; the trainer never sees targets, masks or labels.
 """
 
 from __future__ import annotations
@@ -73,3 +73,17 @@ class Task(ABC):
     def hooks(self) -> list[Any]:
         """Task-specific :class:`~vmim.engine.hooks.Hook` instances."""
         return []
+
+    def summary_lines(self) -> list[str]:
+        """What the run trains on, in words, for ``log.txt`` and the console: the trainer logs these after its own
+        set-up lines (the task's data is often built before the trainer's logger exists). The default describes
+        the training sources the task keeps as ``self.built`` ((name, source, listed, missing) tuples; samples and
+        modality, and the ``fraction`` subset where there is one); none kept: nothing."""
+        built = getattr(self, "built", None) or []
+        if not built:
+            return []
+        from ..data.build import describe_source
+
+        datasets = self.cfg.data.datasets
+        return [f"train {describe_source(name, source, datasets.get(name), labeled=False)}"
+                for name, source, *_ in built]

@@ -5,6 +5,11 @@ neither targets nor masks nor labels. Resume is exact because every source of ra
 (seed, epoch, index) in the data pipeline or stored in the checkpoint (model, optimizer, scaler, data-side state,
 torch/numpy/python RNG of every rank), the learning rate is a pure function of the step, and the data skips the
 micro-batches the epoch had already consumed.
+
+Ending early: a hook may end training before ``train.epochs`` (:meth:`Trainer.request_finish`, e.g. fine-tuning's
+early stopping). The request is honoured at the end of the epoch, after the epoch-end hooks; the reason goes into
+:class:`TrainState` (``finished``) before the epoch-end checkpoint is saved, so a run that ended early and is started
+again (resume=auto) restores it, says so and trains no further. The trainer knows no reason by name.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class TrainState:
     """Micro-batches of the current epoch already consumed (always a multiple of accum_steps)."""
     skipped_steps: int = 0
     nonfinite_in_row: int = 0
+    finished: str = ""
+    """Why training ended before ``train.epochs`` (a hook's :meth:`Trainer.request_finish`); empty while it goes on.
+    Absent from checkpoints written before it existed (read as empty)."""
 
 
 class Trainer:
@@ -86,7 +94,7 @@ class Trainer:
 
     Attributes a hook may read: ``cfg``, ``task``, ``state``, ``model`` (DDP-wrapped when distributed),
     ``raw_model``, ``optimizer``, ``data``, ``metrics``, ``log``, ``window``, ``progress``, ``device``, ``precision``,
-    ``dist``, ``run_dir``, ``total_steps``.
+    ``dist``, ``run_dir``, ``total_steps``; a hook may call :meth:`request_finish`.
     """
 
     def __init__(self, cfg: Config, task: Task):
@@ -155,6 +163,7 @@ class Trainer:
         self.window = MetricsWindow()
         self.progress: tqdm | None = None
         self.hooks: list[Hook] = [LogMetrics(self.device, self.precision), *task.hooks()]
+        self._finish_request = ""
         self._log_setup()
 
     def _log_setup(self) -> None:
@@ -168,6 +177,23 @@ class Trainer:
         for hook in self.hooks:
             if isinstance(hook, LogMetrics) and hook.throughput is not None:
                 self.log.info(hook.throughput.summary())
+        for line in self.task.summary_lines():  # what the run trains on, in the task's words
+            self.log.info(line)
+
+    def request_finish(self, reason: str) -> None:
+        """End training early, for ``reason`` (one line, logged): honoured at the end of the current epoch, after the
+        epoch-end hooks (a request from ``before_train`` ends the run before its first epoch); recorded in the
+        epoch-end checkpoint, so a resumed run does not train on. Every rank must request it alike (from data every
+        rank shares, e.g. a validation score merged over ranks)."""
+        self._finish_request = self._finish_request or reason
+
+    def _finish_if_requested(self) -> bool:
+        """Move a pending :meth:`request_finish` into the state (saved next); whether training has ended early."""
+        if self._finish_request and not self.state.finished:
+            self.state.finished = self._finish_request
+            self.log.info(f"training ends early after epoch {self.state.epoch} of {self.cfg.train.epochs} (step "
+                          f"{self.state.step}): {self.state.finished}")
+        return bool(self.state.finished)
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -314,7 +340,8 @@ class Trainer:
         return None
 
     def fit(self) -> TrainState:
-        """Run (or continue) training to ``train.epochs``; returns the final state.
+        """Run (or continue) training to ``train.epochs``, or until a hook ends it early (:meth:`request_finish`);
+        returns the final state.
 
         Raises:
             StopRequested: a stop signal arrived; a checkpoint was saved at that step.
@@ -336,10 +363,15 @@ class Trainer:
                 if request := self.stop.agreed(self.dist, self.device):  # arrived while restoring
                     raise StopRequested(request, self.stop.signal_name or "a stop signal", self.state.step,
                                         self.run_dir)
+                if self.state.finished:  # a run that ended early (request_finish), started again
+                    self.log.info(f"training ended early at epoch {self.state.epoch} of {cfg.train.epochs} (step "
+                                  f"{self.state.step}): {self.state.finished}; nothing left to train")
+                elif self._finish_if_requested():  # requested in before_train (a validation left pending)
+                    self.save()
                 disable = None if cfg.log.progress_bar and self.dist.is_main else True
                 with tqdm(total=self.total_steps, initial=self.state.step, disable=disable, desc=self.task.name,
                           dynamic_ncols=True) as self.progress:
-                    while self.state.epoch < cfg.train.epochs:
+                    while self.state.epoch < cfg.train.epochs and not self.state.finished:
                         request = self.train_epoch()
                         if self.state.batch_in_epoch >= len(self.data):
                             self.state.epoch += 1
@@ -349,6 +381,7 @@ class Trainer:
                                     hook.after_epoch(self)
                             except Interrupted as stop:  # a validation pass, stopped: saved with it pending
                                 request = stop.request
+                            self._finish_if_requested()  # recorded in the epoch-end checkpoint below
                         self.save()  # at the epoch end, or mid-epoch where a stop was requested
                         if request:
                             name = self.stop.signal_name or "a stop signal"
