@@ -148,6 +148,16 @@ def test_a_supervised_list_needs_labels_below_num_classes(tmp_path, body, overri
     assert err.value.key == "data.datasets.motion.path" and fragment in str(err.value)
 
 
+@pytest.mark.parametrize("section", ["datasets", "val_datasets"])
+def test_test_and_validation_lists_are_checked_too(tmp_path, section):
+    lst = tmp_path / "val.txt"
+    lst.write_text("a.mp4 0\nb.mp4\n")
+    cfg = load_config(FINETUNE, ["init=", f"eval.{section}.held={{kind: video, path: {lst}}}"], task="finetune")
+    with pytest.raises(ConfigError) as err:
+        check_data_paths(cfg)
+    assert err.value.key == f"eval.{section}.held.path" and "line 2 has no label" in str(err.value)
+
+
 @pytest.mark.parametrize("entry, fragment", [
     ({"format": "kinetics_csv", "path": "k.csv"}, "lists no videos"),  # a header and no row
     ({"format": "ucf101", "path": "blank.txt", "labels": "classInd.txt"}, "lists no videos"),

@@ -48,7 +48,8 @@ TINY = ["model.backbone=vit_test", "model.patch_size=4", "targets.pixel.head.dep
         "log.progress_bar=false"]
 """The digits demo shrunk to seconds."""
 FINETUNE = ["--config", "configs/demo/motion_finetune.yaml", "model.backbone=vit_test",
-            "data.datasets.motion.fraction=0.02", "eval.every_epochs=1", "log.progress_bar=false"]
+            "data.datasets.motion.fraction=0.02", "eval.every_epochs=1", "eval.val_fraction=0.1",
+            "log.progress_bar=false"]
 CONTAINERS = ("zip", "legacy", "pickle")
 
 

@@ -305,8 +305,9 @@ def check_data_paths(cfg: Config) -> None:
     num_classes, labeled = (head.num_classes, True) if head is not None else (0, False)
     for name, ds in cfg.data.datasets.items():
         check_dataset_paths(f"data.datasets.{name}", ds, num_classes, labeled)
-    for name, ds in getattr(getattr(cfg, "eval", None), "datasets", {}).items():  # a fine-tuning config's
-        check_dataset_paths(f"eval.datasets.{name}", ds, num_classes, labeled)
+    for section in ("datasets", "val_datasets"):  # a fine-tuning config's test and validation sets
+        for name, ds in getattr(getattr(cfg, "eval", None), section, {}).items():
+            check_dataset_paths(f"eval.{section}.{name}", ds, num_classes, labeled)
     resume = getattr(cfg, "resume", "auto")
     if resume not in ("auto", "never") and not os.path.exists(resume):
         _fail("resume", f"{resume} does not exist (a checkpoint to continue from; resume=auto continues from "

@@ -15,6 +15,8 @@ import torch
 
 def source_labels(source: Any) -> np.ndarray:
     """(n,) int labels of every sample of a source, without opening a file (-1 = unlabeled)."""
+    if isinstance(source, SubsetSource):  # it forwards ``entries`` (the whole list's): its own labels come first
+        return source.labels
     if hasattr(source, "entries"):
         return np.array([entry.label for entry in source.entries], dtype=np.int64)
     return np.asarray(source.labels, dtype=np.int64)
