@@ -4,6 +4,9 @@ The toy problem has a known answer: each sample is 16 tokens, one of which (at a
 and the class sign (+-1); the 15 others carry a +-3 distractor in the same channel. Averaged, the class sign is 1/16
 of a sum whose noise has std 3 sqrt(15) / 16 = 0.73, so no classifier of the mean token beats Phi(0.0625 / 0.73) =
 53 % by much; a query that attends to the marked token reads the sign exactly.
+
+In the probe's protocol (:func:`vmim.engine.probe.probe`), the attentive probe is trained per draw on tokens that come
+out of the one feature extraction, for every feature set (the raw pixels' tokens are the backbone's patches).
 """
 
 from __future__ import annotations
@@ -168,3 +171,45 @@ def test_standardization_makes_the_probe_blind_to_channel_scale_and_offset():
         torch.testing.assert_close(moved(torch.from_numpy(x * a + b)), plain(torch.from_numpy(x)), rtol=1e-3,
                                    atol=1e-4)
         assert not torch.allclose(raw(torch.from_numpy(x * a + b)), plain(torch.from_numpy(x)), atol=1e-2)
+
+
+def test_attentive_in_the_probe_protocol(tmp_path):
+    """``probe.methods=[attentive]`` through :func:`vmim.engine.probe.probe` on digit images: tokens and pooled
+    features come out of the one extraction (each model's backbone sees every sample once per output); every feature
+    set gets an attentive cell per budget, trained per draw (seed train.seed + draw), all labels included; the
+    raw-pixel tokens are the 4 px patches (16 tokens of 3 x 4 x 4)."""
+    import collections
+
+    from vmim.config import load_config
+    from vmim.engine.probe import probe
+    from vmim.engine.probe_results import read_results
+    from vmim.meta_arch.classification import Classification
+
+    cfg = load_config(None, [
+        "task=finetune", "init=", "model.backbone=vit_test", "model.patch_size=4", "model.tubelet_size=2",
+        "data.img_size=16", "data.num_frames=4", "data.num_workers=0", "data.decode_isolation=false",
+        "data.datasets.d.kind=digits_images", "data.datasets.d.fraction=0.05", "eval.datasets.d.kind=digits_images",
+        "eval.datasets.d.split=test", "eval.datasets.d.fraction=0.1", "probe.methods=[attentive]",
+        "probe.attentive.steps=3", "probe.labels_per_class=[2,0]", "probe.seeds=2", "train.seed=7"])
+    seen: collections.Counter = collections.Counter()
+    tokens = Classification.tokens
+
+    def counting(self, clip):
+        seen[id(self)] += len(clip)
+        return tokens(self, clip)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Classification, "tokens", counting)
+        probe(cfg, tmp_path)
+    results = read_results(tmp_path)
+    n = results["data"]["fit"]["samples"] + results["data"]["test"]["samples"]
+    assert sorted(seen.values()) == [n, n]  # pretrained and random init: tokens of every sample, once
+    assert results["protocol"]["token_shapes"] == {"pretrained": [16, 64], "random_init": [16, 64],
+                                                   "raw_pixels": [16, 48]}
+    cells = {(c["features"], c["labels_per_class"]): c for c in results["results"]}
+    assert set(cells) == {(f, b) for f in ("pretrained", "random_init", "raw_pixels") for b in (2, 0)}
+    for (_, budget), cell in cells.items():
+        assert cell["method"] == "attentive" and cell["n"] == 2
+        assert [d["train_seed"] for d in cell["draws"]] == [7, 8]
+        assert [d["label_seed"] for d in cell["draws"]] == ([0, 1] if budget else [None, None])
+        assert all(0.0 <= d["accuracy"] <= 1.0 for d in cell["draws"])

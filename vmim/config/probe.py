@@ -1,14 +1,27 @@
 """The ``probe`` section of a fine-tuning config: what ``vmim probe`` fits on frozen features, and its checks.
-Torch-free."""
+Torch-free.
+
+Decisions:
+
+* **Several label budgets in one run** (``labels_per_class``: a list, 0 = all labels), all scored on the features of
+  one extraction. One integer, the key's type before the list (old configs and run folders hold ``0`` or ``10``),
+  still loads: the config loader refuses a scalar for a ``List[int]`` field, so the field is typed ``Any`` and
+  :func:`validate_probe` turns an integer into a one-budget list (and refuses anything else, naming the key).
+* **Baselines beside the weights** (``baselines``): the same architecture at random init and the raw pixels. The
+  earlier boolean ``compare_random_init`` still loads (old fine-tuning runs record it): ``false`` drops
+  ``random_init`` from ``baselines``, ``true`` adds it; :func:`validate_probe` folds it in and resets it to None, so a
+  config written back holds the list only.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, List, Optional
 
 from .checks import _check, _choice
 
 PROBE_METHODS = ("linear", "knn", "attentive")
+PROBE_BASELINES = ("random_init", "raw_pixels")
 
 
 @dataclass
@@ -29,34 +42,97 @@ class AttentiveProbeConfig:
 
 @dataclass
 class ProbeConfig:
-    """``vmim probe``: classifiers fit on frozen features (evaluation transform, no augmentation)."""
+    """``vmim probe``: classifiers fit on frozen features (evaluation transform, no augmentation); docs/probes.md."""
 
     methods: List[str] = field(default_factory=lambda: ["linear", "knn"])
     """linear (mean-pooled features standardized, logistic regression), knn (cosine, majority of k) and / or attentive
-    (V-JEPA's attentive probe over the tokens, trained: the ``attentive`` section)."""
+    (V-JEPA's attentive probe over the tokens, trained per draw: slow, the ``attentive`` section)."""
     knn_k: int = 20
+    """Neighbours that vote (at most the fit samples of a draw)."""
     C: float = 1.0
     """Inverse L2 strength of the logistic regression."""
-    labels_per_class: int = 0
-    """Fit on this many labeled samples per class, averaged over ``seeds`` draws (low-label curves); 0 = all."""
+    labels_per_class: Any = field(default_factory=lambda: [1, 10, 100, 0])
+    """Label budgets, all from one feature extraction: fit on this many labeled samples per class (all of a class
+    with fewer), ``seeds`` draws each; 0 = all labels (one fit for linear and knn). A list, or one integer."""
     seeds: int = 3
-    compare_random_init: bool = True
-    """Also probe the same architecture at random init (what the weights add)."""
+    """Label draws per budget (draw s: seed s); the attentive probe also trains with seed train.seed + s."""
+    baselines: List[str] = field(default_factory=lambda: ["random_init", "raw_pixels"])
+    """Feature sets probed beside the weights, same protocol: random_init (the architecture at seed train.seed) and
+    raw_pixels (the evaluation clip's pixels, average-pooled to at most ``raw_pixels_dim`` values)."""
+    raw_pixels_dim: int = 4096
+    """Most values of a raw-pixel feature vector: a larger C x T x S x S clip is average-pooled (docs/probes.md)."""
+    compare_random_init: Optional[bool] = None
+    """Deprecated (use ``baselines``): false drops random_init from the baselines, true adds it."""
     attentive: AttentiveProbeConfig = field(default_factory=AttentiveProbeConfig)
 
 
+def _budgets(value: Any) -> list[int]:
+    """``labels_per_class`` as a list of budgets; raises ConfigError naming the key."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    _check(len(items) > 0, "probe.labels_per_class", "names no label budget (e.g. [1, 10, 100, 0]; 0 = all)")
+    for item in items:
+        _check(isinstance(item, int) and not isinstance(item, bool) and item >= 0, "probe.labels_per_class",
+               f"{value!r}: each budget must be an integer >= 0 (labels per class; 0 = all)")
+    _check(len(set(items)) == len(items), "probe.labels_per_class", f"{list(items)} names a budget twice")
+    return [int(i) for i in items]
+
+
 def validate_probe(p: ProbeConfig) -> None:
-    """Checks of the ``probe`` section. Raises ConfigError naming the key."""
+    """Checks of the ``probe`` section (normalizing ``labels_per_class`` to a list and folding
+    ``compare_random_init`` into ``baselines``). Raises ConfigError naming the key."""
     _check(len(p.methods) > 0, "probe.methods", "at least one of linear, knn")
     for method in p.methods:
         _choice("probe.methods", method, PROBE_METHODS)
+    _check(len(set(p.methods)) == len(p.methods), "probe.methods", f"{list(p.methods)} names a method twice")
     _check(p.knn_k >= 1, "probe.knn_k", f"{p.knn_k} must be >= 1")
     _check(p.C > 0, "probe.C", f"{p.C} must be positive")
-    _check(p.labels_per_class >= 0, "probe.labels_per_class", f"{p.labels_per_class} must be >= 0")
+    p.labels_per_class = _budgets(p.labels_per_class)
     _check(p.seeds >= 1, "probe.seeds", f"{p.seeds} must be >= 1")
+    for name in p.baselines:
+        _choice("probe.baselines", name, PROBE_BASELINES)
+    _check(len(set(p.baselines)) == len(p.baselines), "probe.baselines", f"{list(p.baselines)} names one twice")
+    if p.compare_random_init is not None:
+        keep = [b for b in p.baselines if b != "random_init"]
+        p.baselines = (["random_init"] + keep) if p.compare_random_init else keep
+        p.compare_random_init = None
+    _check(p.raw_pixels_dim >= 64, "probe.raw_pixels_dim", f"{p.raw_pixels_dim} must be >= 64")
     a = p.attentive
     _check(a.steps >= 1, "probe.attentive.steps", f"{a.steps} must be >= 1")
     _check(a.lr > 0, "probe.attentive.lr", f"{a.lr} must be positive")
     _check(a.weight_decay >= 0, "probe.attentive.weight_decay", f"{a.weight_decay} must be >= 0")
     _check(a.heads >= 0, "probe.attentive.heads", f"{a.heads} must be >= 0 (0 = 64-channel heads)")
     _check(a.batch_size >= 1, "probe.attentive.batch_size", f"{a.batch_size} must be >= 1")
+
+
+def probe_config_for_run(run_cfg: Any, init: str, train: dict | None = None, test: dict | None = None,
+                         overrides: List[str] = ()) -> Any:
+    """The fine-tuning config ``vmim probe RUN`` probes with: the run's model (a pretraining run's encoder or a
+    fine-tuning run's backbone, weights ``init``), its input statistics (img_size, num_frames, mean, std), its seed and
+    its data settings (workers, decoding, bad-file threshold), fit on ``train`` (``data.datasets.train``) and scored
+    on ``test`` (``eval.datasets.test``), dataset entries as :func:`vmim.data.list_entry.entry_for` makes them; without
+    them the built-in digits' train and test images (in-process: no workers). The backbone pools as it was built to
+    (``model.global_pool``; a fine-tuning run's ``head.pooling`` is not taken: its weights are not the backbone's).
+    ``overrides`` (``probe.*``, ``eval.*``, ``data.datasets.train.stride=2``, ...) come last.
+
+    Raises:
+        ConfigError: an override names an unknown key or a bad value.
+    """
+    import dataclasses
+
+    from .loader import apply_overrides, build_config
+
+    d = run_cfg.data
+    if train is None or test is None:
+        datasets = {"digits": {"kind": "digits_images", "split": "train"}}
+        evals = {"digits": {"kind": "digits_images", "split": "test"}}
+        data = {"num_workers": 0}
+    else:
+        datasets, evals = {"train": dict(train)}, {"test": dict(test)}
+        data = {"num_workers": d.num_workers, "decode_timeout_s": d.decode_timeout_s,
+                "decode_isolation": d.decode_isolation, "max_bad_fraction": d.max_bad_fraction}
+    raw = {"task": "finetune", "init": init,
+           "model": dataclasses.asdict(run_cfg.model), "train": {"seed": run_cfg.train.seed},
+           "data": {"img_size": d.img_size, "num_frames": d.num_frames, "mean": list(d.mean), "std": list(d.std),
+                    **data, "datasets": datasets},
+           "eval": {"datasets": evals}}
+    return build_config(apply_overrides(raw, list(overrides)))

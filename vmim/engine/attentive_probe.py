@@ -3,9 +3,10 @@
 Where :mod:`vmim.engine.probe` fits sklearn classifiers on pooled ``(n, D)`` features, this probe needs the tokens
 ``(n, N, D)``. Decisions:
 
-* **Extraction reuses the probe's**: :class:`TokenFeatures` hands :func:`~vmim.engine.probe.extract_features` a model
-  whose ``features`` are the flattened tokens ``backbone(x).tokens`` (class token dropped), so loading, evaluation
-  views, bad files (left out, counted, remembered) and stop signals are the probe's own. Several evaluation views are
+* **Extraction is the probe's**: the tokens ``backbone(x).tokens`` (class token dropped) come out of the same pass
+  as the pooled features (:class:`~vmim.engine.probe_features.ModelFeatures` with ``tokens``;
+  :func:`~vmim.engine.probe_features.extract`), so loading, evaluation views, bad files (left out, counted,
+  remembered) and stop signals are the probe's own, and each file is decoded once. Several evaluation views are
   averaged token by token (position by position), as the probe averages pooled features; the reference instead
   concatenates the tokens of its 8 segments x 3 views and attends across them (``attend_across_segments``), which
   costs V times the memory here.
@@ -18,7 +19,7 @@ Where :mod:`vmim.engine.probe` fits sklearn classifiers on pooled ``(n, D)`` fea
   on a small evaluation set without augmentation the query, the block and the head need many passes: on the 1438
   motion clips (vit_tiny tokens at random init, 4 classes) 300 steps of 64 (13 passes) scored 28.7 % (below the
   mean-pooled linear probe's 33.7 %), 1000 steps 39.8 %, 2000 steps 45.1 % (train 93 %: overfitting from there).
-  The probe (:func:`score_tokens`) therefore standardizes each channel by its fit-token mean and std, as the linear
+  The probe (:mod:`vmim.engine.probe`) therefore standardizes each channel by its fit-token mean and std, as the linear
   probe's StandardScaler does (kept in the model as buffers, so test tokens get the same): 1000 steps then score
   46.5 %. :func:`fit_probe` leaves it off unless asked (``standardize``), its behaviour before.
 * **Frozen means frozen**: the tokens are plain tensors without grad, so gradients reach only the pool and the head.
@@ -42,13 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.pooling import build_pooling
-from .probe_features import extract_features, per_class_subset
+from .probe_features import extract
 
 
 class TokenFeatures(nn.Module):
     """Wraps a :class:`~vmim.meta_arch.classification.Classification` so that ``features(clip)`` returns its
-    backbone's grid tokens, flattened to ``(B, N * D)`` (what :func:`~vmim.engine.probe.extract_features` averages
-    over views); ``token_shape`` is ``(N, D)`` after the first call."""
+    backbone's grid tokens, flattened to ``(B, N * D)``; ``token_shape`` is ``(N, D)`` after the first call. For
+    code that wants tokens from a ``features`` method; the probe itself asks
+    :class:`~vmim.engine.probe_features.ModelFeatures` for ``"tokens"``."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
@@ -67,22 +69,10 @@ class TokenFeatures(nn.Module):
 
 def extract_tokens(classifier: nn.Module, source, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(n, N, D)`` tokens (averaged over the evaluation views) and ``(n,)`` labels of every sample of ``source`` that
-    loads; ``kwargs`` are :func:`~vmim.engine.probe.extract_features`'s."""
-    adapter = TokenFeatures(classifier)
-    flat, labels = extract_features(adapter, source, **kwargs)
-    return flat.reshape(len(flat), *adapter.token_shape), labels
-
-
-def tokens_of(classifier: nn.Module, keyed: list, side: str, cfg, monitor, stop) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and labels of every source of ``side`` ("data.datasets" / "eval.datasets") in the probe's ``keyed``
-    (key, source, ...) list, concatenated: :func:`vmim.engine.probe._features_of` for tokens."""
-    e, d = cfg.eval, cfg.data
-    parts = [extract_tokens(classifier, source, views=e.val_views, crops=e.val_crops, short_side=e.short_side,
-                            batch_size=e.batch_size * 8, num_workers=d.num_workers,
-                            decode_timeout_s=d.decode_timeout_s, isolate=d.decode_isolation, monitor=monitor,
-                            dataset=i, stop=stop)
-             for i, (key, source, *_) in enumerate(keyed) if key.startswith(side + ".")]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    loads; ``kwargs`` are :func:`~vmim.engine.probe_features.extract`'s."""
+    classifier.eval()
+    feats, labels, _ = extract({"model": lambda clip: {"tokens": classifier.tokens(clip)}}, source, **kwargs)
+    return feats["model"]["tokens"], labels
 
 
 class PooledClassifier(nn.Module):
@@ -160,18 +150,3 @@ def attentive_probe(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_
     """Test top-1 of :func:`fit_probe` (``settings``: its keywords) trained on the fit tokens."""
     num_classes = int(max(np.max(y_fit), np.max(y_test))) + 1
     return accuracy(fit_probe(x_fit, y_fit, num_classes, **settings), x_test, y_test)
-
-
-def score_tokens(fit: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], probe_cfg, seed: int = 0,
-                 ) -> dict[str, float]:
-    """``{"attentive": accuracy}`` per ``probe_cfg`` (``labels_per_class`` and ``seeds`` as the other probes, and the
-    ``attentive`` section: steps, lr, weight_decay, heads, batch_size), the mean over the label draws."""
-    (x_fit, y_fit), (x_test, y_test) = fit, test
-    draws = [np.arange(len(y_fit))]
-    if probe_cfg.labels_per_class:
-        draws = [per_class_subset(y_fit, probe_cfg.labels_per_class, s) for s in range(probe_cfg.seeds)]
-    a = probe_cfg.attentive
-    settings = {"steps": a.steps, "lr": a.lr, "weight_decay": a.weight_decay, "heads": a.heads,
-                "batch_size": a.batch_size, "seed": seed, "standardize": True}
-    accs = [attentive_probe(x_fit[i], y_fit[i], x_test, y_test, **settings) for i in draws]
-    return {"attentive": float(np.mean(accs))}
