@@ -216,13 +216,16 @@ def test_probe_on_a_finetune_config_prints_the_last_line(reference, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "probe", "--config",
                            str(REPO / "configs/demo/motion_finetune.yaml"), *TINY_FT,
                            f"init={reference / 'checkpoints' / 'last.pt'}", "probe.labels_per_class=5",
-                           "probe.seeds=2", "data.num_workers=0"],
+                           "probe.seeds=2", "data.num_workers=0", "--output", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert re.fullmatch(r"knn probe top1 \d+\.\d\d% \(random init \d+\.\d\d%; 20 fit, 359 test, 5 labels per class\)",
-                        lines[-2]), lines
-    assert re.match(r"probe top1 \d+\.\d\d% \(random init", lines[-1]), lines
+    assert lines[0].startswith(f"probe of {reference / 'checkpoints' / 'last.pt'} (finetune, step 24): fit "), lines
+    assert lines[1:3] == ["5 labels per class: 20 fit, 359 test, 2 draws",
+                          "  method    pretrained     random init    raw pixels"], lines
+    for row, method in zip(lines[3:5], ("linear", "knn")):
+        assert re.fullmatch(rf"  {method:<10}(\d+\.\d\d ± \d+\.\d\d *){{3}}", row), row
+    assert lines[-1] == f"results: {tmp_path}/results.json, results.tsv"
 
 
 def test_label_outside_the_head_names_file_and_line(tmp_path):

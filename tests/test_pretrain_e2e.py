@@ -229,7 +229,8 @@ def test_probe_reports_both_accuracies(tmp_path):
     engine.pretrain(cfg)
     probe_cfg = probe_config_for_pretraining_run(cfg, str(tmp_path / "checkpoints" / "last.pt"))
     result = probe(probe_cfg)
-    assert set(result.accuracy) == {"pretrained", "random_init"} and (result.fit, result.test) == (1438, 359)
+    assert set(result.accuracy) == {"pretrained", "random_init", "raw_pixels"}
+    assert (result.fit, result.test) == (1438, 359)
     accs = [a["linear"] for a in result.accuracy.values()]
     assert all(0.2 < a <= 1.0 for a in accs), accs  # 10 classes: far above chance either way
     # Not "the two accuracies differ": after 8 steps both can be the same count of 359 test digits right (they were,
@@ -251,7 +252,7 @@ def test_probe_reports_both_accuracies(tmp_path):
         f_random, f_pretrained = random_init.features(clips), pretrained.features(clips)
     assert f_random.shape == f_pretrained.shape and torch.isfinite(f_pretrained).all()
     assert not torch.allclose(f_random, f_pretrained), "the checkpoint's weights were not loaded"
-    assert result.lines()[-1].startswith("probe top1 ")
+    assert result.lines()[-1].startswith("top-1 accuracy in %")
 
 
 def test_flat_image_folder_pretrains_unlabeled(tmp_path):

@@ -71,8 +71,10 @@ def run_method(name: str, out: Path, seed: int) -> dict:
     start = time.time()
     vmim("pretrain", "--config", method["config"], f"output_dir={run / 'pretrain'}", f"train.seed={seed}",
          *DEMO_SCALE, *method["pretrain"])
-    probe = vmim("probe", str(run / "pretrain")).strip().splitlines()[-1]
-    pretrained, random_init = (float(x) for x in PERCENT.findall(probe.replace("random init", "top1")))
+    vmim("probe", str(run / "pretrain"), "probe.methods=[linear]", "probe.labels_per_class=0")
+    results = json.loads((run / "pretrain" / "probe" / "results.json").read_text())
+    linear = {r["features"]: 100 * r["mean"] for r in results["results"]}
+    pretrained, random_init = linear["pretrained"], linear["random_init"]
     motion = {}
     for start_from, init in (("pretrained", str(run / "pretrain")), ("scratch", "")):
         folder = run / f"from_{start_from}"
