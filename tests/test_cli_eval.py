@@ -209,3 +209,13 @@ def test_test_flag_scores_other_data_named_by_the_stem(setup):
     assert len((out / "digits_motion_test.predictions.tsv").read_text().splitlines()) == 1 + 359
     assert len((out / "good.predictions.tsv").read_text().splitlines()) == 1 + 3
     assert lines[-1].endswith("(3 videos, 1 x 1 views)") and "(359 videos, 1 x 1 views)" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["eval", "RUN", "--test", "a.txt", "eval.num_views=2"],
+                                  ["eval", "--test", "a.txt", "RUN", "eval.num_views=2"],
+                                  ["eval", "RUN", "eval.num_views=2", "--test", "a.txt"]])
+def test_options_may_sit_between_the_run_and_the_overrides(argv):
+    from vmim.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.target, args.test, args.overrides) == ("RUN", ["a.txt"], ["eval.num_views=2"])

@@ -11,6 +11,8 @@ import argparse
 import os
 import re
 
+from . import accept_intermixed
+
 HELP = ("multi-view test of a fine-tuned run: eval.num_views x eval.num_crops views per video, softmax averaged, "
         "predictions file, top-1 / top-5")
 
@@ -24,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score this data instead of the run's eval.datasets: a list file, an image folder or "
                         "KIND:SPLIT (digits_motion:test); repeatable; named by the file stem")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config (eval.num_views=...)")
+    accept_intermixed(p)
 
 
 def word_name(word: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config
 from ..preflight import check_data_paths, check_dataset_paths
+from . import accept_intermixed
 
 HELP = ("linear / k-NN / attentive probes on frozen features at several label budgets, beside the random init and "
         "the raw pixels; results in RUN/probe")
@@ -38,22 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="folder for results.json and results.tsv (default: RUN/probe, or the config's "
                                     "output_dir/probe)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the probe config (probe.methods=[linear])")
-    _parse_intermixed(p)
-
-
-def _parse_intermixed(p: argparse.ArgumentParser) -> None:
-    """Let RUN and the overrides come before and after the options (``vmim probe RUN --train A --test B
-    probe.seeds=5``): argparse's own pass takes the positionals it meets first and refuses later ones, so this
-    parser reads them intermixed (``parse_known_intermixed_args``, which calls ``parse_known_args`` itself: the
-    class's, while it runs)."""
-    def parse(args=None, namespace=None):
-        del p.parse_known_args  # the class's method, for the two passes below
-        try:
-            return p.parse_known_intermixed_args(args, namespace)
-        finally:
-            p.parse_known_args = parse
-
-    p.parse_known_args = parse
+    accept_intermixed(p)
 
 
 def run(args: argparse.Namespace) -> int:
