@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         init = _checkpoint(run_dir, args.checkpoint)
         if init is None:
             return 2
-        from ..config.probe import probe_config_for_run
+        from ..config.probe_run import probe_config_for_run
 
         cfg = probe_config_for_run(run_cfg, str(init), *entries, overrides=args.overrides)
         if args.train:

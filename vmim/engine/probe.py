@@ -4,7 +4,7 @@ the same protocol on the architecture at random init and on the raw pixels, at s
 ``vmim probe --config FILE`` takes a fine-tuning config (``task: finetune``): features of ``data.datasets`` (fit) and
 ``eval.datasets`` (score) come from ``init``'s backbone through the evaluation transform (``eval.val_views`` x
 ``eval.val_crops`` fixed views, averaged; no random crop or flip). ``vmim probe RUN`` takes the model of a pretraining
-or fine-tuning run (:func:`vmim.config.probe.probe_config_for_run`) and fits on ``--train``, scores on ``--test``
+or fine-tuning run (:func:`vmim.config.probe_run.probe_config_for_run`) and fits on ``--train``, scores on ``--test``
 (default: the built-in digits' train and test images).
 
 The protocol (docs/probes.md):
@@ -378,7 +378,7 @@ def _info(cfg, checkpoint: dict, datasets: list[_Dataset], monitor, fit: Side, t
 def probe_config_for_pretraining_run(run_cfg, init: str, overrides: list[str] = ()):
     """The probe of ``vmim probe RUN_DIR`` without ``--train`` / ``--test``: the run's backbone and input statistics,
     fit on the built-in digits' train split (centred images), scored on their test split
-    (:func:`vmim.config.probe.probe_config_for_run`)."""
-    from ..config.probe import probe_config_for_run
+    (:func:`vmim.config.probe_run.probe_config_for_run`)."""
+    from ..config.probe_run import probe_config_for_run
 
     return probe_config_for_run(run_cfg, init, overrides=overrides)
