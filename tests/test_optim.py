@@ -224,3 +224,76 @@ def test_layer_decay_scales_each_parameter_as_mae(fc_norm):
     set_lr(opt, 2e-3)
     for group in opt.param_groups:
         assert group["lr"] == pytest.approx(2e-3 * group["lr_scale"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Head lr scale (optim.head_lr_scale)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _classifier(fc_norm: bool = True) -> nn.Module:
+    from vmim.models.registry import BACKBONES
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = BACKBONES["vit_test"](patch_size=8, tubelet_size=2, fc_norm=fc_norm, video_grid=(2, 4, 4))
+            self.head = nn.Linear(64, 10)
+
+    return Classifier()
+
+
+@pytest.mark.parametrize("layer_decay", [1.0, 0.65])
+def test_head_lr_scale_multiplies_what_follows_the_blocks(layer_decay):
+    model, head_scale = _classifier(), 10.0
+    depth = model.backbone.depth
+    groups = param_groups(model, weight_decay=0.05, layer_decay=layer_decay, head_lr_scale=head_scale)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(scale_of) == len(names)
+    heads = set()
+    for name, param in names.items():
+        layer = mae_layer_id(name, depth)
+        want = layer_decay ** (depth + 1 - layer) * (head_scale if layer == depth + 1 else 1.0)
+        assert scale_of[id(param)] == pytest.approx(want), name
+        if layer == depth + 1:
+            heads.add(name)
+    assert {"head.weight", "head.bias", "backbone.fc_norm.weight"} <= heads  # the fresh classifier side
+    assert not any(n.startswith(("backbone.blocks.", "backbone.patch_embed.")) for n in heads)
+    # AdamW takes the scaled lr: one step on a zero gradient except sign(1) moves a head weight 10x a block weight
+    opt = torch.optim.AdamW(groups, lr=1.0, weight_decay=0.0)
+    from vmim.engine.optim import set_lr
+
+    set_lr(opt, 1e-3)
+    head_w, block_w = model.head.weight, model.backbone.blocks[-1].mlp.fc2.weight
+    before = head_w.detach().clone(), block_w.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    head_step = (before[0] - head_w.detach()).abs().mean()
+    block_step = (before[1] - block_w.detach()).abs().mean()
+    assert head_step == pytest.approx(1e-3 * head_scale, rel=1e-3)  # Adam's first step is lr x sign(grad)
+    assert block_step == pytest.approx(1e-3 * layer_decay, rel=1e-3)
+
+
+def test_head_lr_scale_needs_a_backbone():
+    net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    groups = param_groups(net, weight_decay=0.05, head_lr_scale=10.0)
+    assert all(g["lr_scale"] == 1.0 for g in groups)  # no blocks: nothing "follows" them, the lr is the lr
+
+
+def test_head_lr_scale_from_config_and_its_check():
+    from vmim.config import ConfigError
+
+    base = ["task=finetune", "data.datasets.d.kind=digits_images", "eval.datasets.t.kind=digits_images",
+            "eval.datasets.t.split=test", "model.backbone=vit_test", "model.patch_size=8", "data.img_size=16",
+            "data.num_frames=2"]
+    cfg = load_config(None, base + ["optim.head_lr_scale=10", "optim.layer_decay=1"])
+    model = _classifier()
+    opt = build_optimizer(model, cfg.optim, global_batch=256)
+    head = {id(p) for p in model.head.parameters()}
+    assert {g["lr_scale"] for g in opt.param_groups if any(id(p) in head for p in g["params"])} == {10.0}
+    assert load_config(None, base).optim.head_lr_scale == 1.0  # off by default
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="optim.head_lr_scale"):
+            load_config(None, base + [f"optim.head_lr_scale={bad}"])

@@ -78,6 +78,11 @@ class OptimConfig:
     layer_decay: float = 1.0
     """Layer-wise lr decay (MAE / VideoMAE fine-tuning: 0.65-0.75): block i of L gets lr x decay^(L - i), the stem
     decay^(L + 1), what follows the blocks (norms, head) the full lr. 1 = off."""
+    head_lr_scale: float = 1.0
+    """Multiplies the lr of what follows the backbone's blocks (final norm / fc_norm, pooling, the classification
+    head; in pretraining the decoders and target heads), on top of layer_decay. Small labelled sets: 10 lets a fresh
+    head become useful within the first epochs, before the backbone drifts on its near-zero signal (docs/small-data.md).
+    1 = off."""
     impl: str = "fused"
     """AdamW's kernels: fused (one kernel for every parameter, CPU and CUDA: ~10x faster than for_loop on a ViT-B's
     ~100M parameters on CPU), foreach (one kernel per op over all parameters) or for_loop (torch's per-parameter
@@ -204,6 +209,7 @@ def validate_common(cfg: Any) -> None:
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            f"{o.betas} must be 2 values in [0, 1)")
     _check(0 < o.layer_decay <= 1, "optim.layer_decay", f"{o.layer_decay} is outside (0, 1]")
+    _check(o.head_lr_scale > 0, "optim.head_lr_scale", f"{o.head_lr_scale} must be positive (1 = off)")
     _check(o.clip_grad >= 0, "optim.clip_grad", f"{o.clip_grad} must be >= 0")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"{o.accum_steps} must be >= 1")
     _choice("optim.impl", o.impl, OPTIM_IMPLS)

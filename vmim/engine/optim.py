@@ -6,6 +6,14 @@ mask tokens) is layer 0, block i is layer i + 1, and everything else (the final 
 L + 1, so a parameter's lr is scaled by ``decay ** (L + 1 - id)``. The ids come from the backbone's timm-style
 ``group_matcher()``; its ``(99999,)`` marker (timm puts the final norm in the last block's group) means "after the
 blocks" here, as in MAE.
+
+``optim.head_lr_scale`` multiplies the lr of that last id (what follows the blocks) on top of the layer decay. Why: a
+fresh head starts at ~0 (``head.init_scale``), and AdamW moves every weight by about the lr per step whatever its
+gradient's size, so until the head is useful the backbone takes full-size steps along the noise of a near-zero
+signal. With a few thousand (or a few hundred) labels an epoch is a handful of steps, and the head stays near zero for
+a large share of the run: on the built-in digits with 10 % of the labels (docs/small-data.md) a 10x head lr took the
+fine-tune from below its own linear probe to above it. Scaling the head's group is the static form of LP-FT's head
+warm-up: no state, nothing to resume, DDP-safe (every parameter keeps receiving gradients).
 """
 
 from __future__ import annotations
@@ -60,12 +68,15 @@ def layer_ids(model: nn.Module) -> dict[str, int]:
     return ids
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, head_lr_scale: float = 1.0
+                 ) -> list[dict]:
     """Decayed weights and the rest (everything 1-D, i.e. norms and biases, or listed by a module's
     ``no_weight_decay()``), each split by layer with ``lr_scale = layer_decay ** (L + 1 - id)`` when
-    ``layer_decay < 1``."""
+    ``layer_decay < 1``, times ``head_lr_scale`` for id L + 1 (what follows the blocks; only where the model has a
+    backbone with blocks, else the scale would be a plain lr change)."""
     skip = no_weight_decay_names(model)
-    ids = layer_ids(model) if layer_decay < 1 else {}
+    head_scaled = head_lr_scale != 1 and find_backbone(model) is not None
+    ids = layer_ids(model) if layer_decay < 1 or head_scaled else {}
     top = max(ids.values(), default=0)
     groups: dict[tuple[bool, int], dict] = {}
     for name, param in model.named_parameters():
@@ -73,8 +84,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
             continue
         no_decay = param.ndim <= 1 or name in skip
         layer = ids.get(name, top)
+        scale = layer_decay ** (top - layer) * (head_lr_scale if head_scaled and layer == top else 1.0)
         group = groups.setdefault((no_decay, layer), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": layer_decay ** (top - layer)})
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale})
         group["params"].append(param)
     if not groups:
         return [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
@@ -103,7 +115,7 @@ def adamw_kernels(params: list[torch.Tensor], impl: str) -> tuple[dict, str]:
 def build_optimizer(model: nn.Module, cfg, global_batch: int) -> torch.optim.AdamW:
     """AdamW from a :class:`vmim.config.OptimConfig` with ``optim.impl``'s kernels (resolved in the optimizer's
     ``impl`` attribute); ``lr`` is set per step by :func:`set_lr`. Build it after the model is on its device."""
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_scale)
     kernels, resolved = adamw_kernels([p for g in groups for p in g["params"]], cfg.impl)
     optimizer = torch.optim.AdamW(groups, lr=scaled_lr(cfg.lr, global_batch), betas=tuple(cfg.betas), eps=cfg.eps,
                                   **kernels)
