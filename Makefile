@@ -27,13 +27,15 @@ demo: setup
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_DIR)/tb"
 
 # Pretrain on the digits motion clips (no labels), fine-tune with 10 % of the labels from that checkpoint and from
-# scratch, test both (2 clips x 1 crop per video) and print the two accuracies.
+# scratch (best.pt picked on a validation split carved from the training list: eval.val_fraction), test both (2 clips
+# x 1 crop per video) and print the two accuracies.
 demo-video: setup
 	rm -rf $(DEMO_VIDEO_DIR)
 	$(BIN)/vmim pretrain --config configs/demo/motion_pretrain.yaml output_dir=$(DEMO_VIDEO_DIR)/pretrain
 	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init=$(DEMO_VIDEO_DIR)/pretrain \
-		output_dir=$(DEMO_VIDEO_DIR)/from_pretrained
-	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init= output_dir=$(DEMO_VIDEO_DIR)/from_scratch
+		output_dir=$(DEMO_VIDEO_DIR)/from_pretrained eval.val_fraction=0.1
+	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init= output_dir=$(DEMO_VIDEO_DIR)/from_scratch \
+		eval.val_fraction=0.1
 	@pre=$$($(BIN)/vmim eval $(DEMO_VIDEO_DIR)/from_pretrained | tail -1); \
 	scratch=$$($(BIN)/vmim eval $(DEMO_VIDEO_DIR)/from_scratch | tail -1); \
 	echo "motion task, 10% of the labels: from pretrained $$pre | from scratch $$scratch"
@@ -62,9 +64,9 @@ demo-mvd: setup
 	$(BIN)/vmim pretrain --config configs/demo/mvd_student.yaml output_dir=$(DEMO_MVD_DIR)/student \
 		targets.image_teacher.path=$(DEMO_MVD_DIR)/image_teacher targets.video_teacher.path=$(DEMO_MVD_DIR)/video_teacher
 	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init=$(DEMO_MVD_DIR)/student \
-		output_dir=$(DEMO_MVD_DIR)/student_ft
+		output_dir=$(DEMO_MVD_DIR)/student_ft eval.val_fraction=0.1
 	$(BIN)/vmim finetune --config configs/demo/motion_finetune.yaml init=$(DEMO_MVD_DIR)/video_teacher \
-		output_dir=$(DEMO_MVD_DIR)/pixel_only_ft
+		output_dir=$(DEMO_MVD_DIR)/pixel_only_ft eval.val_fraction=0.1
 	$(BIN)/vmim probe $(DEMO_MVD_DIR)/student
 	$(BIN)/vmim probe $(DEMO_MVD_DIR)/video_teacher
 	@mvd=$$($(BIN)/vmim eval $(DEMO_MVD_DIR)/student_ft | tail -1); \
