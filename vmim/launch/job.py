@@ -94,6 +94,8 @@ class TrainJob(Checkpointable):
             state = train(self.cfg)
         except StopRequested as stop:
             ignore_stop_signals()
+            if rank == 0:  # in log.txt too: a stop while the run was starting logs nothing else
+                log.warning(str(stop))
             if stop.request == "requeue" and in_slurm and rank == 0:
                 requeue(job_id, self.max_requeues)
             sys.exit(-1)  # no result: the job is not over (requeued, or cancelled and resumable)
