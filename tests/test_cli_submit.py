@@ -50,6 +50,7 @@ ROWS = [
     (["--local", "output_dir={d}/file/run"], ["output_dir", "{d}/file"]),  # NotADirectoryError writing config.yaml
     (["--local", "--sweep", "optim.lr"], ["optim.lr", "key=value1,value2"]),
     (["--local", "--sweep", "optim.lr=1e-3,inf"], ["optim.lr", "finite"]),
+    (["--local", "--test", "digits_images:test"], ["--test", "--eval"]),  # --test scores a run: without --eval, none
 ]
 
 
@@ -61,3 +62,11 @@ def test_submit_refuses_before_anything_is_queued(where, args, names):
         args.append(f"output_dir={run}")
     proc = run_cli("submit", "--config", DEMO, *args, timeout=60)
     assert_refused(proc, *[n.format(d=where) for n in names], code=2, no_dirs=(run, where / "file" / "run"))
+
+
+def test_submit_eval_refuses_a_bad_test_word_before_anything_is_queued(tmp_path):
+    """``--test`` words are read before the job is queued: a missing list is one line naming --test and the file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = run_cli("submit", "--eval", str(run), "--local", "--test", str(tmp_path / "missing.txt"), timeout=60)
+    assert_refused(proc, "--test", str(tmp_path / "missing.txt"), code=2, no_dirs=(run / "submitit-eval",))

@@ -335,7 +335,8 @@ def test_evaluation_transform_keeps_small_images_whole(tmp_path):
 @pytest.mark.slow
 def test_submit_local_two_ranks_finetunes_then_evaluates(tmp_path):
     """`vmim submit --local --tasks-per-node 2` for a fine-tuning config (DDP over gloo, validation sharded over the
-    two ranks), then `vmim submit --local --eval RUN_DIR` (the multi-view test sharded the same way)."""
+    two ranks), then `vmim submit --local --eval RUN_DIR --test DATA` (the multi-view test sharded the same way, on
+    the data of --test instead of the run's eval.datasets)."""
     run = tmp_path / "run"
     common = ["--local", "--tasks-per-node", "2", "--cpus-per-task", "1", "--wait"]
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--config",
@@ -348,12 +349,13 @@ def test_submit_local_two_ranks_finetunes_then_evaluates(tmp_path):
     assert "device cpu x 2" in log
     assert re.search(r"val motion_val epoch 2: top1 \d+\.\d\d% .*\(144 videos, 1 x 1 views\)", log)
     proc = subprocess.run([sys.executable, "-m", "vmim.cli", "submit", "--eval", str(run), *common,
-                           "eval.num_views=2", "eval.num_crops=1"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                           "--test", "digits_motion:test", "eval.num_views=2", "eval.num_crops=1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert re.search(r"'summary': 'top1 \d+\.\d\d% top5 \d+\.\d\d% \(359 videos, 2 x 1 views\)'", proc.stdout), \
-        proc.stdout[-2000:]
-    rows = (run / "eval" / "test.predictions.tsv").read_text().splitlines()
+    assert re.search(r"'digits_motion_test': \{.*'summary': 'top1 \d+\.\d\d% top5 \d+\.\d\d% \(359 videos, 2 x 1 "
+                     r"views\)'", proc.stdout), proc.stdout[-2000:]
+    assert not (run / "eval" / "test.predictions.tsv").exists()  # the run's own eval.datasets: not scored
+    rows = (run / "eval" / "digits_motion_test.predictions.tsv").read_text().splitlines()
     assert len(rows) == 360 and len({row.split("\t")[0] for row in rows[1:]}) == 359  # each video once
 
 

@@ -12,7 +12,7 @@ import sys
 
 from .commands import eval as eval_command
 from .commands import probe as probe_command
-from .config import TASKS, config_to_yaml, load_config
+from .config import TASKS, ConfigError, config_to_yaml, load_config
 from .errors import VmimError
 from .preflight import check_data_paths, check_output_dir
 
@@ -50,12 +50,19 @@ def _submit(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.profile, flags)
     if args.config and not args.eval:  # before anything is queued or written: the config, and it with the cluster
         check_submission(load_config(args.config, args.overrides), cluster)
+    if args.test and not args.eval:
+        raise ConfigError("--test", "goes with --eval RUN_DIR (the data to score instead of the run's eval.datasets)")
+    tests = None
+    if args.test:  # read here, before anything is queued: a bad word stops at once, naming --test
+        from .commands.eval import entries_for
+
+        tests = entries_for(args.test)
     from .launch.submit import submit
 
     if args.eval:
         from .launch.submit import submit_eval
 
-        submitted = submit_eval(args.eval, args.checkpoint, args.overrides, cluster)
+        submitted = submit_eval(args.eval, args.checkpoint, args.overrides, cluster, test_datasets=tests)
         print(f"submitted job {submitted[0][0].job_id} ({cluster.executor}): eval of {args.eval}", flush=True)
     else:
         if not args.config:
@@ -117,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config, as for pretrain / finetune")
     p.add_argument("--eval", metavar="RUN_DIR", help="instead of training: vmim eval of this fine-tuned run")
     p.add_argument("--checkpoint", help="with --eval: best, last or a file")
+    p.add_argument("--test", action="append", metavar="LIST",
+                   help="with --eval: score this data instead of the run's eval.datasets (repeatable; a list file, an "
+                        "image folder or KIND:SPLIT, as vmim eval --test)")
     p.add_argument("--profile", help="cluster profile YAML with defaults for the options below (see slurm/)")
     p.add_argument("--local", action="store_true", help="run as local processes (same as --executor local)")
     p.add_argument("--executor", choices=("slurm", "local", "debug"))

@@ -115,9 +115,11 @@ class EvalJob(Checkpointable):
     within a batch (:class:`~vmim.engine.preemption.Interrupted`), and after SIGUSR2 rank 0 requeues the job, as a
     training job does."""
 
-    def __init__(self, target: str, checkpoint: str | None = None, overrides: list[str] = (), max_requeues: int = 100):
+    def __init__(self, target: str, checkpoint: str | None = None, overrides: list[str] = (), max_requeues: int = 100,
+                 test_datasets: dict | None = None):
         self.target, self.checkpoint, self.overrides = target, checkpoint, list(overrides)
         self.max_requeues = max_requeues
+        self.test_datasets = test_datasets  # plain entries of --test words (vmim.commands.eval.entries_for), or None
 
     def __call__(self) -> dict:
         import submitit
@@ -128,7 +130,7 @@ class EvalJob(Checkpointable):
         job_id = submitit.JobEnvironment().job_id if "SUBMITIT_FOLDER" in os.environ else None
         rank = export_distributed_env() if job_id is not None else 0
         try:
-            results = run_eval(self.target, self.checkpoint, self.overrides)
+            results = run_eval(self.target, self.checkpoint, self.overrides, test_datasets=self.test_datasets)
         except Interrupted as stop:
             ignore_stop_signals()
             if stop.request == "requeue" and "SLURM_JOB_ID" in os.environ and rank == 0:

@@ -117,13 +117,14 @@ def submit(config: str, overrides: list[str], cluster: ClusterConfig, sweeps: li
 
 
 def submit_eval(target: str, checkpoint: str | None, overrides: list[str], cluster: ClusterConfig,
-                command: list[str] | None = None) -> list[tuple]:
-    """Queue ``vmim eval`` of a fine-tuned run (its config is checked here first); returns [(job, config)]."""
+                command: list[str] | None = None, test_datasets: dict | None = None) -> list[tuple]:
+    """Queue ``vmim eval`` of a fine-tuned run (its config is checked here first); returns [(job, config)].
+    ``test_datasets``: the entries of ``--test`` words, scored instead of the run's ``eval.datasets``."""
     from ..engine.eval_run import resolve_target
 
     path, config = resolve_target(target, checkpoint)
     cfg = load_config(config, overrides, task="finetune") if config is not None else None
     run_dir = Path(target) if Path(target).is_dir() else path.parent
     executor = build_executor(cluster, run_dir / "submitit-eval", name=f"eval-{run_dir.name}")
-    job = executor.submit(EvalJob(str(target), checkpoint, overrides, cluster.max_requeues))
+    job = executor.submit(EvalJob(str(target), checkpoint, overrides, cluster.max_requeues, test_datasets))
     return [(job, cfg)]
