@@ -139,3 +139,38 @@ def test_a_budget_every_class_meets_whole_is_all_labels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "20 labels per class: every class has at most 15 fit samples, the same as all labels (scored once)" in out
     assert [r["labels_per_class"] for r in read_results(tmp_path)["results"]] == [0]
+
+
+def test_a_config_with_a_validation_carve_fits_on_what_its_fine_tune_trains_on(tmp_path):
+    """eval.val_fraction: the fit side is each training list less its carved validation set, then the ``fraction``
+    subset of the rest (what the fine-tune of that config trains on), not the subset of the whole list. Checked by
+    the raw-pixel linear accuracy, refit here on the rows the carve leaves for training."""
+    from vmim.data import build_sources
+    from vmim.data.splits import carve_indices
+    from vmim.data.subset import stratified_subset
+
+    extra = ["eval.val_fraction=0.2", "eval.val_seed=3", "data.datasets.digits.subset_seed=1",
+             "probe.labels_per_class=[0]", "probe.methods=[linear]", "probe.baselines=[raw_pixels]"]
+    cfg = load_config(None, TINY + extra)
+    probe(cfg, tmp_path)
+    whole = load_config(None, TINY + extra + ["data.datasets.digits.fraction=1.0"])
+    (_, train_source, *_), = build_sources(whole.data.datasets, whole.data, whole.model.in_chans)
+    (_, test_source, *_), = build_sources(whole.eval.datasets, whole.data, whole.model.in_chans)
+    labels = train_source.labels
+    val, rest = carve_indices(labels, 0.2, 3)
+    rows = rest[stratified_subset(labels[rest], 0.1, 1)]
+    assert not set(rows) & set(val)
+
+    def pixels(source, indices):
+        views = [source.test_views(int(i)) for i in indices]
+        x = np.stack([clips[0].numpy().reshape(-1).astype(np.float32) / np.float32(255) for clips, _ in views])
+        return x, np.array([label for _, label in views])
+
+    (x_fit, y_fit), (x_test, y_test) = pixels(train_source, rows), pixels(test_source, range(len(test_source)))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe.C, max_iter=2000))
+    with threadpool_limits(limits=1):
+        expected = clf.fit(x_fit, y_fit).score(x_test, y_test)
+    results = read_results(tmp_path)
+    assert results["data"]["fit"]["samples"] == len(rows) < 143
+    (cell,) = [r for r in results["results"] if r["features"] == "raw_pixels"]
+    assert cell["draws"][0]["accuracy"] == pytest.approx(expected, abs=1e-12)

@@ -1,7 +1,8 @@
 """Probes: how much do frozen features know? Linear, k-NN and attentive classifiers on a backbone's features, beside
 the same protocol on the architecture at random init and on the raw pixels, at several label budgets.
 
-``vmim probe --config FILE`` takes a fine-tuning config (``task: finetune``): features of ``data.datasets`` (fit) and
+``vmim probe --config FILE`` takes a fine-tuning config (``task: finetune``): features of ``data.datasets`` (fit: the
+samples that config's fine-tune trains on, after its ``eval.val_fraction`` carve and ``fraction`` subset) and
 ``eval.datasets`` (score) come from ``init``'s backbone through the evaluation transform (``eval.val_views`` x
 ``eval.val_crops`` fixed views, averaged; no random crop or flip). ``vmim probe RUN`` takes the model of a pretraining
 or fine-tuning run (:func:`vmim.config.probe_run.probe_config_for_run`) and fits on ``--train``, scores on ``--test``
@@ -188,7 +189,6 @@ def probe(cfg, out_dir: str | Path | None = None, side_names: dict[str, str] | N
         RunError: no sample of a dataset loaded, or the fit side holds a single class.
     """
     from ..config import ConfigError
-    from ..data import build_sources
     from ..data.bad_files import BadFileMonitor
     from .precision import resolve_device
 
@@ -199,7 +199,7 @@ def probe(cfg, out_dir: str | Path | None = None, side_names: dict[str, str] | N
             if not entries:
                 raise ConfigError(side, f"names no dataset for the probe to {'fit' if side[0] == 'd' else 'score'} on")
             flag = (side_names or {}).get(side)
-            for name, source, listed, missing in build_sources(entries, cfg.data, cfg.model.in_chans):
+            for name, source, listed, missing in _side_sources(side, entries, cfg):
                 key = flag if flag and len(entries) == 1 else f"{flag or side}.{name}"
                 datasets.append(_Dataset(key, side, source, listed, missing, describe_dataset(entries[name])))
         monitor = BadFileMonitor([d.key for d in datasets], [d.listed for d in datasets],
@@ -234,6 +234,19 @@ def probe(cfg, out_dir: str | Path | None = None, side_names: dict[str, str] | N
             files = report.write(out_dir)
             print(f"results: {files['json']}, {Path(files['tsv']).name}", flush=True)
     return report
+
+
+def _side_sources(side: str, entries: dict, cfg) -> list[tuple]:
+    """The built datasets of one side. A config with ``eval.val_fraction`` fits on what its fine-tune trains on: each
+    training list less its carved validation set, then the ``fraction`` subset (:mod:`vmim.data.splits`), so a probe
+    and a fine-tune of one config see the same labelled samples."""
+    from ..data import build_sources
+    from ..data.build import build_carved_sources
+
+    e = cfg.eval
+    if side == "data.datasets" and e.val_fraction:
+        return build_carved_sources(entries, cfg.data, cfg.model.in_chans, e.val_fraction, e.val_seed)[0]
+    return build_sources(entries, cfg.data, cfg.model.in_chans)
 
 
 def _first_line(checkpoint: dict, datasets: list[_Dataset]) -> str:
