@@ -89,6 +89,33 @@ def test_fsdp_resumed_mid_epoch_repeats_the_uninterrupted_run_exactly(fsdp_run, 
     assert "resumed at step 3 (epoch 0, batch 3)" in (tmp_path / "log.txt").read_text()
 
 
+def test_a_sharded_checkpoint_is_read_for_init_and_probe(fsdp_run, tmp_path):
+    """A running or preempted fsdp run has only sharded folders (``last/``, ``step_*/``): ``init=``, ``vmim probe``
+    and ``vmim convert`` read them whole on one process, the newest first, as the trainer resumes."""
+    import sys
+
+    from vmim.models.loading import read_weights
+
+    ckpt = fsdp_run / "checkpoints"
+    gathered, folder = read_weights(ckpt / "last.pt"), read_weights(ckpt / "last")  # step 8: two writers, one model
+    assert gathered.state_dict.keys() == folder.state_dict.keys()
+    for name, value in gathered.state_dict.items():
+        assert torch.equal(folder.state_dict[name], value), name
+    run = tmp_path / "run"  # as a preempted run at step 3: its config and a sharded last/, nothing else
+    shutil.copytree(ckpt / "step_00000003", run / "checkpoints" / "last")
+    shutil.copyfile(fsdp_run / "config.yaml", run / "config.yaml")
+    step3 = read_weights(run)
+    assert "step 3" in step3.origin
+    assert any(not torch.equal(step3.state_dict[k], v) for k, v in gathered.state_dict.items())  # not step 8's
+    proc = subprocess.run([sys.executable, "-m", "vmim.cli", "probe", str(run), "probe.labels_per_class=[0]",
+                           "probe.methods=[linear]", "probe.baselines=[]", "data.num_workers=0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(f"probe of {run / 'checkpoints' / 'last'} (pretrain, step 3)"), first
+    assert (run / "probe" / "results.json").is_file()
+
+
 def test_parallel_typo_names_the_key():
     with pytest.raises(ConfigError, match=r"train\.parallel.*'fdsp'.*did you mean 'fsdp'"):
         load_config(None, [*TINY_OVERRIDES, "train.parallel=fdsp"])

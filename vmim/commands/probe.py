@@ -3,8 +3,9 @@ beside the random-init and raw-pixel baselines, at several label budgets (:mod:`
 docs/probes.md).
 
 * ``RUN``: a pretraining run (its encoder) or a fine-tuning run (its backbone), the model and input statistics from
-  its ``config.yaml``, the weights from ``--checkpoint`` (default: ``checkpoints/last.pt``, the newest; never a
-  ``best.pt`` unless asked, since that one may have been picked on a test set). ``--train`` / ``--test`` name the
+  its ``config.yaml``, the weights from ``--checkpoint`` (default: the newest of ``checkpoints/last.pt`` and a
+  sharded run's ``checkpoints/last/``; never a ``best.pt`` unless asked, since that one may have been picked on a
+  test set). ``--train`` / ``--test`` name the
   data in one word each (:func:`vmim.data.list_entry.entry_for`: a list file, an image folder or ``KIND:SPLIT``);
   without them, the built-in digits' train and test images. Results in ``RUN/probe``.
 * ``--config FILE``: a fine-tuning config: fit on ``data.datasets``, score on ``eval.datasets``, weights = ``init``.
@@ -32,7 +33,8 @@ HELP = ("linear / k-NN / attentive probes on frozen features at several label bu
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", nargs="?", help="a pretraining or fine-tuning run: probe its backbone")
     p.add_argument("--config", help="fine-tuning config: fit on data.datasets, score on eval.datasets, weights = init")
-    p.add_argument("--checkpoint", help="with RUN: last, best, or a checkpoint file (default: checkpoints/last.pt)")
+    p.add_argument("--checkpoint", help="with RUN: last, best, or a checkpoint file or sharded folder (default: the "
+                                        "newest of checkpoints/last.pt and last/)")
     p.add_argument("--train", help="with RUN: the data to fit on: a list file, an image folder, or KIND:SPLIT "
                                    "(digits_motion:train)")
     p.add_argument("--test", help="with RUN: the data to score on (as --train)")
@@ -101,14 +103,23 @@ def _check_list(flag: str, ds) -> None:
 
 
 def _checkpoint(run_dir: Path, choice: str | None) -> Path | None:
-    """The checkpoint file of ``RUN`` for ``--checkpoint`` (last, best, a file; default last), or None after saying
-    why there is none."""
-    if choice and (Path(choice).is_file() or Path(choice).suffix):
-        path = Path(choice)
-    else:
-        path = run_dir / "checkpoints" / f"{choice or 'last'}.pt"
-    if not path.exists():
-        print(f"vmim probe: no checkpoint {path}" if choice else
-              f"vmim probe: no checkpoint in {run_dir / 'checkpoints'} (no {path.name})", file=sys.stderr)
+    """The checkpoint of ``RUN`` for ``--checkpoint``, or None after saying why there is none: by default (or
+    ``last``) the newest of ``last.pt`` / ``last/`` (a sharded run's folder; by default the kept ``step_*`` too when
+    there is no last), ``best`` = ``best.pt``, else the file or sharded folder named
+    (:mod:`vmim.checkpoint_files`)."""
+    from ..checkpoint_files import candidates, is_sharded_checkpoint
+
+    folder = run_dir / "checkpoints"
+    if choice in (None, "last"):
+        found = [p for p in candidates(folder) if choice is None or p.name.startswith("last")]
+        if not found:
+            print(f"vmim probe: no checkpoint in {folder} (no last.pt or sharded last/"
+                  f"{'' if choice else ', no step_*.pt or step_*/'})", file=sys.stderr)
+            return None
+        return found[0]
+    path = folder / "best.pt" if choice == "best" else Path(choice)
+    if not (path.is_file() or is_sharded_checkpoint(path)):
+        what = "" if not path.exists() else " (a folder, but not a sharded checkpoint: no .metadata or state.pt)"
+        print(f"vmim probe: no checkpoint {path}{what}", file=sys.stderr)
         return None
     return path

@@ -12,7 +12,8 @@ Atomic too: everything goes to ``last.tmp/``, then rank 0 renames ``last/`` to `
 ``last/``, and deletes ``last.old/``; a crash between the renames leaves ``last.old/`` complete, and it is read then.
 DCP reshards on load, so a sharded checkpoint resumes on another number of ranks, or unsharded (:func:`load` reads
 it whole, on one process). The newest of ``last.pt``, ``last/`` (and ``last.old/``) by modification time is tried
-first: a run may switch between ddp and fsdp, and an fsdp run also writes a whole ``last.pt`` at its end.
+first: a run may switch between ddp and fsdp, and an fsdp run also writes a whole ``last.pt`` at its end. The layout
+and the reader live in :mod:`vmim.checkpoint_files`, shared with the weights readers of the models layer.
 
 Only tensors and plain data (numbers, strings, lists, tuples, dicts), so every file reads with ``weights_only=True``
 (:mod:`vmim.safe_load`, which every read here goes through): numpy's RNG state, an ndarray of 624 words, is saved
@@ -28,15 +29,15 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint_files import SHARDED_STATE, candidates, is_sharded_checkpoint, load
 from ..errors import UnsafeFileError
-from ..safe_load import SaveError, check_dcp_metadata, copy, load_dict, save, save_failed
+from ..safe_load import SaveError, copy, save, save_failed
 
 
 def rng_state() -> dict:
@@ -69,10 +70,6 @@ def save_atomic(state: dict, path: Path) -> None:
             removed and the previous file at ``path`` is unchanged.
     """
     save(state, path)
-
-
-SHARDED_STATE = "state.pt"
-"""The file of a sharded checkpoint folder holding everything but the model's and optimizer's tensors."""
 
 
 def _barrier() -> None:
@@ -108,10 +105,6 @@ def save_sharded_atomic(tensors: dict, state: dict, path: Path, is_main: bool) -
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     _barrier()
-
-
-def is_sharded_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / ".metadata").is_file() and (path / SHARDED_STATE).is_file()
 
 
 class CheckpointManager:
@@ -153,15 +146,8 @@ class CheckpointManager:
         return self.last_sharded
 
     def candidates(self) -> list[Path]:
-        """Complete checkpoints, newest first: ``last.pt`` / ``last/`` / ``last.old/`` by modification time, then the
-        kept ones by step (a file before a folder of the same step)."""
-        lasts = [p for p in (self.last, self.last_sharded, self.dir / "last.old")
-                 if p.is_file() or is_sharded_checkpoint(p)]
-        lasts.sort(key=lambda p: (p / SHARDED_STATE if p.is_dir() else p).stat().st_mtime, reverse=True)
-        keeps = [p for p in self.dir.glob("step_*") if re.fullmatch(r"step_\d{8}(\.pt)?", p.name)
-                 and (p.is_file() or is_sharded_checkpoint(p))]
-        keeps.sort(key=lambda p: (p.name[5:13], p.suffix == ".pt"), reverse=True)
-        return lasts + keeps
+        """Complete checkpoints, newest first (:func:`vmim.checkpoint_files.candidates`)."""
+        return candidates(self.dir)
 
     def load_latest(self, sharded: bool = False) -> dict | None:
         """The newest checkpoint that loads (last.pt is written at every save, so it is the newest unless
@@ -179,36 +165,6 @@ class CheckpointManager:
             except Exception as err:  # corrupt or truncated by a crash outside our atomic writes
                 print(f"[vmim] skipping unreadable checkpoint {path}: {err}")
         return None
-
-
-def load(path: str | Path, sharded: bool = False) -> dict:
-    """A checkpoint file, or a sharded checkpoint folder: whole (its ``model`` and ``optimizer`` read on this one
-    process, the optimizer keyed by parameter name), or with ``sharded`` its ``state.pt`` only, plus ``"sharded":
-    <folder>`` for :func:`vmim.engine.fsdp.load_sharded`.
-
-    Raises:
-        UnsafeFileError: the file (or ``state.pt``, or the folder's ``.metadata``) holds more than tensors and plain
-            data; nothing of it was built.
-        InputError: not a torch file, or not a dict.
-        FileNotFoundError: nothing there, or a folder without ``.metadata`` / ``state.pt``.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return load_dict(path)
-    if not is_sharded_checkpoint(path):
-        raise FileNotFoundError(f"{path} is a folder but not a sharded checkpoint (no .metadata or {SHARDED_STATE})")
-    state = load_dict(path / SHARDED_STATE)
-    check_dcp_metadata(path)
-    if sharded:
-        return {**state, "sharded": str(path)}
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    tensors: dict = {}  # filled from the metadata, on this process alone: what format_utils.dcp_to_torch_save does
-    _load_state_dict(tensors, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
-    return {**state, **tensors}
 
 
 __all__ = ["CheckpointManager", "SaveError", "is_sharded_checkpoint", "load",

@@ -122,18 +122,19 @@ def describe_dataset(ds) -> str:
 def describe_checkpoint(init: str) -> dict:
     """``{"path", "step", "task", "what"}`` of the weights ``init`` names, read cheaply: the file's plain data only
     (:func:`vmim.safe_load.peek`: no tensor is read). A run directory stands for its newest checkpoint
-    (``checkpoints/last.pt``, else the newest ``step_*.pt``), as :func:`vmim.models.loading.read_weights` reads it."""
+    (:func:`vmim.checkpoint_files.candidates`: ``last.pt`` or a sharded ``last/``, else the newest kept step), as
+    :func:`vmim.models.loading.read_weights` reads it; a sharded folder is described by its ``state.pt``."""
+    from ..checkpoint_files import SHARDED_STATE, candidates, is_sharded_checkpoint
     from ..safe_load import peek
 
     if not init:
         return {"path": None, "step": None, "task": None, "what": "a random init (init is empty)"}
     path = Path(init).expanduser()
-    if path.is_dir():
-        files = [path / "checkpoints" / "last.pt"] if (path / "checkpoints" / "last.pt").is_file() else \
-            sorted((path / "checkpoints").glob("step_*.pt"), reverse=True)
-        path = files[0] if files else path
+    if path.is_dir() and not is_sharded_checkpoint(path):  # a run directory: its newest checkpoint
+        found = candidates(path / "checkpoints")
+        path = found[0] if found else path
     try:
-        skeleton = peek(path)
+        skeleton = peek(path / SHARDED_STATE if is_sharded_checkpoint(path) else path)
     except UnsafeFileError:  # refused here, before any work
         raise
     except Exception:  # noqa: BLE001  (the full read, later, names what is wrong)

@@ -2,10 +2,9 @@
 
 Three sources are read alike (:func:`read_weights`): a ``vmim convert`` file (``format: vmim-backbone``), one of our
 checkpoints (pretraining or fine-tuning: the keys under ``backbone.`` of its ``model``, the architecture from its
-resolved ``config``), or a run directory (its newest readable checkpoint, ``checkpoints/last.pt`` first, then the
-kept ``step_*.pt``, newest first; this mirrors ``vmim.engine.checkpoint.CheckpointManager``, which this package may
-not import: models sit below the engine). Reference checkpoints (VideoMAE, MAE, MVD, timm, SlowFast) are converted
-first.
+resolved ``config``; a file, or a sharded ``train.parallel=fsdp`` folder read whole), or a run directory (its newest
+readable checkpoint, by the layout the trainer resumes from: :func:`vmim.checkpoint_files.candidates`). Reference
+checkpoints (VideoMAE, MAE, MVD, timm, SlowFast) are converted first.
 
 Every file is read by :func:`vmim.safe_load.load` (``weights_only=True``): one that holds more than tensors and
 plain data raises :class:`~vmim.errors.UnsafeFileError` naming it, and in a run directory it is never skipped for an
@@ -28,6 +27,8 @@ import torch
 import yaml
 from torch import nn
 
+from ..checkpoint_files import candidates, is_sharded_checkpoint
+from ..checkpoint_files import load as load_checkpoint
 from ..config import build_config, build_entry, family, kinds, video_grid
 from ..convert import FORMATS
 from ..convert.common import FILE_FORMAT, FILE_VERSION, check_and_load
@@ -57,23 +58,25 @@ class BackboneWeights:
     data: dict
 
 
-def _checkpoint_files(run_dir: Path) -> list[Path]:
-    ckpt = run_dir / "checkpoints"
-    last = ckpt / "last.pt"
-    return ([last] if last.exists() else []) + sorted(ckpt.glob("step_*.pt"), reverse=True)
+def _read_one(path: Path, mmap: bool) -> Any:
+    """A checkpoint file, or a sharded checkpoint folder read whole (:func:`vmim.checkpoint_files.load`)."""
+    return load_checkpoint(path) if is_sharded_checkpoint(path) else load(path, mmap=mmap)
 
 
 def _load_file(path: Path, mmap: bool = False) -> tuple[Any, Path]:
-    """(loaded object, file) for a file, or the newest readable checkpoint of a run directory (a file that would run
-    code is refused, never skipped)."""
+    """(loaded object, file) for a file or a sharded checkpoint folder, or the newest readable checkpoint of a run
+    directory (a file that would run code is refused, never skipped)."""
+    if is_sharded_checkpoint(path):
+        return _read_one(path, mmap), path
     if path.is_dir():
-        files = _checkpoint_files(path)
-        if not files:
-            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} (neither last.pt nor step_*.pt)")
+        found = candidates(path / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} (no last.pt, last/, step_*.pt or "
+                                    "step_*/)")
         errors = []
-        for file in files:
+        for file in found:
             try:
-                return load(file, mmap=mmap), file
+                return _read_one(file, mmap), file
             except UnsafeFileError:
                 raise
             except (InputError, OSError) as err:  # a file damaged outside our atomic writes: try the next one
