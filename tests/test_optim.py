@@ -195,6 +195,14 @@ def mae_layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def every_lr_scale(groups: list[dict], model: nn.Module) -> tuple[dict, dict]:
+    """({id(param): its group's lr_scale}, {name: param}); every parameter is in exactly one group."""
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(scale_of) == len(names) == sum(len(g["params"]) for g in groups)
+    return scale_of, names
+
+
 @pytest.mark.parametrize("fc_norm", [False, True])
 def test_layer_decay_scales_each_parameter_as_mae(fc_norm):
     from vmim.models.registry import BACKBONES
@@ -209,9 +217,7 @@ def test_layer_decay_scales_each_parameter_as_mae(fc_norm):
     model, decay = Classifier(), 0.75
     depth = model.backbone.depth
     groups = param_groups(model, weight_decay=0.05, layer_decay=decay)
-    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    names = dict(model.named_parameters())
-    assert len(scale_of) == len(names)
+    scale_of, names = every_lr_scale(groups, model)
     seen_ids = set()
     for name, param in names.items():
         layer = mae_layer_id(name, depth)
@@ -248,9 +254,7 @@ def test_head_lr_scale_multiplies_what_follows_the_blocks(layer_decay):
     model, head_scale = _classifier(), 10.0
     depth = model.backbone.depth
     groups = param_groups(model, weight_decay=0.05, layer_decay=layer_decay, head_lr_scale=head_scale)
-    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    names = dict(model.named_parameters())
-    assert len(scale_of) == len(names)
+    scale_of, names = every_lr_scale(groups, model)
     heads = set()
     for name, param in names.items():
         layer = mae_layer_id(name, depth)

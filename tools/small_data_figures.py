@@ -68,8 +68,7 @@ def vmim(args: list[str], threads: int) -> str:
     return proc.stdout
 
 
-def finetune_accuracy(task: dict, init: str, folder: Path, seed: int, extra: list[str], threads: int
-                      ) -> tuple[float, str]:
+def finetune_accuracy(task: dict, init: str, folder: Path, extra: list[str], threads: int) -> tuple[float, str]:
     """(test top-1 %, vmim eval's first line: which checkpoint and why) of one fine-tune."""
     shutil.rmtree(folder, ignore_errors=True)
     vmim(["finetune", "--config", task["config"], f"init={init}", f"output_dir={folder}", *extra], threads)
@@ -82,9 +81,9 @@ def run_seed(task: dict, init: str, out: Path, seed: int, scratch: bool, threads
     extra = [*task["overrides"], f"train.seed={seed}", f"data.datasets.{task['dataset']}.subset_seed={seed}"]
     row: dict = {"seed": seed}
     start = time.time()
-    row["finetune"], row["checkpoint"] = finetune_accuracy(task, init, out / f"finetune_s{seed}", seed, extra, threads)
+    row["finetune"], row["checkpoint"] = finetune_accuracy(task, init, out / f"finetune_s{seed}", extra, threads)
     if scratch:
-        row["scratch"], _ = finetune_accuracy(task, "", out / f"scratch_s{seed}", seed, extra, threads)
+        row["scratch"], _ = finetune_accuracy(task, "", out / f"scratch_s{seed}", extra, threads)
     probe_dir = out / f"probe_s{seed}"
     vmim(["probe", "--config", task["config"], f"init={init}", *extra,
           "probe.labels_per_class=[0]", "probe.methods=[linear]", "--output", str(probe_dir)], threads)
